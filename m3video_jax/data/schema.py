@@ -32,6 +32,9 @@ import numpy as np
 SCHEMA_VERSION = 1
 GRID_STEP = 8
 HOG_BINS = 9
+# Bin b is centred at b * 20 degrees (unsigned orientation, bin 9 == bin 0). A horizontal flip maps an orientation
+# theta to 180 - theta, hence bin b to (9 - b) mod 9.
+HOG_FLIP_PERMUTATION = tuple((HOG_BINS - b) % HOG_BINS for b in range(HOG_BINS))
 DISP_UNITS_PER_PX = 4  # traj_disp quantisation: 1/4 px
 DISP_MAX_Q = 127
 ZLIB_LEVEL = 6

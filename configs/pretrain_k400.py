@@ -1,0 +1,18 @@
+"""M3Video pretraining on Kinetics-400 (paper Table 13 and §4).
+
+ViT-B, 16 frames at 224², stride 4, tube mask 0.7, trajectory target with L = 6 and K = 4, joint decoder of depth 1,
+batch 512, 400 epochs with 40 warmup epochs, horizontal flip.
+
+Run:   python -m m3video_jax.main --config=configs/pretrain_k400.py --workdir=$WD \
+           --config.data.train_files='/data/k400_prep/train-*.tfrecord'
+Args:  variant=S|B|L, mask_ratio=0.9, target=pixel|hog|trajectory_position_only|trajectory_reference, traj_len=4,
+       patch_norm=false, decoder=separate, decoder_depth=2, tiny (CPU-sized model, used by tests).
+       e.g. --config=configs/pretrain_k400.py:target=pixel,mask_ratio=0.9
+"""
+from m3video_jax import config_lib
+
+NUM_TRAIN_VIDEOS = 240_000  # Epoch length; total and warmup steps are derived from it at batch 512.
+
+
+def get_config(arg=None):
+  return config_lib.pretrain_config(arg, num_train_videos=NUM_TRAIN_VIDEOS, frame_stride=4, flip=True)

@@ -1,0 +1,75 @@
+"""Orbax checkpoints of the TrainState: async saves every `checkpoint_every_steps`, keep-N, resume onto any mesh."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def make_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps, create=True,
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def abstract_with_sharding(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs that carry the target sharding, so a restore lands directly on the current mesh."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def restore_or_init(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any,
+                    init_fn: Callable[[], Any]) -> tuple[Any, int | None]:
+  """Restores the latest checkpoint of `manager` onto `shardings`, or calls `init_fn()` when there is none.
+
+  Returns:
+    (state, restored step or None).
+  """
+  step = manager.latest_step()
+  if step is None:
+    return init_fn(), None
+  target = abstract_with_sharding(abstract_state, shardings)
+  state = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return state, step
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
+  """Saves when `step` hits the interval (or `force`); returns whether a save started."""
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, int]:
+  """A workdir, a `checkpoints/` dir or a step dir -> (checkpoints dir, step). Latest step unless `step` is given.
+
+  Raises:
+    FileNotFoundError: naming the path when it holds no checkpoint (or not the requested step).
+  """
+  path = os.path.abspath(path)
+  candidates = [path, os.path.join(path, 'checkpoints')]
+  for d in candidates:
+    if os.path.isdir(d):
+      steps = ocp.utils.checkpoint_steps(d)
+      if steps:
+        if step is None:
+          return d, max(steps)
+        if step in steps:
+          return d, step
+        raise FileNotFoundError(f'{d} has checkpoints at steps {sorted(steps)}, not at step {step}')
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), int(base)
+  raise FileNotFoundError(f'no orbax checkpoint found in {path} (looked for step dirs in {candidates})')
+
+
+def load_params(path: str, step: int | None = None) -> Any:
+  """Loads only the `params` of a TrainState checkpoint as host numpy arrays (for init_from, export, features)."""
+  ckpt_dir, step = resolve_checkpoint(path, step)
+  with ocp.CheckpointManager(ckpt_dir) as manager:
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+  return jax.tree.map(lambda x: jax.device_get(x), restored['params'])

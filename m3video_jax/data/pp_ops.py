@@ -1,0 +1,202 @@
+"""Per-clip TensorFlow ops of the input pipeline: clip sampling, target assembly, multi-scale crop, flip, normalise.
+
+Frames and trajectories always go through the same crop and flip (DESIGN §2.7). Every op is a pure function of its
+inputs and an explicit stateless seed, so a clip is a deterministic function of (record, seed).
+
+Shapes: `T` clip frames, `Tt = T // pt` tubelets, `L` trajectory steps, prep grid `Gh x Gw` (8-px cells of the stored
+video), output grid `G = res // 8` per side.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from m3video_jax.data import schema
+
+# Offsets of the reference's `more_fix_crop` lattice, in quarters of the free space (x, y): corners, centre, edge
+# midpoints and quarter points.
+_CROP_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
+
+
+def sample_clip(num_frames: tf.Tensor, num_starts: tf.Tensor, seed: tf.Tensor, *, clip_frames: int, frame_stride: int,
+                tubelet: int, traj_len: int, start_stride: int, random_start: bool = True):
+  """Chooses the clip start and the trajectory start of every tubelet.
+
+  The start `f0` is a multiple of `start_stride`, so each tubelet's first frame `f0 + k * tubelet * frame_stride` is a
+  stored trajectory start. Short videos repeat their last frame; tubelets without stored trajectories are flagged.
+
+  Returns:
+    frame_idx int32 `[T]`, tubelet_first int32 `[Tt]` (first raw frame of each tubelet), start_idx int32 `[Tt]`
+    (index into the stored starts), has_traj bool `[Tt]`.
+  """
+  num_frames = tf.cast(num_frames, tf.int32)
+  num_starts = tf.cast(num_starts, tf.int32)
+  start_stride = tf.cast(start_stride, tf.int32)
+  span_frames = (clip_frames - 1) * frame_stride
+  span_tubelets = (clip_frames - tubelet) * frame_stride
+  last_traj_start = (num_starts - 1) * start_stride
+  max_f0 = tf.maximum(tf.minimum(num_frames - 1 - span_frames, last_traj_start - span_tubelets), 0)
+  choices = max_f0 // start_stride + 1
+  if random_start:
+    f0 = start_stride * tf.random.stateless_uniform([], seed, 0, choices, dtype=tf.int32)
+  else:  # Centre clip for evaluation.
+    f0 = start_stride * (choices // 2)
+  f0 = tf.cast(f0, tf.int32)
+  frame_idx = tf.minimum(f0 + tf.range(clip_frames, dtype=tf.int32) * frame_stride, num_frames - 1)
+  tubelet_first = f0 + tf.range(0, clip_frames, tubelet, dtype=tf.int32) * frame_stride
+  start_idx = tubelet_first // start_stride
+  has_traj = tf.logical_and(tubelet_first % start_stride == 0, start_idx < num_starts)
+  has_traj = tf.logical_and(has_traj, tubelet_first + traj_len <= num_frames - 1)
+  start_idx = tf.clip_by_value(start_idx, 0, tf.maximum(num_starts - 1, 0))
+  return frame_idx, tubelet_first, start_idx, has_traj
+
+
+def decode_trajectories(disp_strings: tf.Tensor, valid_strings: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor,
+                        stored_len: tf.Tensor, traj_len: int):
+  """Decodes stored trajectory starts.
+
+  Args:
+    disp_strings: string `[Tt]`, one zlib int8 stream per start.
+    valid_strings: string `[Tt]`, packed validity bits per start.
+    gh, gw: prep grid size; stored_len: stored `L`; traj_len: steps to keep (<= stored_len).
+
+  Returns:
+    disp float32 `[Tt, L, Gh, Gw, 2]` in prep pixels, valid bool `[Tt, Gh, Gw]`.
+  """
+  raw = tf.io.decode_raw(tf.io.decode_compressed(disp_strings, 'ZLIB'), tf.int8)
+  disp = tf.reshape(raw, tf.stack([-1, stored_len, gh, gw, 2]))[:, :traj_len]
+  disp = tf.cast(disp, tf.float32) / schema.DISP_UNITS_PER_PX
+  packed = tf.io.decode_raw(valid_strings, tf.uint8)  # [Tt, ceil(Gh*Gw/8)]
+  bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], tf.constant([7, 6, 5, 4, 3, 2, 1, 0],
+                                                                                        tf.uint8)), 1)
+  bits = tf.reshape(bits, [tf.shape(packed)[0], -1])[:, :gh * gw]
+  valid = tf.reshape(tf.cast(bits, tf.bool), tf.stack([-1, gh, gw]))
+  return disp, valid
+
+
+def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor,
+                   grid_step: int):
+  """Trajectory-aligned HOG: bilinear lookup of each frame's cell-histogram map at the tracked positions.
+
+  Args:
+    hog_strings: string `[Tt, L]`, the stored map of frame `first_k + j`.
+    hog_scales: float32 `[Tt, L]`, their de-quantisation scales.
+    disp: float32 `[Tt, L, Gh, Gw, 2]`.
+
+  Returns:
+    float32 `[Tt, L, Gh, Gw, 9]`, `HOG(p_j)` with `p_0` the grid point and `p_j = p_0 + sum_{i<j} disp_i`.
+  """
+  q = tf.io.decode_raw(tf.io.decode_compressed(hog_strings, 'ZLIB'), tf.uint8)  # [Tt, L, Gh*Gw*9]
+  q = tf.cast(q, tf.float32) / 255.0
+  maps = q * q * hog_scales[..., None]
+  tt, steps = tf.shape(disp)[0], tf.shape(disp)[1]
+  maps = tf.reshape(maps, [tt * steps, gh * gw, schema.HOG_BINS])
+  # Positions before each step: exclusive cumulative sum of displacements.
+  offsets = tf.cumsum(disp, axis=1, exclusive=True)
+  half = grid_step / 2
+  gy, gx = tf.meshgrid(tf.range(gh), tf.range(gw), indexing='ij')
+  x = tf.cast(gx, tf.float32) * grid_step + half + offsets[..., 0]
+  y = tf.cast(gy, tf.float32) * grid_step + half + offsets[..., 1]
+  gwf, ghf = tf.cast(gw, tf.float32), tf.cast(gh, tf.float32)
+  u = tf.clip_by_value((x - half) / grid_step, 0.0, gwf - 1)
+  v = tf.clip_by_value((y - half) / grid_step, 0.0, ghf - 1)
+  u0 = tf.minimum(tf.floor(u), tf.maximum(gwf - 2, 0))
+  v0 = tf.minimum(tf.floor(v), tf.maximum(ghf - 2, 0))
+  wu, wv = (u - u0)[..., None], (v - v0)[..., None]
+  u0, v0 = tf.cast(u0, tf.int32), tf.cast(v0, tf.int32)
+  u1, v1 = tf.minimum(u0 + 1, gw - 1), tf.minimum(v0 + 1, gh - 1)
+
+  def at(vv, uu):
+    idx = tf.reshape(vv * gw + uu, [tt * steps, gh * gw])
+    return tf.reshape(tf.gather(maps, idx, batch_dims=1), [tt, steps, gh, gw, schema.HOG_BINS])
+
+  top = at(v0, u0) * (1 - wu) + at(v0, u1) * wu
+  bottom = at(v1, u0) * (1 - wu) + at(v1, u1) * wu
+  return top * (1 - wv) + bottom * wv
+
+
+def multiscale_crop_params(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, scales, max_distort: int,
+                           res: int, random: bool = True):
+  """Reference `GroupMultiScaleCrop`: side lengths from `scales` of the short side, one of 13 lattice offsets.
+
+  Returns:
+    (offset_y, offset_x, crop_h, crop_w) int32 scalars in prep pixels.
+  """
+  height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+  base = tf.cast(tf.minimum(height, width), tf.float32)
+  sizes = tf.cast(base * tf.constant(scales, tf.float32), tf.int32)
+  sizes = tf.where(tf.abs(sizes - res) < 3, res, sizes)  # The reference snaps near-`res` sides to `res`.
+  sizes = tf.minimum(sizes, tf.minimum(height, width))
+  pairs = [(i, j) for i in range(len(scales)) for j in range(len(scales)) if abs(i - j) <= max_distort]
+  if not random:  # Centre crop of the full short side.
+    side = tf.minimum(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+  seed_pair, seed_offset = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  k = tf.random.stateless_uniform([], seed_pair, 0, len(pairs), dtype=tf.int32)
+  pair = tf.gather(tf.constant(pairs, tf.int32), k)
+  crop_h, crop_w = tf.gather(sizes, pair[0]), tf.gather(sizes, pair[1])
+  o = tf.gather(tf.constant(_CROP_OFFSETS, tf.int32),
+                tf.random.stateless_uniform([], seed_offset, 0, len(_CROP_OFFSETS), dtype=tf.int32))
+  return o[1] * ((height - crop_h) // 4), o[0] * ((width - crop_w) // 4), crop_h, crop_w
+
+
+def _grid_resample_matrix(offset: tf.Tensor, crop: tf.Tensor, src_cells: tf.Tensor, res: int, grid_step: int,
+                          flip: tf.Tensor | bool = False) -> tf.Tensor:
+  """Bilinear weights `[G, src_cells]` that take the prep grid to the output grid along one axis.
+
+  Output grid point `i` sits at output pixel `g*i + g/2`; the crop maps output pixel `o` to prep pixel
+  `offset + (o + 0.5) * crop / res - 0.5` (half-pixel centres, as `tf.image.resize`). With `flip` the output pixel is
+  first mirrored (`o -> res - 1 - o`), exactly as the flipped frame.
+  """
+  g = res // grid_step
+  out_pix = tf.range(g, dtype=tf.float32) * grid_step + grid_step / 2
+  out_pix = tf.where(tf.cast(flip, tf.bool), res - 1 - out_pix, out_pix)
+  src_pix = tf.cast(offset, tf.float32) + (out_pix + 0.5) * tf.cast(crop, tf.float32) / res - 0.5
+  n = tf.cast(src_cells, tf.float32)
+  u = tf.clip_by_value((src_pix - grid_step / 2) / grid_step, 0.0, n - 1)
+  u0 = tf.floor(u)
+  a = u - u0
+  u0 = tf.cast(u0, tf.int32)
+  u1 = tf.minimum(u0 + 1, src_cells - 1)
+  return (tf.one_hot(u0, src_cells) * (1 - a)[:, None] + tf.one_hot(u1, src_cells) * a[:, None])
+
+
+def crop_flip_targets(disp, valid, hog, *, offset_y, offset_x, crop_h, crop_w, res: int, flip, grid_step: int):
+  """Applies the frames' crop (+ resize to `res`) and flip to the trajectory grid.
+
+  Args:
+    disp: float32 `[Tt, L, Gh, Gw, 2]` prep pixels; valid: bool `[Tt, Gh, Gw]`; hog: float32 `[Tt, L, Gh, Gw, 9]`.
+
+  Returns:
+    disp `[Tt, G, G, L, 2]` in output pixels (Δ scaled by res/crop, Δx negated on flip), valid `[Tt, G, G]` (AND of
+    the source points with non-zero weight), hog `[Tt, G, G, L, 9]` (bins mirrored on flip).
+  """
+  gh, gw = tf.shape(valid)[1], tf.shape(valid)[2]
+  wy = _grid_resample_matrix(offset_y, crop_h, gh, res, grid_step)
+  wx = _grid_resample_matrix(offset_x, crop_w, gw, res, grid_step, flip)
+  disp = tf.einsum('yh,tlhwc,xw->tyxlc', wy, disp, wx)
+  scale = tf.stack([res / tf.cast(crop_w, tf.float32), res / tf.cast(crop_h, tf.float32)])
+  sign = tf.where(tf.cast(flip, tf.bool), tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
+  disp = disp * scale * sign
+  hog = tf.einsum('yh,tlhwc,xw->tyxlc', wy, hog, wx)
+  hog = tf.where(tf.cast(flip, tf.bool), tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), hog)
+  invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > 0, tf.float32), 1.0 - tf.cast(valid, tf.float32),
+                      tf.cast(wx > 0, tf.float32))
+  return disp, invalid < 0.5, hog
+
+
+def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, res: int, flip) -> tf.Tensor:
+  """Decodes only the given JPEG frames, crops the same window from each, resizes to `res` and flips.
+
+  Returns:
+    float32 `[T, res, res, 3]` in [0, 255].
+  """
+  window = tf.stack([offset_y, offset_x, crop_h, crop_w])
+  frames = tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method='INTEGER_FAST'), jpegs,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+  frames = tf.image.resize(frames, [res, res], method='bilinear', antialias=False)
+  return tf.where(tf.cast(flip, tf.bool), tf.reverse(frames, axis=[2]), frames)
+
+
+def normalize(frames: tf.Tensor, mean, std) -> tf.Tensor:
+  """[0, 255] -> ImageNet-normalised float32."""
+  return (frames / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)

@@ -1,0 +1,49 @@
+"""Command-line entry point for pretraining (and the other tasks on the same loop).
+
+  python -m m3video_jax.main --config=configs/demo.py --workdir=/tmp/m3video_demo
+  python -m m3video_jax.main --config=configs/pretrain_ssv2.py:variant=B --workdir=$WD \
+      --config.data.train_files='/data/ssv2/train-*.tfrecord' --config.data.batch_size=256
+
+Re-running the same command resumes from the latest checkpoint in --workdir. Multi-host: launch one process per host;
+`jax.distributed.initialize()` runs when the launcher's environment says there are several processes (or with
+--multiprocess).
+"""
+import logging
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally with `:args`.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and config.json.')
+_MULTIPROCESS = flags.DEFINE_enum('multiprocess', 'auto', ['auto', 'true', 'false'],
+                                  'Call jax.distributed.initialize(); auto = when the environment names several '
+                                  'processes (SLURM, Open MPI, JAX_COORDINATOR_ADDRESS, Cloud TPU pods).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+_MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
+
+
+def _launched_multiprocess() -> bool:
+  if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
+    return True
+  return int(os.environ.get('SLURM_NTASKS', '1')) > 1
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import jax  # After flag parsing, so --help is fast.
+
+  if _MULTIPROCESS.value == 'true' or (_MULTIPROCESS.value == 'auto' and _launched_multiprocess()):
+    jax.distributed.initialize()
+  logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  from m3video_jax import train_lib
+
+  train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

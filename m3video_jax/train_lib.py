@@ -1,0 +1,162 @@
+"""The one training loop: `train_and_evaluate(config, workdir)` builds everything, trains, checkpoints and logs.
+
+Order of work: validate the config -> (demo) prepare data -> mesh, task, optimiser -> abstract state (`eval_shape`) ->
+shardings -> restore the latest checkpoint in the workdir, else `init_from`, else a fresh init -> input stream positioned
+at the restored step -> jitted, donated step in a loop -> async checkpoints -> TensorBoard + console metrics.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from m3video_jax import checkpointing
+from m3video_jax import config_lib
+from m3video_jax import metrics as metrics_lib
+from m3video_jax import optim
+from m3video_jax import sharding
+from m3video_jax import tasks
+from m3video_jax import train_step as train_step_lib
+from m3video_jax.train_state import TrainState
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the synthetic sample videos and runs data prep into `workdir/data` unless the shards already exist.
+
+  Returns:
+    The glob of the prepared shards.
+  """
+  d = config.data
+  data_dir = os.path.join(os.path.abspath(workdir), 'data')
+  videos_dir, shards_dir = os.path.join(data_dir, 'videos'), os.path.join(data_dir, 'tfrecords')
+  pattern = os.path.join(shards_dir, 'train-*.tfrecord')
+  if os.path.exists(os.path.join(shards_dir, 'manifest.json')):
+    return pattern
+  if jax.process_index() == 0:
+    csv = os.path.join(videos_dir, 'train.csv')
+    if not os.path.exists(csv):
+      logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
+      subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
+                      f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
+                      f'--frames={d.synthetic_frames}', f'--seed={config.seed}'], check=True)
+    logging.info('demo: extracting motion targets into %s', shards_dir)
+    subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
+                    f'--short_side={d.prep_short_side}', f'--traj_len={config.target.traj_len}'], check=True)
+  return pattern
+
+
+def _init_state(task, tx, rng: jax.Array) -> TrainState:
+  rng_init, rng_train = jax.random.split(rng)
+  params = task.init_params(rng_init)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng_train)
+
+
+def load_init_params(path: str, abstract_params: Any) -> Any:
+  """Params from `config.init_from` (an orbax checkpoint), checked leaf by leaf against the model's."""
+  loaded = checkpointing.load_params(path)
+  flat_loaded = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  missing = sorted(set(flat_model) - set(flat_loaded))
+  mismatched = sorted(k for k in set(flat_model) & set(flat_loaded) if flat_model[k].shape != flat_loaded[k].shape)
+  if missing or mismatched:
+    raise ValueError(f'config.init_from={path!r} does not fit the model: missing {missing[:10]}, shape mismatch '
+                     f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
+  return jax.tree_util.tree_map_with_path(lambda k, _: flat_loaded[jax.tree_util.keystr(k)], abstract_params)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       batch_iterator: Any = None) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from the latest checkpoint there.
+
+  Args:
+    config: a validated-or-not config (validated here first).
+    workdir: checkpoints, TensorBoard events and config.json go here.
+    batch_iterator: override of the input pipeline (tests); yields host-local numpy batches from the start step.
+
+  Returns:
+    The metrics of the last logged interval.
+  """
+  config_lib.validate(config, num_devices=jax.device_count())
+  jax.config.update('jax_threefry_partitionable', True)
+  workdir = os.path.abspath(workdir)
+  if config.data.prepare_if_missing and batch_iterator is None:
+    with config.unlocked():
+      config.data.train_files = prepare_demo_data(config, workdir)
+  save_config(config, workdir)
+
+  mesh = sharding.make_mesh(config.mesh)
+  task = tasks.get_task(config)
+  tx = optim.make_optimizer(config)
+  schedule = optim.lr_schedule(config)
+  rng = jax.random.PRNGKey(config.seed)
+  init_fn = functools.partial(_init_state, task, tx)
+  abstract = jax.eval_shape(init_fn, rng)
+  state_shd = sharding.state_sharding(abstract, mesh)
+  batch_shd = sharding.batch_sharding(mesh)
+
+  manager = checkpointing.make_manager(workdir, config)
+
+  def fresh_state():
+    state = jax.jit(init_fn, out_shardings=state_shd)(rng)
+    if config.init_from:
+      params = load_init_params(config.init_from, abstract.params)
+      params = jax.device_put(params, state_shd.params)
+      state = state.replace(params=params, opt_state=jax.jit(tx.init, out_shardings=state_shd.opt_state)(params))
+      logging.info('initialised params from %s', config.init_from)
+    return state
+
+  state, restored = checkpointing.restore_or_init(manager, abstract, state_shd, fresh_state)
+  start_step = int(jax.device_get(state.step))
+  if restored is not None:
+    logging.info('resumed from %s at step %d', checkpointing.checkpoint_dir(workdir), start_step)
+
+  if batch_iterator is None:
+    from m3video_jax.data import pipeline  # TF is imported only when the real pipeline is used.
+    batch_iterator = pipeline.TrainIterator(config, process_index=jax.process_index(),
+                                            process_count=jax.process_count(), start_step=start_step)
+
+  step_fn = jax.jit(
+      functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx, lr_schedule=schedule,
+                        accum_steps=config.optim.grad_accum_steps),
+      in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+  writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
+  history: list[dict[str, jax.Array]] = []
+  last: dict[str, float] = {}
+  interval_start = start_step + 1
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      batch = sharding.to_global(next(batch_iterator), batch_shd)
+      state, step_metrics = step_fn(state, batch)
+      history.append(step_metrics)
+      is_last = step == config.total_steps
+      should_save = is_last or step % config.checkpoint_every_steps == 0
+      if step % config.log_every_steps == 0 or should_save:
+        # The only device->host sync of an interval; checking before a save keeps NaN states out of checkpoints.
+        metrics_lib.check_finite(history, interval_start)
+        last = writer.write(step, metrics_lib.mean_metrics(history))
+        history, interval_start = [], step + 1
+      if should_save:
+        checkpointing.save(manager, step, state, force=is_last)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  return last

@@ -1,0 +1,235 @@
+"""Input pipeline: clip sampling, alignment of frames and trajectories under crop/flip, determinism, resume, errors."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from m3video_jax.data import pipeline
+from m3video_jax.data import schema
+from configs import pretrain_ssv2
+
+SIZE = 128  # Square test video, prep resolution.
+NUM_FRAMES = 14
+VELOCITY = 4.0  # px per frame in x and y: the dot sits on a grid point at every even frame.
+DOT0 = 20.0
+
+
+def dot_position(f):
+  return DOT0 + VELOCITY * f, DOT0 + VELOCITY * f
+
+
+def dot_video_record(video_id='dot', label=3, hog_bin=1):
+  """A record whose frames show a bright dot moving by (4, 4) px per frame, with matching stored trajectories.
+
+  All trajectories move with the dot (a uniform field); only the trajectory that starts on the dot is marked invalid,
+  so the invalid output point marks where the dot's trajectory is. Every HOG cell holds one unit in `hog_bin`.
+  """
+  yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+  jpegs = []
+  for f in range(NUM_FRAMES):
+    x, y = dot_position(f)
+    img = 255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0 ** 2))
+    rgb = np.repeat(img[..., None], 3, axis=-1).astype(np.uint8)
+    jpegs.append(tf.io.encode_jpeg(rgb, quality=100).numpy())
+  traj_len, stride = 4, 2
+  s = schema.num_starts(NUM_FRAMES, traj_len, stride)
+  g = SIZE // 8
+  disp = np.full((s, traj_len, g, g, 2), VELOCITY, np.float32)
+  valid = np.ones((s, g, g), bool)
+  for i in range(s):
+    x, y = dot_position(stride * i)
+    valid[i, int(y) // 8, int(x) // 8] = False
+  hog = np.zeros((NUM_FRAMES, g, g, 9), np.float32)
+  hog[..., hog_bin] = 1.0
+  meta = schema.VideoMeta(video_id=video_id, label=label, label_name=f'class{label}', source_path=f'/x/{video_id}.mp4',
+                          fps=25.0)
+  return schema.encode(meta, jpegs, SIZE, SIZE, disp, valid, hog, traj_start_stride=stride)
+
+
+def clip_config(**data):
+  c = pretrain_ssv2.get_config('tiny')
+  c.data.update(num_frames=4, frame_stride=2, res=SIZE, **data)
+  c.target.traj_len = 4
+  return c
+
+
+def run_clip(config, record, index, train=True):
+  fn = pipeline.make_clip_fn(config, pipeline.ClipSpec.from_config(config), train=train)
+  out = fn(tf.constant(0, tf.int64), tf.constant(index, tf.int64), tf.constant(record))
+  return {k: v.numpy() for k, v in out.items()}
+
+
+def centroid(frame):
+  """Intensity-weighted centre (x, y) of the dot in one normalised frame."""
+  img = frame.mean(-1)
+  img = np.clip(img - np.percentile(img, 50), 0, None)
+  img = np.where(img > 0.3 * img.max(), img, 0)
+  yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+  return float((img * xx).sum() / img.sum()), float((img * yy).sum() / img.sum())
+
+
+def grid_points(g, step=8):
+  return np.arange(g) * step + step / 2
+
+
+@pytest.fixture(scope='module')
+def record():
+  return dot_video_record()
+
+
+def test_flip_keeps_dot_on_its_trajectory(record):
+  config = clip_config(crop_scales=(1.0,), flip=True)
+  flipped = []
+  for index in range(12):
+    out = run_clip(config, record, index)
+    x0, y0 = centroid(out['video'][0])
+    start_frame = None
+    for f in range(0, NUM_FRAMES, 2):
+      if abs(dot_position(f)[1] - y0) < 1:
+        start_frame = f
+    mirrored = abs((SIZE - 1 - dot_position(start_frame)[0]) - x0) < 1
+    flipped.append(mirrored)
+    # The invalid output points (the trajectory that starts on the dot) sit on the dot. A mirrored grid point lands
+    # 1 px from an output grid point (pixel x -> size - 1 - x), hence up to ~1 px plus JPEG centroid noise.
+    inv_y, inv_x = np.nonzero(~out['traj_valid'][0])
+    pts = np.stack([grid_points(SIZE // 8)[inv_x], grid_points(SIZE // 8)[inv_y]], -1)
+    dist = np.hypot(pts[:, 0] - x0, pts[:, 1] - y0)
+    assert dist.min() <= 1.25, (index, pts, (x0, y0))
+    assert dist.max() <= 8.0
+    # Displacements follow the dot: two raw steps separate consecutive clip frames (stride 2).
+    x1, y1 = centroid(out['video'][1])
+    moved = out['traj_disp'][0, 0, 0, 0] + out['traj_disp'][0, 0, 0, 1]
+    np.testing.assert_allclose(moved, [x1 - x0, y1 - y0], atol=0.5)
+    expected_bin = schema.HOG_FLIP_PERMUTATION[1] if mirrored else 1
+    assert np.argmax(out['traj_hog'][0, 5, 5, 0]) == expected_bin
+  assert any(flipped) and not all(flipped), 'flip=True should flip about half of the clips'
+
+
+def test_crop_scales_displacements_and_keeps_dot_on_trajectory(record):
+  config = clip_config(crop_scales=(0.75,))
+  res = 64
+  config.data.res = res
+  checked = 0
+  for index in range(16):
+    out = run_clip(config, record, index)
+    video = out['video']
+    if video[0].mean(-1).max() < 1.0 or video[1].mean(-1).max() < 1.0:
+      continue  # The dot left the crop in this clip.
+    x0, y0 = centroid(video[0])
+    x1, y1 = centroid(video[1])
+    if min(x0, y0, x1, y1) < 3 or max(x0, y0, x1, y1) > res - 4:
+      continue
+    disp = out['traj_disp'][0]
+    # 96-px crop resized to 64: the (4, 4) px/frame motion becomes (8/3, 8/3) per raw step.
+    np.testing.assert_allclose(disp[..., 0, :], 4.0 * res / 96, atol=1e-4)
+    np.testing.assert_allclose(disp[0, 0, 0] + disp[0, 0, 1], [x1 - x0, y1 - y0], atol=0.5)
+    inv_y, inv_x = np.nonzero(~out['traj_valid'][0])
+    pts = np.stack([grid_points(res // 8)[inv_x], grid_points(res // 8)[inv_y]], -1)
+    assert np.hypot(pts[:, 0] - x0, pts[:, 1] - y0).min() <= 8 * 96 / 64 / 2 + 1
+    checked += 1
+  assert checked >= 3
+
+
+def test_clip_shapes_and_eval_clip_is_deterministic(record):
+  config = clip_config()
+  out = run_clip(config, record, 0, train=False)
+  g = SIZE // 8
+  assert out['video'].shape == (4, SIZE, SIZE, 3) and out['video'].dtype == np.float32
+  assert out['traj_disp'].shape == (2, g, g, 4, 2)
+  assert out['traj_valid'].shape == (2, g, g) and out['traj_valid'].dtype == bool
+  assert out['traj_hog'].shape == (2, g, g, 4, 9)
+  assert out['label'] == 3
+  again = run_clip(config, record, 7, train=False)
+  np.testing.assert_array_equal(out['video'], again['video'])
+
+
+def test_tubelets_without_stored_trajectories_are_invalid():
+  """A clip longer than the video: tubelets past the last stored start get no valid trajectory."""
+  config = clip_config()
+  config.data.num_frames = 16  # Needs 31 frames at stride 2; the video has 14.
+  out = run_clip(config, dot_video_record(), 0)
+  assert out['traj_valid'].shape[0] == 8
+  assert not out['traj_valid'][-1].any()
+  assert out['traj_valid'][0].sum() > 0
+
+
+def write_shards(directory, num_shards=2, per_shard=3, corrupt=None):
+  paths = []
+  for s in range(num_shards):
+    path = os.path.join(directory, f'train-{s:05d}-of-{num_shards:05d}.tfrecord')
+    with tf.io.TFRecordWriter(path) as w:
+      for i in range(per_shard):
+        rec = dot_video_record(video_id=f'v{s}_{i}', label=s * per_shard + i)
+        if corrupt == (s, i):
+          rec = rec[:len(rec) // 3]
+        w.write(rec)
+    paths.append(path)
+  return paths
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
+  write_shards(str(tmp_path))
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2, shuffle_buffer=4)
+  config.data.res = 32
+  a = take(pipeline.TrainIterator(config), 5)
+  b = take(pipeline.TrainIterator(config), 5)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  # Crosses an epoch (6 records, batch 2): step 3 starts the second epoch.
+  resumed = take(pipeline.TrainIterator(config, start_step=2), 3)
+  for x, y in zip(a[2:], resumed):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert a[0]['video'].shape == (2, 4, 32, 32, 3)
+  assert sorted(np.concatenate([x['label'] for x in a[:3]]).tolist()) == list(range(6))
+  with config.unlocked():
+    config.seed = 1
+  c = take(pipeline.TrainIterator(config), 3)
+  assert any(not np.array_equal(x['video'], y['video']) for x, y in zip(a, c))
+
+
+def test_processes_read_disjoint_shards(tmp_path):
+  write_shards(str(tmp_path), num_shards=4, per_shard=2)
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=4)
+  config.data.res = 32
+  labels = []
+  for p in range(2):
+    it = pipeline.TrainIterator(config, process_index=p, process_count=2)
+    labels.append(set(np.concatenate([x['label'] for x in take(it, 2)]).tolist()))
+  assert not labels[0] & labels[1]
+  assert labels[0] | labels[1] == set(range(8))
+
+
+def test_corrupt_record_error_names_the_shard(tmp_path):
+  paths = write_shards(str(tmp_path), corrupt=(1, 2))
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2)
+  config.data.res = 32
+  with pytest.raises(pipeline.CorruptRecordError, match=os.path.basename(paths[1]) + r' \(record 2\)'):
+    take(pipeline.TrainIterator(config), 3)
+
+
+def test_skip_corrupt_counts_skipped_records(tmp_path):
+  write_shards(str(tmp_path), corrupt=(0, 1))
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2, skip_corrupt=True)
+  config.data.res = 32
+  it = pipeline.TrainIterator(config)
+  batches = take(it, 5)  # 5 good records per epoch, 10 records in 5 batches: two skips.
+  assert it.num_skipped == 2
+  assert all(1 not in x['label'] for x in batches)
+
+
+def test_missing_files_and_short_trajectories_give_clear_errors(tmp_path):
+  config = clip_config(train_files=str(tmp_path / 'nothing-*.tfrecord'))
+  with pytest.raises(FileNotFoundError, match='matches no file'):
+    pipeline.TrainIterator(config)
+  write_shards(str(tmp_path), num_shards=1)
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'))
+  config.target.traj_len = 6
+  with pytest.raises(ValueError, match='L=4 steps'):
+    pipeline.TrainIterator(config)
