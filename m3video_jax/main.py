@@ -23,6 +23,14 @@ _MULTIPROCESS = flags.DEFINE_enum('multiprocess', 'auto', ['auto', 'true', 'fals
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
+# Libraries whose INFO lines would drown the training log; their warnings still show.
+_QUIET_PATHS = ('/orbax/', '/jax/_src/', '/jax/experimental/')
+
+
+class _QuietLibraries(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(p in record.pathname for p in _QUIET_PATHS)
 
 
 def _launched_multiprocess() -> bool:
@@ -34,6 +42,8 @@ def _launched_multiprocess() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # After flag parsing, so --help is fast.
 
   if _MULTIPROCESS.value == 'true' or (_MULTIPROCESS.value == 'auto' and _launched_multiprocess()):

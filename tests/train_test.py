@@ -1,0 +1,234 @@
+"""Training system: sharding equivalence, no recompiles, kill-and-resume, NaN stop, config validation, optimiser."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import pretrain_ssv2
+from m3video_jax import checkpointing
+from m3video_jax import config_lib
+from m3video_jax import metrics as metrics_lib
+from m3video_jax import optim
+from m3video_jax import sharding
+from m3video_jax import tasks
+from m3video_jax import train_lib
+
+
+def tiny_config(**overrides):
+  c = pretrain_ssv2.get_config('tiny')
+  c.data.train_files = 'unused'
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def random_batch(config, seed, batch_size=None):
+  """A batch with the pipeline's keys, shapes and value ranges."""
+  rng = np.random.default_rng(seed)
+  b = tasks.example_batch(config, batch_size or config.data.batch_size)
+  b['video'] = rng.normal(size=b['video'].shape).astype(np.float32)
+  b['traj_disp'] = rng.normal(scale=3.0, size=b['traj_disp'].shape).astype(np.float32)
+  b['traj_valid'] = rng.random(b['traj_valid'].shape) < 0.8
+  b['traj_hog'] = rng.random(b['traj_hog'].shape).astype(np.float32)
+  return b
+
+
+def batches_from(config, start_step, fail_at=None, nan_at=None):
+  """Step-indexed batches (batch for step k depends only on k), like the real pipeline after a resume."""
+  step = start_step
+  while True:
+    step += 1
+    if fail_at is not None and step == fail_at:
+      raise KeyboardInterrupt(f'simulated kill before step {step}')
+    b = random_batch(config, seed=step)
+    if nan_at is not None and step >= nan_at:
+      b['video'][:] = np.nan
+    yield b
+
+
+def loss_and_grads(config, mesh, params, batch, rng):
+  task = tasks.get_task(config)
+  state_shd = jax.tree.map(lambda _: sharding.replicated(mesh), params)
+  if mesh.shape['fsdp'] > 1:
+    state_shd = sharding.state_sharding(jax.eval_shape(lambda: params), mesh)
+  fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True),
+               in_shardings=(state_shd, sharding.batch_sharding(mesh), sharding.replicated(mesh)))
+  (loss, _), grads = fn(jax.device_put(params, state_shd), sharding.to_global(batch, sharding.batch_sharding(mesh)),
+                        rng)
+  return jax.device_get(loss), jax.device_get(grads)
+
+
+def test_train_step_same_loss_and_grads_on_1_and_8_devices():
+  assert jax.device_count() == 8, 'tests/conftest.py sets 8 simulated CPU devices'
+  config = tiny_config()
+  task = tasks.get_task(config)
+  params = jax.device_get(task.init_params(jax.random.PRNGKey(0)))
+  batch = random_batch(config, seed=0)
+  rng = jax.random.PRNGKey(1)
+  one = jax.make_mesh((1, 1), sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                      devices=jax.devices()[:1])
+  ref_loss, ref_grads = loss_and_grads(config, one, params, batch, rng)
+  assert np.isfinite(ref_loss)
+  for data, fsdp in ((8, 1), (4, 2)):
+    with config.unlocked():
+      config.mesh.data, config.mesh.fsdp = data, fsdp
+    loss, grads = loss_and_grads(config, sharding.make_mesh(config.mesh), params, batch, rng)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+
+def test_fsdp_shards_large_params():
+  config = tiny_config(**{'mesh.data': 4, 'mesh.fsdp': 2, 'model.encoder': 'S'})
+  task = tasks.get_task(config)
+  abstract = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+  shd = sharding.state_sharding(abstract, sharding.make_mesh(config.mesh))
+  specs = [s.spec for s in jax.tree.leaves(shd)]
+  assert any('fsdp' in tuple(s) for s in specs)
+
+
+def test_no_recompilation_across_steps():
+  config = tiny_config()
+  task = tasks.get_task(config)
+  tx = optim.make_optimizer(config)
+  mesh = sharding.make_mesh(config.mesh)
+  init = functools.partial(train_lib._init_state, task, tx)  # pylint: disable=protected-access
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  state_shd = sharding.state_sharding(abstract, mesh)
+  batch_shd = sharding.batch_sharding(mesh)
+  step_fn = train_lib.make_step_fn(task, tx, config, state_shd, batch_shd, mesh)
+  state = jax.jit(init, out_shardings=state_shd)(jax.random.PRNGKey(0))
+  for step in range(3):
+    state, _ = step_fn(state, sharding.to_global(random_batch(config, step), batch_shd))
+  assert step_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 3
+
+
+def run(config, workdir, **kwargs):
+  return train_lib.train_and_evaluate(config, str(workdir),
+                                      make_batch_iterator=lambda start: batches_from(config, start, **kwargs))
+
+
+def test_kill_and_resume_reaches_the_same_final_loss(tmp_path):
+  config = tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=1)
+  straight = run(config, tmp_path / 'straight')
+  with pytest.raises(KeyboardInterrupt):
+    run(config, tmp_path / 'killed', fail_at=4)  # Killed while fetching step 4; checkpoint at step 2 exists.
+  assert checkpointing.resolve_checkpoint(str(tmp_path / 'killed'))[1] == 2
+  resumed = run(config, tmp_path / 'killed')
+  # Same masks (rng folded with the step), same data for each step, same restored optimiser state: bitwise on CPU.
+  assert resumed['train/loss'] == straight['train/loss']
+  assert resumed['train/grad_norm'] == straight['train/grad_norm']
+  saved = json.load(open(tmp_path / 'killed' / 'config.json'))
+  assert saved['total_steps'] == 6
+
+
+def test_resume_onto_a_different_device_count(tmp_path):
+  config = tiny_config(total_steps=2, checkpoint_every_steps=2)
+  run(config, tmp_path)
+  with config.unlocked():
+    config.total_steps = 4
+    config.mesh.data, config.mesh.fsdp = 4, 2
+  # validate() checks against all 8 devices; a (4, 2) mesh restores the replicated (8, 1) checkpoint.
+  out = run(config, tmp_path)
+  assert np.isfinite(out['train/loss'])
+  assert checkpointing.resolve_checkpoint(str(tmp_path))[1] == 4
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(total_steps=8, checkpoint_every_steps=2, log_every_steps=4)
+  with pytest.raises(metrics_lib.NonFiniteLossError, match='at step 5'):
+    run(config, tmp_path, nan_at=5)
+  assert checkpointing.resolve_checkpoint(str(tmp_path))[1] == 4
+
+
+def test_tensorboard_events_have_the_documented_tags(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  config = tiny_config(total_steps=2, log_every_steps=1)
+  run(config, tmp_path)
+  acc = event_accumulator.EventAccumulator(str(tmp_path))
+  acc.Reload()
+  tags = set(acc.Tags()['tensors']) | set(acc.Tags()['scalars'])
+  for tag in ('train/loss', 'train/loss_position', 'train/loss_shape', 'train/valid_fraction', 'train/lr',
+              'train/grad_norm', 'perf/steps_per_sec'):
+    assert tag in tags, (tag, tags)
+
+
+def test_grad_accumulation_averages_micro_batch_losses_and_grads():
+  """2 micro-batches of 4: the step's loss and gradient are the means over the micro-batches (mask rng per micro)."""
+  from m3video_jax import train_step as train_step_lib
+  config = tiny_config(**{'optim.grad_accum_steps': 2})
+  task = tasks.get_task(config)
+  tx = optim.make_optimizer(config)
+  state = train_lib._init_state(task, tx, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  batch = random_batch(config, 0)
+  _, m = train_step_lib.train_step(state, batch, loss_fn=task.loss_fn, tx=tx, lr_schedule=optim.lr_schedule(config),
+                                   accum_steps=2)
+  rng = jax.random.fold_in(state.rng, 0)
+  grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+  outs = [grad_fn(state.params, jax.tree.map(lambda x, i=i: x[i * 4:(i + 1) * 4], batch), jax.random.fold_in(rng, i))
+          for i in range(2)]
+  np.testing.assert_allclose(m['train/loss'], np.mean([o[0][0] for o in outs]), rtol=1e-6)
+  mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, outs[0][1], outs[1][1])
+  np.testing.assert_allclose(m['train/grad_norm'], optax.global_norm(mean_grads), rtol=1e-5)
+
+
+def test_config_validation_names_field_and_allowed_values():
+  with pytest.raises(ValueError, match=r"config.mask.kind='random'.*one of \('tube', 'cube'\)"):
+    config_lib.validate(tiny_config(**{'mask.kind': 'random'}))
+  with pytest.raises(ValueError, match=r'config.model.encoder=.*one of'):
+    config_lib.validate(tiny_config(**{'model.encoder': 'XL'}))
+  with pytest.raises(ValueError, match=r'config.data.batch_size=6.*multiple of 8 devices'):
+    config_lib.validate(tiny_config(**{'data.batch_size': 6}), num_devices=8)
+  with pytest.raises(ValueError, match=r'config.data.num_frames=5.*multiple of the tubelet length 2'):
+    config_lib.validate(tiny_config(**{'data.num_frames': 5}))
+  with pytest.raises(ValueError, match=r'config.data.train_files'):
+    config_lib.validate(tiny_config(**{'data.train_files': ''}))
+  with pytest.raises(ValueError, match='unknown config arg'):
+    pretrain_ssv2.get_config('varient=S')
+  with pytest.raises(ValueError, match='target=.*expected one of'):
+    pretrain_ssv2.get_config('target=flow')
+
+
+@pytest.mark.parametrize('name', ['pretrain_ssv2', 'pretrain_k400'])
+def test_paper_configs_validate_and_compile_abstractly(name):
+  import importlib
+  module = importlib.import_module(f'configs.{name}')
+  config = module.get_config()
+  with config.unlocked():
+    config.data.train_files = '/data/x-*.tfrecord'
+  config_lib.validate(config, num_devices=8)
+  assert config.data.batch_size == 512 and config.mask.ratio == 0.7 and config.target.traj_len == 6
+  task = tasks.get_task(config)
+  params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+  n = sum(np.prod(x.shape) for x in jax.tree.leaves(params['encoder']))
+  assert 86e6 < n < 87e6
+  batch = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, tasks.example_batch(config, 2)))
+  loss, _ = jax.eval_shape(task.loss_fn, params, batch, jax.random.PRNGKey(0))
+  assert loss.shape == ()
+
+
+def test_weight_decay_skips_biases_norms_and_tokens():
+  config = tiny_config()
+  params = tasks.get_task(config).init_params(jax.random.PRNGKey(0))
+  mask = optim.weight_decay_mask(params)
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mask)}
+  assert not any(v for k, v in flat.items() if 'bias' in k or 'norm' in k or 'mask_token' in k)
+  assert any(v for k, v in flat.items() if 'kernel' in k)
+
+
+def test_lr_schedule_warms_up_and_scales_with_batch():
+  config = tiny_config(total_steps=100, **{'optim.warmup_steps': 10, 'data.batch_size': 512})
+  sched = optim.lr_schedule(config)
+  assert float(sched(0)) == 0.0
+  np.testing.assert_allclose(float(sched(10)), config.optim.base_lr * 2, rtol=1e-6)
+  np.testing.assert_allclose(float(sched(100)), config.optim.min_lr * 2, rtol=1e-5)
+  assert isinstance(optim.make_optimizer(config), optax.GradientTransformation)
