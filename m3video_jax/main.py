@@ -20,6 +20,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, Tens
 _MULTIPROCESS = flags.DEFINE_enum('multiprocess', 'auto', ['auto', 'true', 'false'],
                                   'Call jax.distributed.initialize(); auto = when the environment names several '
                                   'processes (SLURM, Open MPI, JAX_COORDINATOR_ADDRESS, Cloud TPU pods).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a manual multi-host '
+                                   'launch (with --num_processes and --process_id); implies --multiprocess=true.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes of a manual multi-host launch.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index in a manual multi-host launch.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
@@ -46,7 +50,9 @@ def main(argv):
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # After flag parsing, so --help is fast.
 
-  if _MULTIPROCESS.value == 'true' or (_MULTIPROCESS.value == 'auto' and _launched_multiprocess()):
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _MULTIPROCESS.value == 'true' or (_MULTIPROCESS.value == 'auto' and _launched_multiprocess()):
     jax.distributed.initialize()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
