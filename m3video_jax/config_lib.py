@@ -187,8 +187,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   o = c.optim
   _check(o.base_lr > 0, 'optim.base_lr', o.base_lr, 'a positive learning rate')
   _check(0 <= o.min_lr <= o.base_lr, 'optim.min_lr', o.min_lr, f'in [0, optim.base_lr={o.base_lr}]')
-  _check(0 <= o.warmup_steps < c.total_steps, 'optim.warmup_steps', o.warmup_steps,
-         f'in [0, total_steps={c.total_steps})')
+  _check(0 <= o.warmup_steps <= c.total_steps, 'optim.warmup_steps', o.warmup_steps,
+         f'in [0, total_steps={c.total_steps}]')
   _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, 'optim.b2', o.b2, 'betas in [0, 1)')
   _check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, 'a value >= 0')
   _check(o.grad_clip_norm >= 0, 'optim.grad_clip_norm', o.grad_clip_norm, 'a value >= 0 (0 = off)')

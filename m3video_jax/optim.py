@@ -17,7 +17,7 @@ def lr_schedule(config) -> optax.Schedule:
   scale = config.data.batch_size / 256
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.base_lr * scale, warmup_steps=o.warmup_steps,
-      decay_steps=config.total_steps, end_value=o.min_lr * scale)
+      decay_steps=max(config.total_steps, o.warmup_steps + 1), end_value=o.min_lr * scale)
 
 
 def weight_decay_mask(params: Any) -> Any:

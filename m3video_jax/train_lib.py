@@ -68,17 +68,30 @@ def _init_state(task, tx, rng: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng_train)
 
 
-def load_init_params(path: str, abstract_params: Any) -> Any:
-  """Params from `config.init_from` (an orbax checkpoint), checked leaf by leaf against the model's."""
+def load_init_params(path: str, init_params: Any) -> Any:
+  """Params from `config.init_from` (an orbax checkpoint of ours or one written by `m3video_jax.import_weights`).
+
+  Every leaf under `encoder` must be in the checkpoint with the model's shape; other leaves (decoder, classifier head)
+  are taken from the checkpoint when present and shaped alike, else keep their fresh initialisation. Leaves of the
+  checkpoint the model does not have (e.g. a pretraining decoder when finetuning) are ignored.
+
+  Raises:
+    ValueError: listing missing encoder leaves or shape mismatches.
+  """
   loaded = checkpointing.load_params(path)
   flat_loaded = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
-  flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
-  missing = sorted(set(flat_model) - set(flat_loaded))
+  flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(init_params)}
+  missing = sorted(k for k in flat_model if k.startswith("['encoder']") and k not in flat_loaded)
   mismatched = sorted(k for k in set(flat_model) & set(flat_loaded) if flat_model[k].shape != flat_loaded[k].shape)
   if missing or mismatched:
-    raise ValueError(f'config.init_from={path!r} does not fit the model: missing {missing[:10]}, shape mismatch '
+    raise ValueError(f'config.init_from={path!r} does not fit the model: missing encoder params {missing[:10]}, '
+                     f'shape mismatches (checkpoint vs model) '
                      f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
-  return jax.tree_util.tree_map_with_path(lambda k, _: flat_loaded[jax.tree_util.keystr(k)], abstract_params)
+  kept = sorted(k for k in flat_model if k not in flat_loaded)
+  if kept:
+    logging.info('init_from: %d params not in %s keep their initialisation (first: %s)', len(kept), path, kept[:5])
+  return jax.tree_util.tree_map_with_path(
+      lambda k, v: flat_loaded.get(jax.tree_util.keystr(k), v), init_params)
 
 
 def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
@@ -126,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def fresh_state():
     state = jax.jit(init_fn, out_shardings=state_shd)(rng)
     if config.init_from:
-      params = load_init_params(config.init_from, abstract.params)
+      params = load_init_params(config.init_from, jax.device_get(state.params))
       params = jax.device_put(params, state_shd.params)
       state = state.replace(params=params, opt_state=jax.jit(tx.init, out_shardings=state_shd.opt_state)(params))
       logging.info('initialised params from %s', config.init_from)

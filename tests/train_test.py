@@ -232,3 +232,28 @@ def test_lr_schedule_warms_up_and_scales_with_batch():
   np.testing.assert_allclose(float(sched(10)), config.optim.base_lr * 2, rtol=1e-6)
   np.testing.assert_allclose(float(sched(100)), config.optim.min_lr * 2, rtol=1e-5)
   assert isinstance(optim.make_optimizer(config), optax.GradientTransformation)
+
+
+def test_init_from_loads_params_of_another_run(tmp_path):
+  config = tiny_config(total_steps=1, checkpoint_every_steps=1)
+  run(config, tmp_path / 'pretrained')
+  trained = checkpointing.load_params(str(tmp_path / 'pretrained'))
+  with config.unlocked():
+    config.init_from = str(tmp_path / 'pretrained')
+  task = tasks.get_task(config)
+  fresh = jax.device_get(task.init_params(jax.random.PRNGKey(0)))
+  loaded = train_lib.load_init_params(config.init_from, fresh)
+  jax.tree.map(np.testing.assert_array_equal, loaded, trained)
+  # An encoder-only checkpoint (e.g. imported weights) keeps the fresh decoder; a missing encoder leaf is an error.
+  partial = {'encoder': trained['encoder']}
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(str(tmp_path / 'enc' / 'checkpoints')) as m:
+    m.save(0, args=ocp.args.StandardSave({'params': partial}))
+  loaded = train_lib.load_init_params(str(tmp_path / 'enc'), fresh)
+  jax.tree.map(np.testing.assert_array_equal, loaded['encoder'], trained['encoder'])
+  jax.tree.map(np.testing.assert_array_equal, loaded['decoder'], fresh['decoder'])
+  del partial['encoder']['norm']
+  with ocp.CheckpointManager(str(tmp_path / 'broken' / 'checkpoints')) as m:
+    m.save(0, args=ocp.args.StandardSave({'params': partial}))
+  with pytest.raises(ValueError, match=r"missing encoder params \[\"\['encoder'\]\['norm'\]"):
+    train_lib.load_init_params(str(tmp_path / 'broken'), fresh)
