@@ -58,7 +58,7 @@ def process_shards(shards: list[str], process_index: int, process_count: int) ->
   mine = shards[process_index::process_count]
   if not mine:
     raise ValueError(f'{len(shards)} shards cannot be split over {process_count} processes; write at least one shard '
-                     'per process (data_prep --num_shards)')
+                     'per process (data_prep --min_shards)')
   return mine
 
 

@@ -1,0 +1,313 @@
+"""Synthetic labelled videos whose class is defined by motion only (the built-in dataset of the demo and the tests).
+
+Each video shows one randomly textured object on a randomly textured background seen by a camera that pans at a random
+constant velocity, independent of the class. The class is the object's own motion (relative to the background):
+translate left/right/up/down, rotate clockwise/counter-clockwise (on screen, y down), grow or shrink. Appearance,
+camera pan, speeds and start positions are random, so only the relative motion tells the classes apart.
+
+Ground truth is exposed as pure functions of a `VideoSpec` (`object_step`, `background_step`, `object_pose`), and every
+spec is written to `ground_truth.jsonl` beside the videos.
+
+Run:
+  python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 [--size=128x128 --frames=32 --seed=0]
+Writes `videos/*.mp4`, `all.csv`, `train.csv`, `val.csv` (`path,label`, stratified split), `label_map.json`,
+`ground_truth.jsonl`. Extract with
+  python -m data_prep.extract --input=/tmp/synth/train.csv --label_map=/tmp/synth/label_map.json --short_side=0 ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down', 'rotate_cw', 'rotate_ccw', 'grow',
+           'shrink')
+_TRANSLATE_DIRS = {'translate_left': (-1.0, 0.0), 'translate_right': (1.0, 0.0), 'translate_up': (0.0, -1.0),
+                   'translate_down': (0.0, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSpec:
+  """All randomness of one synthetic video. Image coordinates: x right, y down, px; angles in degrees.
+
+  The camera's view origin at frame t is `pan * t` in world coordinates (the background image moves by `-pan` per
+  frame). The object's centre is `center0 + velocity * t` in world coordinates, its angle `spin * t`, its scale
+  `growth ** t`; a world point `w` appears at `w - pan * t` in the image.
+  """
+  label: int
+  width: int
+  height: int
+  num_frames: int
+  seed: int
+  pan: tuple[float, float]  # camera velocity, px/frame
+  center0: tuple[float, float]  # object centre at t = 0, image coordinates (= world at t = 0)
+  radius: float  # object half-size at scale 1, px
+  velocity: tuple[float, float]  # object velocity relative to the background, px/frame
+  spin: float  # degrees/frame, positive = clockwise on screen
+  growth: float  # scale factor per frame
+  shape: str  # 'ellipse' or 'rectangle'
+  aspect: float  # height/width of the object shape
+
+  @property
+  def class_name(self) -> str:
+    return CLASSES[self.label]
+
+
+def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: int = 128,
+                num_frames: int = 32) -> VideoSpec:
+  """Draws a random `VideoSpec` of class `label` (index into `CLASSES`)."""
+  if not 0 <= label < len(CLASSES):
+    raise ValueError(f'label={label} must be in [0, {len(CLASSES)})')
+  name = CLASSES[label]
+  short = min(width, height)
+  pan = tuple(float(v) for v in rng.uniform(-1.5, 1.5, size=2))
+  radius = float(rng.uniform(0.17, 0.22) * short)
+  velocity, spin, growth = (0.0, 0.0), 0.0, 1.0
+  center = np.array([width / 2, height / 2]) + rng.uniform(-0.08, 0.08, size=2) * short
+  duration = max(num_frames - 1, 1)
+  if name in _TRANSLATE_DIRS:
+    # Travel about 40% of the frame, centred, so the object stays (mostly) in view.
+    speed = min(float(rng.uniform(1.0, 2.0)), 0.4 * short / duration)
+    d = np.array(_TRANSLATE_DIRS[name])
+    velocity = tuple(float(v) for v in d * speed)
+    center = center - d * speed * duration / 2
+  elif name in ('rotate_cw', 'rotate_ccw'):
+    spin = float(rng.uniform(3.0, 6.0)) * (1.0 if name == 'rotate_cw' else -1.0)
+  else:
+    total = float(rng.uniform(1.8, 2.4))  # overall scale change over the video
+    growth = total ** (1.0 / duration)
+    if name == 'shrink':
+      growth = 1.0 / growth
+    # Mean size as the other classes, smaller at the extremes: the object must never dominate the frame, or the camera
+    # homography would lock onto it.
+    radius = radius * 0.75 / math.sqrt(total)  # start small when growing ...
+    if name == 'shrink':
+      radius = radius * total  # ... and large when shrinking
+  return VideoSpec(label=label, width=width, height=height, num_frames=num_frames, seed=int(rng.integers(2**31)),
+                   pan=pan, center0=(float(center[0]), float(center[1])), radius=radius, velocity=velocity,
+                   spin=spin, growth=growth, shape=str(rng.choice(['ellipse', 'rectangle'])),
+                   aspect=float(rng.uniform(0.6, 1.0)))
+
+
+def object_pose(spec: VideoSpec, t: float) -> tuple[np.ndarray, float, float]:
+  """(image position of the object centre `[2]`, angle in degrees, scale) at frame t."""
+  center = np.array(spec.center0) + (np.array(spec.velocity) - np.array(spec.pan)) * t
+  return center, spec.spin * t, spec.growth**t
+
+
+def _rotation(deg: float) -> np.ndarray:
+  a = math.radians(deg)
+  return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+
+
+def object_step(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, *, with_camera: bool) -> np.ndarray:
+  """Displacement from frame t to t+1 of object points at image positions `(x, y)` (any shape `P`).
+
+  Args:
+    spec: the video.
+    t: frame index.
+    x, y: image positions of points on the object at frame t.
+    with_camera: include the camera pan (what plain flow sees); False = relative to the background (warped flow).
+
+  Returns:
+    float `[*P, 2]` (Δx, Δy) in px.
+  """
+  c0, a0, s0 = object_pose(spec, t)
+  c1, a1, s1 = object_pose(spec, t + 1)
+  rel = np.stack([np.asarray(x, float) - c0[0], np.asarray(y, float) - c0[1]], axis=-1)
+  moved = (rel @ _rotation(a1 - a0).T) * (s1 / s0) + c1
+  d = moved - np.stack([np.asarray(x, float), np.asarray(y, float)], axis=-1)
+  if not with_camera:
+    d = d + np.array(spec.pan)
+  return d
+
+
+def background_step(spec: VideoSpec, *, with_camera: bool) -> np.ndarray:
+  """Displacement `[2]` of every background point per frame: `-pan` as seen by the camera, 0 relative to it."""
+  return -np.array(spec.pan) if with_camera else np.zeros(2)
+
+
+def object_mask(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, margin: float = 0.0) -> np.ndarray:
+  """True where image position `(x, y)` is on the object at frame t, at least `margin` px inside its outline."""
+  c, a, s = object_pose(spec, t)
+  rel = np.stack([np.asarray(x, float) - c[0], np.asarray(y, float) - c[1]], axis=-1) @ _rotation(-a).T
+  rx, ry = spec.radius * s - margin, spec.radius * s * spec.aspect - margin
+  if rx <= 0 or ry <= 0:
+    return np.zeros(np.shape(x), bool)
+  if spec.shape == 'ellipse':
+    return (rel[..., 0] / rx)**2 + (rel[..., 1] / ry)**2 <= 1.0
+  return (np.abs(rel[..., 0]) <= rx) & (np.abs(rel[..., 1]) <= ry)
+
+
+def _texture(rng: np.random.Generator, height: int, width: int, contrast: float) -> np.ndarray:
+  """Random colour texture uint8 `[height, width, 3]`: multi-scale smoothed noise plus a few random stripes."""
+  img = np.zeros((height, width, 3), np.float32)
+  for sigma, weight in ((1.0, 0.35), (3.0, 0.4), (9.0, 0.5)):
+    noise = rng.standard_normal((height, width, 3)).astype(np.float32)
+    img += weight * cv2.GaussianBlur(noise, (0, 0), sigma) * sigma
+  ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+  angle, freq = rng.uniform(0, np.pi), rng.uniform(0.08, 0.25)
+  img += 0.6 * np.sin(freq * (xs * np.cos(angle) + ys * np.sin(angle)))[..., None] * rng.uniform(0.3, 1.0, 3)
+  img = (img - img.mean()) / (img.std() + 1e-6)
+  base = rng.uniform(70, 185, size=3)
+  return np.clip(base + contrast * img, 0, 255).astype(np.uint8)
+
+
+def render(spec: VideoSpec) -> np.ndarray:
+  """Renders the video: uint8 RGB `[T, H, W, 3]`."""
+  rng = np.random.default_rng(spec.seed)
+  w, h, n = spec.width, spec.height, spec.num_frames
+  margin = int(math.ceil(max(abs(spec.pan[0]), abs(spec.pan[1])) * n)) + 8
+  canvas = _texture(rng, h + 2 * margin, w + 2 * margin, contrast=45.0)
+  tex_half = int(math.ceil(spec.radius * max(spec.growth**(n - 1), 1.0) * 1.05)) + 2
+  obj_tex = _texture(rng, 2 * tex_half + 1, 2 * tex_half + 1, contrast=50.0)
+  frames = np.empty((n, h, w, 3), np.uint8)
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+  for t in range(n):
+    # Background: image pixel (x, y) shows canvas pixel (x + margin + pan_x t, y + margin + pan_y t).
+    to_canvas = np.array([[1, 0, margin + spec.pan[0] * t], [0, 1, margin + spec.pan[1] * t]], np.float64)
+    bg = cv2.warpAffine(canvas, to_canvas, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                        borderMode=cv2.BORDER_REFLECT)
+    # Object: image pixel p shows texture pixel R(-angle) (p - centre) / scale + tex_half.
+    c, a, s = object_pose(spec, t)
+    rot = _rotation(-a) / s
+    to_tex = np.concatenate([rot, (tex_half - rot @ c)[:, None]], axis=1)
+    fg = cv2.warpAffine(obj_tex, to_tex, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                        borderMode=cv2.BORDER_REFLECT)
+    # Anti-aliased mask: supersample the inside test 2x2.
+    alpha = np.zeros((h, w), np.float32)
+    for ox in (-0.25, 0.25):
+      for oy in (-0.25, 0.25):
+        alpha += object_mask(spec, t, xs + ox, ys + oy)
+    alpha = (alpha / 4.0)[..., None]
+    frames[t] = np.clip(bg * (1 - alpha) + fg * alpha + 0.5, 0, 255).astype(np.uint8)
+  return frames
+
+
+def write_mp4(path: str, frames_rgb: np.ndarray, fps: float = 25.0) -> None:
+  """Writes uint8 RGB `[T, H, W, 3]` frames as an MPEG-4 (mp4v) file."""
+  h, w = frames_rgb.shape[1:3]
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+  if not writer.isOpened():
+    raise OSError(f'OpenCV cannot write an mp4v video to {path}')
+  try:
+    for frame in frames_rgb:
+      writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  finally:
+    writer.release()
+
+
+def write_y4m(path: str, frames: np.ndarray) -> None:
+  """Writes an uncompressed YUV4MPEG2 video of any size (odd sizes too), for decoder edge cases.
+
+  Args:
+    path: output file (`.y4m`).
+    frames: uint8 `[T, H, W]` (grayscale, `Cmono`), `[T, H, W, 3]` RGB (`C444`) or `[T, H, W, 4]` RGBA
+      (`C444alpha`, a 4-channel video).
+  """
+  frames = np.asarray(frames, np.uint8)
+  if frames.ndim == 3:
+    colour, planes = 'Cmono', [frames]
+  elif frames.ndim == 4 and frames.shape[3] in (3, 4):
+    yuv = np.stack([cv2.cvtColor(np.ascontiguousarray(f[..., :3]), cv2.COLOR_RGB2YCrCb) for f in frames])
+    planes = [yuv[..., 0], yuv[..., 2], yuv[..., 1]]  # Y, Cb, Cr
+    colour = 'C444'
+    if frames.shape[3] == 4:
+      colour, planes = 'C444alpha', planes + [frames[..., 3]]
+  else:
+    raise ValueError(f'frames must be [T, H, W] or [T, H, W, 3|4], got {frames.shape}')
+  t, h, w = frames.shape[:3]
+  with open(path, 'wb') as f:
+    f.write(f'YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 {colour} XCOLORRANGE=FULL\n'.encode())
+    for i in range(t):
+      f.write(b'FRAME\n')
+      for plane in planes:
+        f.write(np.ascontiguousarray(plane[i]).tobytes())
+
+
+def split_train_val(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+  """Stratified split of indices: about `val_fraction` of every class (at least one if the class has 2+ videos)."""
+  rng = np.random.default_rng(seed + 1)
+  train, val = [], []
+  for c in sorted(set(labels)):
+    idx = [i for i, lab in enumerate(labels) if lab == c]
+    rng.shuffle(idx)
+    k = int(round(val_fraction * len(idx)))
+    if val_fraction > 0 and k == 0 and len(idx) >= 2:
+      k = 1
+    val += idx[:k]
+    train += idx[k:]
+  return sorted(train), sorted(val)
+
+
+def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int = 128, num_frames: int = 32,
+             seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0) -> list[VideoSpec]:
+  """Writes `num_videos` videos (classes round robin) and the CSVs; returns their specs in order."""
+  if num_videos < 1:
+    raise ValueError(f'num_videos={num_videos} must be >= 1')
+  if width < 32 or height < 32 or width % 2 or height % 2:
+    raise ValueError(f'size {width}x{height} must be even and at least 32x32')
+  if num_frames < 8:
+    raise ValueError(f'num_frames={num_frames} must be >= 8')
+  rng = np.random.default_rng(seed)
+  video_dir = os.path.join(output_dir, 'videos')
+  os.makedirs(video_dir, exist_ok=True)
+  specs, rows = [], []
+  for i in range(num_videos):
+    spec = sample_spec(rng, i % len(CLASSES), width, height, num_frames)
+    rel = os.path.join('videos', f'{i:05d}_{spec.class_name}.mp4')
+    write_mp4(os.path.join(output_dir, rel), render(spec), fps)
+    specs.append(spec)
+    rows.append((rel, spec.label))
+  train, val = split_train_val([s.label for s in specs], val_fraction, seed)
+  for name, idx in (('all.csv', range(num_videos)), ('train.csv', train), ('val.csv', val)):
+    with open(os.path.join(output_dir, name), 'w') as f:
+      f.write('path,label\n')
+      f.writelines(f'{rows[i][0]},{rows[i][1]}\n' for i in idx)
+  with open(os.path.join(output_dir, 'label_map.json'), 'w') as f:
+    json.dump({name: i for i, name in enumerate(CLASSES)}, f, indent=1)
+  with open(os.path.join(output_dir, 'ground_truth.jsonl'), 'w') as f:
+    for (rel, _), spec in zip(rows, specs):
+      f.write(json.dumps({'path': rel, **dataclasses.asdict(spec)}) + '\n')
+  return specs
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  w, h = _parse_size(f.size)
+  specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
+                   val_fraction=f.val_fraction)
+  print(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {f.output_dir}; '
+        f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json')
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+  """'128' -> (128, 128); '160x120' -> (160, 120) as (width, height)."""
+  parts = text.lower().split('x')
+  try:
+    if len(parts) == 1:
+      return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+      return int(parts[0]), int(parts[1])
+  except ValueError:
+    pass
+  raise ValueError(f'--size={text!r} must be N or WxH, e.g. 128 or 160x120')
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+
+  flags.DEFINE_string('output_dir', None, 'Where to write videos/, the CSVs and label_map.json.', required=True)
+  flags.DEFINE_integer('num_videos', 48, 'Number of videos (classes round robin).')
+  flags.DEFINE_string('size', '128x128', 'Frame size WxH (or N for square), even, >= 32.')
+  flags.DEFINE_integer('frames', 32, 'Frames per video.')
+  flags.DEFINE_integer('seed', 0, 'Random seed (same seed -> same videos).')
+  flags.DEFINE_float('val_fraction', 0.25, 'Fraction of each class in val.csv.')
+  app.run(main)

@@ -1,0 +1,184 @@
+"""The whole per-video path: frames -> JPEG frames, warped flow, trajectories, HOG cell maps -> one record.
+
+Pure functions (no Beam): `extract_from_frames` works on any iterable of RGB frames (tests, tools), `extract_video` on
+a video path, `to_record` serialises the result with `m3video_jax.data.schema.encode`. Work is streamed frame by frame,
+so memory grows only with the stored output, not with decoded frames or flow fields.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from data_prep import hog as hog_lib
+from data_prep import optical_flow
+from data_prep import tracking
+from data_prep import video_io
+from data_prep.config import PrepConfig
+from m3video_jax.data import schema
+
+
+class StageTimer:
+  """Accumulates wall time per named stage: `with timer.stage('flow'): ...`; `timer.seconds` maps stage -> s."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def stage(self, name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[name] += time.perf_counter() - t0
+
+
+class _NoTimer:
+
+  @contextlib.contextmanager
+  def stage(self, name: str) -> Iterator[None]:
+    del name
+    yield
+
+
+@dataclasses.dataclass
+class VideoTargets:
+  """Everything stored for one video, before serialisation.
+
+  Attributes:
+    jpeg_frames: N JPEG-encoded RGB frames `H x W`.
+    height, width: prep resolution.
+    fps: frames per second (0 if unknown).
+    traj_disp: float32 `[S, L, Gh, Gw, 2]` displacements (Δx, Δy) in prep px, starts `0, s, 2s, ...`.
+    traj_valid: bool `[S, Gh, Gw]`.
+    hog_map: float32 `[N, Gh, Gw, 9]`.
+    camera_fallbacks: number of frame pairs whose camera homography fell back to identity.
+  """
+  jpeg_frames: list[bytes]
+  height: int
+  width: int
+  fps: float
+  traj_disp: np.ndarray
+  traj_valid: np.ndarray
+  hog_map: np.ndarray
+  camera_fallbacks: int = 0
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.jpeg_frames)
+
+
+def video_id(path: str) -> str:
+  """Stable id of a source path: `<file stem>-<first 12 hex digits of sha1(path)>`."""
+  stem = os.path.splitext(os.path.basename(path.rstrip('/')))[0]
+  return f'{stem}-{hashlib.sha1(path.encode()).hexdigest()[:12]}'
+
+
+def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps: float = 0.0,
+                        timer: StageTimer | None = None) -> VideoTargets:
+  """Runs the per-video path on RGB frames that are already at prep resolution.
+
+  Args:
+    frames: uint8 RGB `[H, W, 3]` frames, all the same size (an iterator is consumed once, frame by frame).
+    config: prep settings (trajectory length and start stride, flow method, camera motion, JPEG quality).
+    fps: stored as is.
+    timer: optional per-stage timing.
+
+  Returns:
+    The `VideoTargets`.
+
+  Raises:
+    video_io.BadVideoError: TOO_SHORT if there are fewer than `L + 1` frames, TOO_SMALL if a frame is smaller than
+      one grid cell.
+  """
+  timer = timer or _NoTimer()
+  estimator = optical_flow.FlowEstimator(config.flow)
+  jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, int(config.jpeg_quality)]
+  jpegs: list[bytes] = []
+  hogs: list[np.ndarray] = []
+  disps: list[np.ndarray] = []
+  valids: list[np.ndarray] = []
+  tracker = None
+  prev_gray = None
+  fallbacks = 0
+  height = width = 0
+  for n, rgb in enumerate(frames):
+    if n == 0:
+      height, width = rgb.shape[:2]
+      if height < schema.GRID_STEP or width < schema.GRID_STEP:
+        raise video_io.BadVideoError(video_io.TOO_SMALL,
+                                     f'prep size {width}x{height} is smaller than one {schema.GRID_STEP}px cell')
+      tracker = tracking.StreamingTracker(height, width, config.traj_len, config.traj_start_stride)
+    elif rgb.shape[:2] != (height, width):
+      raise ValueError(f'frame {n} is {rgb.shape[:2]}, frame 0 is {(height, width)}; frames must share one size')
+    with timer.stage('jpeg'):
+      ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), jpeg_params)
+      if not ok:
+        raise video_io.BadVideoError(video_io.ERROR, f'JPEG encoding of frame {n} failed')
+      jpegs.append(buf.tobytes())
+    with timer.stage('hog'):
+      gray = hog_lib.to_gray(rgb)
+      hogs.append(hog_lib.hog_cell_map(gray))
+    if prev_gray is not None:
+      flow, camera = optical_flow.warped_flow(prev_gray, gray, estimator, config, timer=timer)
+      fallbacks += int(camera is not None and camera.is_identity)
+      with timer.stage('tracking'):
+        for _, disp, valid in tracker.add_flow(n - 1, flow):
+          disps.append(disp)
+          valids.append(valid)
+    prev_gray = gray
+  n_frames = len(jpegs)
+  if n_frames < config.min_frames:
+    raise video_io.BadVideoError(video_io.TOO_SHORT,
+                                 f'{n_frames} frames; one trajectory of L={config.traj_len} needs {config.min_frames}')
+  expected = schema.num_starts(n_frames, config.traj_len, config.traj_start_stride)
+  assert len(disps) == expected, (len(disps), expected)  # StreamingTracker invariant.
+  return VideoTargets(jpeg_frames=jpegs, height=height, width=width, fps=fps, traj_disp=np.stack(disps),
+                      traj_valid=np.stack(valids), hog_map=np.stack(hogs), camera_fallbacks=fallbacks)
+
+
+def _timed(frames: Iterable[np.ndarray], timer: StageTimer | _NoTimer) -> Iterator[np.ndarray]:
+  it = iter(frames)
+  while True:
+    with timer.stage('decode'):
+      frame = next(it, None)
+    if frame is None:
+      return
+    yield frame
+
+
+def extract_video(path: str, config: PrepConfig, *, timer: StageTimer | None = None) -> VideoTargets:
+  """Decodes a video (local path or `tf.io.gfile` URL) and runs the per-video path on it.
+
+  Raises:
+    video_io.BadVideoError: with the reason the video is unusable.
+  """
+  timer = timer or _NoTimer()
+  with video_io.local_path(path) as local:
+    with timer.stage('decode'):
+      reader = video_io.VideoReader(local, config.short_side, max_frames=config.max_frames,
+                                    min_native_side=config.min_native_side)
+    with reader:
+      targets = extract_from_frames(_timed(reader, timer), config, fps=reader.info.fps, timer=timer)
+      reader.check_complete()
+  return targets
+
+
+def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> bytes:
+  """Serialises one video with `schema.encode`."""
+  return schema.encode(meta, targets.jpeg_frames, targets.height, targets.width, targets.traj_disp,
+                       targets.traj_valid, targets.hog_map, traj_start_stride=config.traj_start_stride)
+
+
+def extract_video_timed(path: str, config: PrepConfig) -> tuple[VideoTargets, dict[str, float]]:
+  """`extract_video` plus the seconds spent per stage (decode, jpeg, hog, flow, camera, tracking)."""
+  timer = StageTimer()
+  targets = extract_video(path, config, timer=timer)
+  return targets, dict(timer.seconds)

@@ -1,0 +1,248 @@
+"""The Beam extraction job end to end: round trip through schema.decode, bad inputs, resume after a kill, CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from data_prep import extract
+from data_prep import isolated_worker
+from data_prep import shards
+from data_prep import synthetic
+from data_prep import video_io
+from data_prep import video_targets
+from data_prep.config import PrepConfig
+from data_prep.inputs import VideoInput
+from m3video_jax.data import schema
+
+IN_PROCESS = ['--runner=FnApiRunner', '--direct_running_mode=in_memory', '--direct_num_workers=1']
+CONFIG = PrepConfig(short_side=64)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_records(path):
+  import tensorflow as tf
+  return [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
+def _make_dataset(root, num_good=4, frames=12):
+  """Good synthetic mp4s plus one input of every bad kind; returns (csv path, good paths, {bad path: reason})."""
+  os.makedirs(root, exist_ok=True)
+  rng = np.random.default_rng(0)
+  good = []
+  for i in range(num_good):
+    path = os.path.join(root, f'good{i}.mp4')
+    synthetic.write_mp4(path, synthetic.render(synthetic.sample_spec(rng, i % 8, 64, 64, frames)))
+    good.append(path)
+  gray = os.path.join(root, 'gray_odd.y4m')  # grayscale, odd size: a good input
+  synthetic.write_y4m(gray, synthetic.render(synthetic.sample_spec(rng, 1, 62, 50, 10))[:, :49, :61, 0])
+  good.append(gray)
+  bad = {}
+  open(os.path.join(root, 'empty.mp4'), 'wb').close()
+  bad[os.path.join(root, 'empty.mp4')] = video_io.ZERO_BYTE
+  with open(os.path.join(root, 'text.mp4'), 'w') as f:
+    f.write('not a video\n' * 50)
+  bad[os.path.join(root, 'text.mp4')] = video_io.NOT_A_VIDEO
+  bad[os.path.join(root, 'missing.mp4')] = video_io.UNREADABLE
+  short = os.path.join(root, 'short.mp4')
+  synthetic.write_mp4(short, synthetic.render(synthetic.sample_spec(rng, 2, 64, 64, 5)))
+  bad[short] = video_io.TOO_SHORT
+  tiny = os.path.join(root, 'tiny.y4m')
+  synthetic.write_y4m(tiny, np.zeros((10, 10, 12, 3), np.uint8))
+  bad[tiny] = video_io.TOO_SMALL
+  data = open(good[0], 'rb').read()
+  with open(os.path.join(root, 'cut.mp4'), 'wb') as f:
+    f.write(data[:len(data) // 2])
+  bad[os.path.join(root, 'cut.mp4')] = video_io.NOT_A_VIDEO
+  csv = os.path.join(root, 'list.csv')
+  with open(csv, 'w') as f:
+    f.write('path,label\n')
+    for i, p in enumerate(good + sorted(bad)):
+      f.write(f'{os.path.basename(p)},{i % 3}\n')
+  return csv, good, bad
+
+
+@pytest.fixture(scope='module')
+def job_run(tmp_path_factory):
+  """One in-process run of the job over the dataset (shared by the checks below)."""
+  root = str(tmp_path_factory.mktemp('data'))
+  csv, good, bad = _make_dataset(root)
+  out = str(tmp_path_factory.mktemp('out'))
+  job = extract.JobOptions(min_shards=4, max_bad_fraction=0.7, progress_interval_s=0)
+  manifest = extract.run(csv, out, CONFIG, job, beam_args=IN_PROCESS)
+  return csv, good, bad, out, manifest, job
+
+
+def test_manifest_and_failure_report(job_run):
+  _, good, bad, out, manifest, _ = job_run
+  assert manifest['records'] == len(good) and manifest['videos'] == len(good) + len(bad)
+  assert manifest['status'] == 'ok' and manifest['schema_version'] == schema.SCHEMA_VERSION
+  assert manifest['config'] == CONFIG.to_json() and manifest['code_version']['package']
+  assert manifest['num_shards'] == 4 and sum(s['records'] for s in manifest['shards']) == len(good)
+  names = sorted(n for n in os.listdir(out) if n.endswith('.tfrecord'))
+  assert names == [f'videos-{i:05d}-of-00004.tfrecord' for i in range(4)]
+  with open(os.path.join(out, 'failures.jsonl')) as f:
+    failures = [json.loads(line) for line in f]
+  assert {f['path']: f['reason'] for f in failures} == bad
+  assert all(f['message'] for f in failures)
+  assert 0 < manifest['non_jpeg_bytes_per_frame'] < 16 * 1024
+  assert os.listdir(os.path.join(out, '_work', 'tmp')) == []
+
+
+def test_round_trip_decodes_to_what_the_per_video_functions_computed(job_run):
+  _, good, _, out, manifest, _ = job_run
+  records = [r for s in manifest['shards'] for r in _read_records(os.path.join(out, s['file']))]
+  by_path = {}
+  for r in records:
+    d = schema.decode(r)
+    by_path[d['source_path']] = d
+  assert sorted(by_path) == sorted(good)
+  for path in good:
+    d = by_path[path]
+    want = video_targets.extract_video(path, CONFIG)
+    assert d['video_id'] == video_targets.video_id(path)
+    assert (d['height'], d['width'], d['num_frames']) == (want.height, want.width, want.num_frames)
+    assert d['traj_len'] == CONFIG.traj_len and d['traj_start_stride'] == CONFIG.traj_start_stride
+    # Δp within the 1/4 px quantisation, validity exact.
+    np.testing.assert_allclose(d['traj_disp'], want.traj_disp, atol=0.125 + 1e-6)
+    np.testing.assert_array_equal(d['traj_valid'], want.traj_valid)
+    # HOG map within the sqrt companding (absolute error <= scale * 1/255 for the largest values).
+    scale = want.hog_map.max(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(d['hog_map'], want.hog_map, atol=float(scale.max()) * 2 / 255)
+    want_traj_hog = schema.trajectory_hog(want.hog_map, want.traj_disp, d['traj_start_frames'])
+    np.testing.assert_allclose(d['traj_hog'], want_traj_hog, atol=float(scale.max()) * 0.05)
+    # Frames: exactly the stored JPEGs; close to the decoded source frames.
+    stored = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                       for b in want.jpeg_frames])
+    np.testing.assert_array_equal(d['frames'], stored)
+    frames, _ = video_io.read_video(path, CONFIG.short_side)
+    assert d['frames'].shape == frames.shape
+    assert np.abs(d['frames'].astype(int) - frames).mean() < 8.0  # JPEG q90 of a busy random texture
+  labels = {d['source_path']: d['label'] for d in by_path.values()}
+  assert labels[good[0]] == 0 and labels[good[1]] == 1
+
+
+def test_job_fails_above_max_bad_fraction_but_keeps_good_output(job_run):
+  csv, good, bad, out, _, job = job_run
+  strict = extract.JobOptions(**{**job.__dict__, 'max_bad_fraction': 0.1})
+  with pytest.raises(extract.TooManyFailuresError, match='6 of 11 inputs failed'):
+    extract.run(csv, out, CONFIG, strict, beam_args=IN_PROCESS)  # resumes: nothing to redo
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  assert manifest['status'] == 'too_many_failures' and manifest['records'] == len(good)
+
+
+def test_other_config_in_same_output_dir_is_refused(job_run):
+  csv, _, _, out, _, job = job_run
+  with pytest.raises(ValueError, match='--overwrite'):
+    extract.run(csv, out, PrepConfig(short_side=64, traj_len=4), job, beam_args=IN_PROCESS)
+
+
+def test_resume_redoes_only_missing_or_broken_shards(tmp_path):
+  root = str(tmp_path / 'data')
+  csv, good, _, = _make_dataset(root, num_good=4, frames=10)[:3]
+  out = str(tmp_path / 'out')
+  job = extract.JobOptions(min_shards=4, max_bad_fraction=1.0, progress_interval_s=0)
+  first = extract.run(csv, out, CONFIG, job, beam_args=IN_PROCESS)
+  names = [s['file'] for s in first['shards']]
+  mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names}
+  # Simulate kills at different points: (a) shard renamed but its result JSON never written; (b) a stale temp file;
+  # (c) a shard file that does not match its result (e.g. clobbered by hand) -> all must be redone or cleaned.
+  os.remove(shards.result_path(out, names[0]))
+  with open(os.path.join(out, '_work', 'tmp', names[1] + '.tmp-dead'), 'wb') as f:
+    f.write(b'partial')
+  with open(os.path.join(out, names[2]), 'r+b') as f:
+    f.truncate(10)
+  time.sleep(0.01)
+  second = extract.run(csv, out, CONFIG, job, beam_args=IN_PROCESS)
+  redone = [n for n in names if os.stat(os.path.join(out, n)).st_mtime_ns != mtimes[n]]
+  assert redone == [names[0], names[2]]
+  assert os.listdir(os.path.join(out, '_work', 'tmp')) == []
+  assert second['records'] == first['records'] == len(good)
+  ids = [schema.decode(r, decode_frames=False)['video_id'] for n in names for r in _read_records(os.path.join(out, n))]
+  assert len(ids) == len(set(ids)) == len(good)
+
+
+def test_process_video_maps_worker_crash_and_timeout_to_reasons():
+
+  class Crashing:
+
+    def __init__(self, exc):
+      self.exc = exc
+
+    def call(self, *args, **kwargs):
+      raise self.exc
+
+  video = VideoInput('/some/video.mp4', 3, 'x')
+  out = extract.process_video(video, CONFIG, Crashing(isolated_worker.WorkerCrashed(-11)))
+  assert out.record is None and out.reason == video_io.DECODER_CRASH and 'SIGSEGV' in out.message
+  out = extract.process_video(video, CONFIG, Crashing(isolated_worker.WorkerTimeout('slow')))
+  assert out.reason == video_io.TIMEOUT
+  out = extract.process_video(video, CONFIG, Crashing(MemoryError('boom')))
+  assert out.reason == video_io.ERROR and 'MemoryError' in out.message
+
+
+def _finished_shards(out):
+  return [n for n in os.listdir(os.path.join(out, '_work', 'shards')) if n.endswith('.json')] if os.path.isdir(
+      os.path.join(out, '_work', 'shards')) else []
+
+
+def test_cli_default_runner_from_another_cwd(tmp_path):
+  """`python -m data_prep.extract` outside the repo with the default local runner (multi-processing, all cores)."""
+  root = str(tmp_path / 'data')
+  csv, good, bad = _make_dataset(root, num_good=2, frames=10)
+  out = str(tmp_path / 'out')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  cmd = [sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={out}', '--short_side=64',
+         '--max_bad_fraction=0.5', '--min_shards=2']
+  done = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  # 3 good of 9 inputs: above --max_bad_fraction=0.5 -> exit code 1, good inputs written, report complete.
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert 'FAILED' in done.stderr and 'non-JPEG bytes per source frame' in done.stderr
+  assert 'Beam counters: frames=' in done.stderr and 'videos_failed=6' in done.stderr and 'videos_ok=3' in done.stderr
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  assert manifest['records'] == len(good) and manifest['videos_failed'] == len(bad)
+  assert manifest['job']['isolation'] == 'subprocess'
+
+
+@pytest.mark.slow
+def test_cli_killed_and_resumed(tmp_path):
+  """The CLI (default local runner) killed after its first shard, then re-run: visible shards are never partial, the
+  re-run completes without duplicates. ~40 s (two job start-ups)."""
+  root = str(tmp_path / 'data')
+  os.makedirs(root)
+  rng = np.random.default_rng(1)
+  for i in range(12):
+    synthetic.write_mp4(os.path.join(root, f'v{i:02d}.mp4'),
+                        synthetic.render(synthetic.sample_spec(rng, i % 8, 64, 64, 24)))
+  out = str(tmp_path / 'out')
+  cmd = [sys.executable, '-m', 'data_prep.extract', f'--input={root}', f'--output_dir={out}', '--short_side=128',
+         '--min_shards=6', '--progress_interval_s=1', '--direct_num_workers=2']
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None and not _finished_shards(out):
+    time.sleep(0.05)
+  if proc.poll() is None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, its Beam workers and their isolated children
+  proc.wait()
+  visible = sorted(n for n in os.listdir(out) if n.endswith('.tfrecord'))
+  for name in visible:  # every visible shard is complete
+    for r in _read_records(os.path.join(out, name)):
+      schema.decode(r, decode_frames=False)
+  assert len(_finished_shards(out)) < 6, 'the job finished before it could be killed; use more videos'
+  done = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert 'non-JPEG bytes per source frame' in done.stderr and 'videos 12/12' in done.stderr
+  assert 'Beam counters' in done.stderr
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  assert manifest['records'] == 12 and manifest['num_shards'] == 6
+  ids = [schema.decode(r, decode_frames=False)['video_id'] for s in manifest['shards']
+         for r in _read_records(os.path.join(out, s['file']))]
+  assert len(ids) == len(set(ids)) == 12
+  assert not os.path.exists(os.path.join(REPO, 'out'))
