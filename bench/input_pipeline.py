@@ -42,7 +42,7 @@ def prepare_shards(out_dir: str, traj_len: int) -> str:
   with open(csv, 'w') as f:
     f.writelines(f'{p},0\n' for p in sample_video_paths())
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}',
-                  f'--output_dir={os.path.join(out_dir, "tfrecords")}', f'--traj_len={traj_len}'], check=True)
+                  f'--output_dir={os.path.join(out_dir, "tfrecords")}', '--prefix=train', f'--traj_len={traj_len}'], check=True)
   return pattern
 
 

@@ -42,7 +42,7 @@ def bench_jax(args) -> float:
   state = jax.jit(init, out_shardings=state_shd)(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = tasks.example_batch(config, args.batch)
-  batch['video'] = rng.normal(size=batch['video'].shape).astype(np.float32)
+  batch['video'] = rng.integers(0, 256, size=batch['video'].shape, dtype=np.uint8)
   batch['traj_disp'] = rng.normal(size=batch['traj_disp'].shape).astype(np.float32)
   batch['traj_valid'][:] = True
   batch['traj_hog'] = rng.random(batch['traj_hog'].shape).astype(np.float32)

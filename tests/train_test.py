@@ -35,7 +35,7 @@ def random_batch(config, seed, batch_size=None):
   """A batch with the pipeline's keys, shapes and value ranges."""
   rng = np.random.default_rng(seed)
   b = tasks.example_batch(config, batch_size or config.data.batch_size)
-  b['video'] = rng.normal(size=b['video'].shape).astype(np.float32)
+  b['video'] = rng.integers(0, 256, size=b['video'].shape, dtype=np.uint8)
   b['traj_disp'] = rng.normal(scale=3.0, size=b['traj_disp'].shape).astype(np.float32)
   b['traj_valid'] = rng.random(b['traj_valid'].shape) < 0.8
   b['traj_hog'] = rng.random(b['traj_hog'].shape).astype(np.float32)
@@ -51,7 +51,7 @@ def batches_from(config, start_step, fail_at=None, nan_at=None):
       raise KeyboardInterrupt(f'simulated kill before step {step}')
     b = random_batch(config, seed=step)
     if nan_at is not None and step >= nan_at:
-      b['video'][:] = np.nan
+      b['traj_disp'][:] = np.nan
     yield b
 
 

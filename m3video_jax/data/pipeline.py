@@ -1,12 +1,12 @@
 """tf.data input pipeline: TFRecord shards written by `data_prep` -> host-local batches of clips and target inputs.
 
 Stream per process: its share of the shards -> per-epoch stateless shard shuffle -> interleaved reads -> record shuffle
--> (epoch, index)-seeded parse, clip sampling, JPEG decode of the needed frames only, target assembly, crop/flip,
-normalise -> batch (local) -> prefetch. Everything random is seeded by (config.seed, epoch, position), so the stream is
+-> (epoch, index)-seeded parse, clip sampling, JPEG decode of the needed frames only, the same crop/flip for frames and
+trajectories, trajectory-aligned HOG lookup -> batch (local) -> prefetch. Everything random is seeded by (config.seed, epoch, position), so the stream is
 a deterministic function of the seed, and `start_step` resumes it exactly where a run at that step was.
 
 Batch (numpy, leading dim = local batch `b`):
-  video       float32 [b, T, res, res, 3]   ImageNet-normalised RGB
+  video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `tasks.normalize_video`)
   traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8
   traj_valid  bool    [b, T/pt, G, G]
   traj_hog    float32 [b, T/pt, G, G, L, 9]
@@ -147,22 +147,21 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
     frame_idx, tubelet_first, start_idx, has_traj = pp_ops.sample_clip(
         num_frames, rec[schema.NUM_STARTS], seed_clip, clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
         tubelet=spec.tubelet, traj_len=spec.traj_len, start_stride=start_stride, random_start=train)
-    disp, valid = pp_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(valid_strings, start_idx),
-                                             gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
-    valid = tf.logical_and(valid, has_traj[:, None, None])
-    hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
-                            tf.cast(num_frames, tf.int32) - 1)
-    hog = pp_ops.trajectory_hog(tf.gather(hog_strings, hog_frames), tf.gather(hog_scales, hog_frames), disp, gh, gw,
-                                spec.grid_step)
     oy, ox, ch, cw = pp_ops.multiscale_crop_params(height, width, seed_crop, scales=tuple(d.crop_scales),
                                                    max_distort=d.crop_max_distort, res=spec.res, random=train)
     flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
     video = pp_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
                                       res=spec.res, flip=flip)
-    disp, valid, hog = pp_ops.crop_flip_targets(disp, valid, hog, offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
-                                                res=spec.res, flip=flip, grid_step=spec.grid_step)
+    disp, valid = pp_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(valid_strings, start_idx),
+                                             gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
+    valid = tf.logical_and(valid, has_traj[:, None, None])
+    hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
+                            tf.cast(num_frames, tf.int32) - 1)
+    disp, valid, hog = pp_ops.crop_flip_trajectories(
+        disp, valid, tf.gather(hog_strings, hog_frames), tf.gather(hog_scales, hog_frames), offset_y=oy, offset_x=ox,
+        crop_h=ch, crop_w=cw, res=spec.res, flip=flip, grid_step=spec.grid_step)
     return {
-        'video': pp_ops.normalize(video, d.mean, d.std),
+        'video': video,
         'traj_disp': disp,
         'traj_valid': valid,
         'traj_hog': hog,
@@ -173,7 +172,7 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
   return fn
 
 
-def _record_stream(shards: list[str], seed: int, first_epoch: int, shuffle_buffer: int, cycle_length: int):
+def record_stream(shards: list[str], seed: int, first_epoch: int, shuffle_buffer: int, cycle_length: int):
   """(epoch, global index, serialized record), epoch after epoch, each epoch shuffled with its own seed."""
   shard_t = tf.constant(shards)
 
@@ -210,12 +209,11 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   check_stored_records(shards[0], spec)
   counts = record_counts(shards)
   epoch_records = sum(counts)
-  if epoch_records < local_batch:
-    raise ValueError(f'this process has {epoch_records} records in {len(shards)} shards, fewer than one local batch '
-                     f'({local_batch}); lower config.data.batch_size or add data')
+  if not epoch_records:
+    raise ValueError(f'the {len(shards)} shards of this process hold no record: {shards[:5]}')
   consumed = start_step * local_batch
   first_epoch, offset = divmod(consumed, epoch_records)
-  ds = _record_stream(shards, int(config.seed), first_epoch, d.shuffle_buffer, min(len(shards), 16))
+  ds = record_stream(shards, int(config.seed), first_epoch, d.shuffle_buffer, min(len(shards), 16))
   # Global position in the stream, so an element's seed does not depend on where the run (re)started.
   ds = ds.enumerate(start=first_epoch * epoch_records).map(lambda i, er: (er[0], i, er[1]))
   ds = ds.skip(offset)
@@ -228,14 +226,14 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   options.threading.private_threadpool_size = 0
   ds = ds.with_options(options)
   info = {'shards': shards, 'epoch_records': epoch_records, 'local_batch': local_batch,
-          'first_id': first_epoch * epoch_records + offset}
+          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': 1}
   return ds, info
 
 
 def locate_record(shards: list[str], seed: int, shuffle_buffer: int, record_id: int, epoch_records: int) -> str:
   """Replays the (cheap, undecoded) record stream to find the shard and record of stream position `record_id`."""
   epoch = record_id // epoch_records
-  ds = _record_stream(shards, seed, epoch, shuffle_buffer, min(len(shards), 16))
+  ds = record_stream(shards, seed, epoch, shuffle_buffer, min(len(shards), 16))
   ds = ds.enumerate(start=epoch * epoch_records)
   by_content = None
   for i, (_, rec) in ds.skip(record_id - epoch * epoch_records).take(1):
@@ -255,11 +253,15 @@ class TrainIterator:
 
   With `config.data.skip_corrupt=False` a record that fails to decode stops training with a `CorruptRecordError`
   naming the shard and record; with True it is skipped and counted in `num_skipped`.
+
+  `make_dataset` builds the stream (default: the pretraining clips of `make_train_dataset`; the classification input
+  passes its own, which puts `info['clips_per_record']` consecutive clips of each record in a batch).
   """
 
-  def __init__(self, config, **kwargs):
+  def __init__(self, config, *, make_dataset=None, **kwargs):
     self._config = config
-    self._ds, self.info = make_train_dataset(config, **kwargs)
+    self._ds, self.info = (make_dataset or make_train_dataset)(config, **kwargs)
+    self._clips_per_record = self.info['clips_per_record']
     self._it = self._ds.as_numpy_iterator()
     self._next_id = self.info['first_id']
     self.num_skipped = 0
@@ -274,7 +276,7 @@ class TrainIterator:
       raise CorruptRecordError(f'reading the training shards failed: {e.message.strip()}. This process reads '
                                f'{len(self.info["shards"])} shards: {self.info["shards"]}; a truncated or damaged shard is '
                                'rewritten by deleting it and re-running the same data_prep command (it resumes)') from e
-    ids = batch.pop('_id')
+    ids = batch.pop('_id')[::self._clips_per_record]
     expected = self._next_id + np.arange(len(ids))
     if not np.array_equal(ids, expected):
       gaps = int(ids[-1] - self._next_id + 1 - len(ids))

@@ -73,29 +73,29 @@ def decode_trajectories(disp_strings: tf.Tensor, valid_strings: tf.Tensor, gh: t
   return disp, valid
 
 
-def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor,
-                   grid_step: int):
+def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tensor, x0: tf.Tensor, y0: tf.Tensor,
+                   gh: tf.Tensor, gw: tf.Tensor, grid_step: int):
   """Trajectory-aligned HOG: bilinear lookup of each frame's cell-histogram map at the tracked positions.
 
   Args:
     hog_strings: string `[Tt, L]`, the stored map of frame `first_k + j`.
     hog_scales: float32 `[Tt, L]`, their de-quantisation scales.
-    disp: float32 `[Tt, L, Gh, Gw, 2]`.
+    disp: float32 `[Tt, L, Py, Px, 2]` displacements in prep pixels of the `Py x Px` trajectories.
+    x0: float32 `[Px]`, y0: float32 `[Py]`: their start positions in prep pixels.
+    gh, gw: the stored maps' grid (cell centres at `g*i + g/2`).
 
   Returns:
-    float32 `[Tt, L, Gh, Gw, 9]`, `HOG(p_j)` with `p_0` the grid point and `p_j = p_0 + sum_{i<j} disp_i`.
+    float32 `[Tt, L, Py, Px, 9]`, `HOG(p_j)` with `p_j = p_0 + sum_{i<j} disp_i`.
   """
   q = tf.io.decode_raw(tf.io.decode_compressed(hog_strings, 'ZLIB'), tf.uint8)  # [Tt, L, Gh*Gw*9]
   q = tf.cast(q, tf.float32) / 255.0
   maps = q * q * hog_scales[..., None]
-  tt, steps = tf.shape(disp)[0], tf.shape(disp)[1]
+  tt, steps, py, px = tf.shape(disp)[0], tf.shape(disp)[1], tf.shape(disp)[2], tf.shape(disp)[3]
   maps = tf.reshape(maps, [tt * steps, gh * gw, schema.HOG_BINS])
-  # Positions before each step: exclusive cumulative sum of displacements.
-  offsets = tf.cumsum(disp, axis=1, exclusive=True)
+  offsets = tf.cumsum(disp, axis=1, exclusive=True)  # Position before each step, relative to the start.
   half = grid_step / 2
-  gy, gx = tf.meshgrid(tf.range(gh), tf.range(gw), indexing='ij')
-  x = tf.cast(gx, tf.float32) * grid_step + half + offsets[..., 0]
-  y = tf.cast(gy, tf.float32) * grid_step + half + offsets[..., 1]
+  x = x0[None, None, None, :] + offsets[..., 0]
+  y = y0[None, None, :, None] + offsets[..., 1]
   gwf, ghf = tf.cast(gw, tf.float32), tf.cast(gh, tf.float32)
   u = tf.clip_by_value((x - half) / grid_step, 0.0, gwf - 1)
   v = tf.clip_by_value((y - half) / grid_step, 0.0, ghf - 1)
@@ -106,8 +106,8 @@ def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tenso
   u1, v1 = tf.minimum(u0 + 1, gw - 1), tf.minimum(v0 + 1, gh - 1)
 
   def at(vv, uu):
-    idx = tf.reshape(vv * gw + uu, [tt * steps, gh * gw])
-    return tf.reshape(tf.gather(maps, idx, batch_dims=1), [tt, steps, gh, gw, schema.HOG_BINS])
+    idx = tf.reshape(vv * gw + uu, [tt * steps, py * px])
+    return tf.reshape(tf.gather(maps, idx, batch_dims=1), [tt, steps, py, px, schema.HOG_BINS])
 
   top = at(v0, u0) * (1 - wu) + at(v0, u1) * wu
   bottom = at(v1, u0) * (1 - wu) + at(v1, u1) * wu
@@ -139,9 +139,9 @@ def multiscale_crop_params(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
   return o[1] * ((height - crop_h) // 4), o[0] * ((width - crop_w) // 4), crop_h, crop_w
 
 
-def _grid_resample_matrix(offset: tf.Tensor, crop: tf.Tensor, src_cells: tf.Tensor, res: int, grid_step: int,
-                          flip: tf.Tensor | bool = False) -> tf.Tensor:
-  """Bilinear weights `[G, src_cells]` that take the prep grid to the output grid along one axis.
+def output_grid_sources(offset: tf.Tensor, crop: tf.Tensor, res: int, grid_step: int,
+                        flip: tf.Tensor | bool = False) -> tf.Tensor:
+  """Prep-pixel position `[G]` of each output grid point along one axis.
 
   Output grid point `i` sits at output pixel `g*i + g/2`; the crop maps output pixel `o` to prep pixel
   `offset + (o + 0.5) * crop / res - 0.5` (half-pixel centres, as `tf.image.resize`). With `flip` the output pixel is
@@ -150,53 +150,66 @@ def _grid_resample_matrix(offset: tf.Tensor, crop: tf.Tensor, src_cells: tf.Tens
   g = res // grid_step
   out_pix = tf.range(g, dtype=tf.float32) * grid_step + grid_step / 2
   out_pix = tf.where(tf.cast(flip, tf.bool), res - 1 - out_pix, out_pix)
-  src_pix = tf.cast(offset, tf.float32) + (out_pix + 0.5) * tf.cast(crop, tf.float32) / res - 0.5
+  return tf.cast(offset, tf.float32) + (out_pix + 0.5) * tf.cast(crop, tf.float32) / res - 0.5
+
+
+def _resample_matrix(src_pix: tf.Tensor, src_cells: tf.Tensor, grid_step: int) -> tf.Tensor:
+  """Bilinear weights `[G, src_cells]` from the prep grid (cell centres `g*i + g/2`) to positions `src_pix`."""
   n = tf.cast(src_cells, tf.float32)
   u = tf.clip_by_value((src_pix - grid_step / 2) / grid_step, 0.0, n - 1)
   u0 = tf.floor(u)
   a = u - u0
   u0 = tf.cast(u0, tf.int32)
   u1 = tf.minimum(u0 + 1, src_cells - 1)
-  return (tf.one_hot(u0, src_cells) * (1 - a)[:, None] + tf.one_hot(u1, src_cells) * a[:, None])
+  return tf.one_hot(u0, src_cells) * (1 - a)[:, None] + tf.one_hot(u1, src_cells) * a[:, None]
 
 
-def crop_flip_targets(disp, valid, hog, *, offset_y, offset_x, crop_h, crop_w, res: int, flip, grid_step: int):
-  """Applies the frames' crop (+ resize to `res`) and flip to the trajectory grid.
+def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, offset_x, crop_h, crop_w, res: int,
+                           flip, grid_step: int):
+  """Applies the frames' crop (+ resize to `res`) and flip to the trajectories, then looks up their HOG.
+
+  The output grid (`G = res // g` points per side, at the output pixels' cell centres) is mapped into the prep frame;
+  each output trajectory is the bilinear blend of the stored trajectories around its start, and its HOG is looked up
+  along its own path in the stored per-frame maps.
 
   Args:
-    disp: float32 `[Tt, L, Gh, Gw, 2]` prep pixels; valid: bool `[Tt, Gh, Gw]`; hog: float32 `[Tt, L, Gh, Gw, 9]`.
+    disp: float32 `[Tt, L, Gh, Gw, 2]` prep pixels; valid: bool `[Tt, Gh, Gw]`;
+    hog_strings, hog_scales: `[Tt, L]` stored maps of frames `first_k + j` (see `trajectory_hog`).
 
   Returns:
     disp `[Tt, G, G, L, 2]` in output pixels (Δ scaled by res/crop, Δx negated on flip), valid `[Tt, G, G]` (AND of
     the source points with non-zero weight), hog `[Tt, G, G, L, 9]` (bins mirrored on flip).
   """
   gh, gw = tf.shape(valid)[1], tf.shape(valid)[2]
-  wy = _grid_resample_matrix(offset_y, crop_h, gh, res, grid_step)
-  wx = _grid_resample_matrix(offset_x, crop_w, gw, res, grid_step, flip)
-  disp = tf.einsum('yh,tlhwc,xw->tyxlc', wy, disp, wx)
+  y0 = output_grid_sources(offset_y, crop_h, res, grid_step)
+  x0 = output_grid_sources(offset_x, crop_w, res, grid_step, flip)
+  wy, wx = _resample_matrix(y0, gh, grid_step), _resample_matrix(x0, gw, grid_step)
+  disp = tf.einsum('yh,tlhwc,xw->tlyxc', wy, disp, wx)
+  hog = trajectory_hog(hog_strings, hog_scales, disp, x0, y0, gh, gw, grid_step)
+  flip = tf.cast(flip, tf.bool)
+  hog = tf.where(flip, tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), hog)
   scale = tf.stack([res / tf.cast(crop_w, tf.float32), res / tf.cast(crop_h, tf.float32)])
-  sign = tf.where(tf.cast(flip, tf.bool), tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
-  disp = disp * scale * sign
-  hog = tf.einsum('yh,tlhwc,xw->tyxlc', wy, hog, wx)
-  hog = tf.where(tf.cast(flip, tf.bool), tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), hog)
+  sign = tf.where(flip, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
+  disp = disp * (scale * sign)
   invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > 0, tf.float32), 1.0 - tf.cast(valid, tf.float32),
                       tf.cast(wx > 0, tf.float32))
-  return disp, invalid < 0.5, hog
+  return tf.transpose(disp, [0, 2, 3, 1, 4]), invalid < 0.5, tf.transpose(hog, [0, 2, 3, 1, 4])
 
 
 def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, res: int, flip) -> tf.Tensor:
   """Decodes only the given JPEG frames, crops the same window from each, resizes to `res` and flips.
 
   Returns:
-    float32 `[T, res, res, 3]` in [0, 255].
+    uint8 `[T, res, res, 3]` (normalisation happens on the device, in the jitted step: 4x less to transfer).
   """
   window = tf.stack([offset_y, offset_x, crop_h, crop_w])
   frames = tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method='INTEGER_FAST'), jpegs,
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  frames = tf.image.resize(frames, [res, res], method='bilinear', antialias=False)
-  return tf.where(tf.cast(flip, tf.bool), tf.reverse(frames, axis=[2]), frames)
+  frames = tf.cond(tf.logical_and(tf.equal(crop_h, res), tf.equal(crop_w, res)), lambda: frames,
+                   lambda: tf.saturate_cast(tf.round(tf.image.resize(frames, [res, res], method='bilinear')), tf.uint8))
+  return tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(frames, axis=[2]), lambda: frames)
 
 
 def normalize(frames: tf.Tensor, mean, std) -> tf.Tensor:
-  """[0, 255] -> ImageNet-normalised float32."""
-  return (frames / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  """[0, 255] -> ImageNet-normalised float32 (for host-side use; training normalises on the device)."""
+  return (tf.cast(frames, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
