@@ -1,0 +1,243 @@
+"""Tests for m3video_jax/targets.py (and the loss on top of its targets)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m3video_jax import hog
+from m3video_jax import losses
+from m3video_jax import masking
+from m3video_jax import targets
+
+
+def _cfg(**overrides):
+  c = targets.default_config()
+  c.update(overrides)
+  return c
+
+
+def _random_batch(rng, b=2, t=4, h=32, w=48, steps=3, valid_prob=1.0):
+  gh, gw = h // 8, w // 8
+  return {
+      'video': rng.normal(size=(b, t, h, w, 3)).astype(np.float32),
+      'traj_disp': rng.normal(size=(b, t // 2, gh, gw, steps, 2)).astype(np.float32) * 3,
+      'traj_valid': rng.random((b, t // 2, gh, gw)) < valid_prob,
+      'traj_hog': rng.random((b, t // 2, gh, gw, steps, 9)).astype(np.float32),
+  }
+
+
+def _one_token_batch():
+  """One clip, one tubelet, one 16x16 token: K = 4 trajectories, 2 stored steps."""
+  disp = np.full((1, 1, 2, 2, 2, 2), 100.0, np.float32)  # Step 1 must be ignored with traj_len=1.
+  # Step 0, (dx, dy) of point k = 2 * gy + gx: mean 0, population variance 1.
+  disp[0, 0, 0, 0, 0] = (1, 1)
+  disp[0, 0, 0, 1, 0] = (-1, -1)
+  disp[0, 0, 1, 0, 0] = (1, -1)
+  disp[0, 0, 1, 1, 0] = (-1, 1)
+  hog_ = np.full((1, 1, 2, 2, 2, 9), 7.0, np.float32)
+  hog_[0, 0, 0, :, 0] = 2.0  # Points 0 and 1: all bins 2; points 2 and 3: all bins 0 -> mean 1, variance 1.
+  hog_[0, 0, 1, :, 0] = 0.0
+  return {
+      'video': np.zeros((1, 2, 16, 16, 3), np.float32),
+      'traj_disp': disp,
+      'traj_valid': np.ones((1, 1, 2, 2), bool),
+      'traj_hog': hog_,
+  }
+
+
+def test_default_config_is_paper_target_with_264_dims():
+  cfg = targets.default_config()
+  assert (cfg.kind, cfg.traj_len, cfg.position, cfg.shape, cfg.patch_norm) == ('trajectory', 6, True, True, True)
+  assert targets.part_dims(cfg) == {'position': 48, 'shape': 216}
+
+
+@pytest.mark.parametrize('overrides, dims', [
+    ({'shape': False}, {'position': 48}),
+    ({'position': False, 'traj_len': 4}, {'shape': 144}),
+    ({'kind': 'trajectory_reference', 'traj_len': 4}, {'position': 32, 'shape': 108}),
+    ({'kind': 'pixel'}, {'pixel': 1536}),
+    ({'kind': 'hog'}, {'hog': 108}),
+])
+def test_part_dims_of_variants(overrides, dims):
+  assert targets.part_dims(_cfg(**overrides)) == dims
+
+
+@pytest.mark.parametrize('overrides, field', [
+    ({'kind': 'flow'}, 'target.kind'),
+    ({'traj_len': 0}, 'target.traj_len'),
+    ({'position': False, 'shape': False}, 'target.position'),
+    ({'norm_eps': 0.0}, 'target.norm_eps'),
+    ({'hog_frame': -1}, 'target.hog_frame'),
+])
+def test_validate_names_the_bad_field(overrides, field):
+  with pytest.raises(ValueError, match=field):
+    targets.validate(_cfg(**overrides))
+
+
+def test_trajectory_target_hand_computed_example():
+  target, weight = targets.compute(_one_token_batch(), _cfg(traj_len=1))
+  s = np.sqrt(1 + 1e-6)
+  # position: index k*2L + j*2 + c; shape: index k*9L + j*9 + bin.
+  want_pos = np.array([1, 1, -1, -1, 1, -1, -1, 1]) / s
+  want_shape = np.array([1.0] * 18 + [-1.0] * 18) / s
+  np.testing.assert_allclose(target[0, 0], np.concatenate([want_pos, want_shape]), rtol=1e-6)
+  np.testing.assert_array_equal(weight, np.ones((1, 1, 44)))
+
+
+def test_trajectory_target_hand_computed_with_an_invalid_trajectory():
+  batch = _one_token_batch()
+  batch['traj_valid'][0, 0, 1, 1] = False  # Point k = 3.
+  target, weight = targets.compute(batch, _cfg(traj_len=1, norm_eps=1e-12))
+  # Statistics over the valid points 0, 1, 2 only. position: mean 0, variance 1 -> values unchanged.
+  np.testing.assert_allclose(target[0, 0, :8], [1, 1, -1, -1, 1, -1, -1, 1], rtol=1e-5)
+  # shape: 18 values 2 and 9 values 0 -> mean 4/3, variance 8/9 -> 2 maps to 1/sqrt(2), 0 to -sqrt(2).
+  want = [2 ** -0.5] * 18 + [-(2 ** 0.5)] * 18
+  np.testing.assert_allclose(target[0, 0, 8:], want, rtol=1e-5)
+  np.testing.assert_array_equal(weight[0, 0], [1] * 6 + [0] * 2 + [1] * 27 + [0] * 9)
+
+
+def test_trajectory_target_layout_maps_grid_points_to_tokens():
+  b, t, h, w, steps = 2, 4, 32, 48, 3
+  gh, gw, ww = h // 8, w // 8, w // 16
+  code = np.arange(b * (t // 2) * gh * gw * steps * 2, dtype=np.float32).reshape(b, t // 2, gh, gw, steps, 2)
+  hcode = np.arange(b * (t // 2) * gh * gw * steps * 9, dtype=np.float32).reshape(b, t // 2, gh, gw, steps, 9)
+  valid = np.random.default_rng(0).random((b, t // 2, gh, gw)) < 0.5
+  batch = {'video': np.zeros((b, t, h, w, 3), np.float32), 'traj_disp': code, 'traj_valid': valid, 'traj_hog': hcode}
+  length = 2
+  target, weight = targets.compute(batch, _cfg(traj_len=length, patch_norm=False))
+  target, weight = np.asarray(target), np.asarray(weight)
+  assert target.shape == (b, (t // 2) * (h // 16) * ww, 4 * length * 11)
+  pos_dim = 4 * length * 2
+  for bi in range(b):
+    for ti in range(t // 2):
+      for gy in range(gh):
+        for gx in range(gw):
+          n = ti * (h // 16) * ww + (gy // 2) * ww + gx // 2
+          k = (gy % 2) * 2 + gx % 2
+          for j in range(length):
+            for c in range(2):
+              assert target[bi, n, k * 2 * length + j * 2 + c] == code[bi, ti, gy, gx, j, c]
+              assert weight[bi, n, k * 2 * length + j * 2 + c] == valid[bi, ti, gy, gx]
+            for bin_ in range(9):
+              assert target[bi, n, pos_dim + k * 9 * length + j * 9 + bin_] == hcode[bi, ti, gy, gx, j, bin_]
+              assert weight[bi, n, pos_dim + k * 9 * length + j * 9 + bin_] == valid[bi, ti, gy, gx]
+
+
+def test_constant_prediction_gives_hand_computed_loss():
+  # All trajectories valid and patch norm on: every part of every token has mean 0 and mean square 1 (up to eps),
+  # so predicting the constant c gives mean((z - c)^2) = 1 + c^2, for the loss and for each part.
+  batch = _random_batch(np.random.default_rng(1), steps=6)
+  cfg = _cfg(norm_eps=1e-12)
+  target, weight = targets.compute(batch, cfg)
+  grid = (2, 2, 3)
+  hidden = masking.tube_mask(jax.random.key(0), 2, grid, 0.5)
+  nm = masking.num_hidden(grid, 0.5)
+  c = 0.5
+  pred = jnp.full((2, nm, 264), c)
+  loss, metrics = losses.masked_l2(pred, target, weight, hidden, targets.part_dims(cfg))
+  np.testing.assert_allclose(loss, 1 + c * c, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss_position'], 1 + c * c, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss_shape'], 1 + c * c, rtol=1e-5)
+  np.testing.assert_allclose(metrics['valid_fraction'], 1.0)
+
+
+def test_invalid_trajectories_contribute_nothing_to_the_loss():
+  rng = np.random.default_rng(2)
+  batch = _random_batch(rng, valid_prob=0.6)
+  cfg = _cfg(traj_len=3)
+  grid = (2, 2, 3)
+  hidden = masking.tube_mask(jax.random.key(1), 2, grid, 0.5)
+  nm = masking.num_hidden(grid, 0.5)
+  dims = targets.part_dims(cfg)
+  pred = rng.normal(size=(2, nm, sum(dims.values()))).astype(np.float32)
+  target, weight = targets.compute(batch, cfg)
+  loss, metrics = losses.masked_l2(pred, target, weight, hidden, dims)
+
+  # Garbage in the out-of-frame trajectories, and in the predictions of their elements, changes nothing.
+  invalid = ~batch['traj_valid']
+  batch2 = {k: v.copy() for k, v in batch.items()}
+  batch2['traj_disp'][invalid] = 1e4
+  batch2['traj_hog'][invalid] = -5e3
+  target2, weight2 = targets.compute(batch2, cfg)
+  w_hidden = np.asarray(masking.gather_tokens(weight2, masking.hidden_indices(hidden, nm)))
+  pred2 = np.where(w_hidden == 0, 1e3, pred)
+  loss2, metrics2 = losses.masked_l2(pred2, target2, weight2, hidden, dims)
+  np.testing.assert_allclose(loss2, loss, rtol=1e-6)
+  np.testing.assert_allclose(metrics2['loss_shape'], metrics['loss_shape'], rtol=1e-6)
+  assert 0 < float(metrics['valid_fraction']) < 1
+  # Every point of a token has L*11 elements, so the element fraction equals the trajectory fraction.
+  tok_valid = np.asarray(targets._grid_to_tokens(batch['traj_valid'], (2, 16, 16)))
+  hid_valid = np.take_along_axis(tok_valid, np.asarray(masking.hidden_indices(hidden, nm))[..., None], 1)
+  np.testing.assert_allclose(metrics['valid_fraction'], hid_valid.mean(), rtol=1e-6)
+
+
+def test_reference_target_hand_computed_example():
+  batch = _one_token_batch()
+  batch['video'] = np.random.default_rng(3).normal(size=(1, 2, 16, 16, 3)).astype(np.float32)
+  batch['traj_disp'][0, 0, :, :, 0] = 0.0
+  batch['traj_disp'][0, 0, 0, 0, 0] = (20.0, 0.0)  # /20 -> dx of the 4 points [1, 0, 0, 0], all dy 0.
+  cfg = _cfg(kind='trajectory_reference', traj_len=1)
+  target, weight = targets.compute(batch, cfg)
+  assert target.shape == (1, 1, 8 + 108)
+  # PatchStd per (c, step) over the 4 points: mean 1/4, unbiased std 1/2 -> [1.5, -0.5, -0.5, -0.5]; dy -> 0.
+  np.testing.assert_allclose(target[0, 0, :8], np.array([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]) * 0.5 / (0.5 + 1e-6),
+                             rtol=1e-6, atol=1e-7)
+  # Shape: RGB HOG of the 2nd frame of the tubelet, index (colour*9 + bin)*4 + 2*cell_row + cell_col.
+  cells = hog.cell_histograms_numpy(batch['video'][0, 1])  # [2, 2, 3, 9]
+  np.testing.assert_allclose(target[0, 0, 8:], cells.transpose(2, 3, 0, 1).reshape(-1), rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(weight, np.ones((1, 1, 116)))
+
+
+def test_reference_target_validity_is_any_of_four_on_the_position_part():
+  rng = np.random.default_rng(4)
+  batch = _random_batch(rng, b=1, t=2, h=16, w=32, steps=4)
+  batch['traj_valid'][:] = False
+  batch['traj_valid'][0, 0, 1, 0] = True  # One point of token 0; token 1 has none.
+  _, weight = targets.compute(batch, _cfg(kind='trajectory_reference', traj_len=4))
+  np.testing.assert_array_equal(weight[0, 0], np.ones(140))
+  np.testing.assert_array_equal(weight[0, 1], [0] * 32 + [1] * 108)
+
+
+def test_pixel_target_matches_videomae_normalised_pixels():
+  rng = np.random.default_rng(5)
+  video = rng.normal(size=(2, 4, 32, 16, 3)).astype(np.float32)
+  target, weight = targets.compute({'video': video}, _cfg(kind='pixel'))
+  mean, std = np.array(targets.IMAGENET_MEAN), np.array(targets.IMAGENET_STD)
+  raw = video * std + mean
+  # 'b (t p0) (h p1) (w p2) c -> b (t h w) (p0 p1 p2) c', then per-colour (x - mean) / (unbiased std + 1e-6).
+  p = raw.reshape(2, 2, 2, 2, 16, 1, 16, 3).transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(2, 4, 512, 3)
+  want = (p - p.mean(2, keepdims=True)) / (p.std(2, ddof=1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(target, want.reshape(2, 4, 1536), rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(weight, np.ones_like(want.reshape(2, 4, 1536)))
+  target_raw, _ = targets.compute({'video': video}, _cfg(kind='pixel', pixel_norm=False))
+  np.testing.assert_allclose(target_raw, p.reshape(2, 4, 1536), rtol=1e-5, atol=1e-6)
+
+
+def test_hog_target_is_tubelet_frame_hog_in_colour_bin_cell_layout():
+  rng = np.random.default_rng(6)
+  video = rng.normal(size=(1, 4, 16, 32, 3)).astype(np.float32)
+  target, weight = targets.compute({'video': video}, _cfg(kind='hog', hog_frame=0))
+  assert target.shape == weight.shape == (1, 4, 108)
+  for ti, frame in enumerate((0, 2)):
+    cells = hog.cell_histograms_numpy(video[0, frame])  # [2, 4, 3, 9]
+    for wi in range(2):
+      want = cells[:, 2 * wi:2 * wi + 2].transpose(2, 3, 0, 1).reshape(-1)
+      np.testing.assert_allclose(target[0, ti * 2 + wi], want, rtol=1e-4, atol=1e-5)
+  normed, _ = targets.compute({'video': video}, _cfg(kind='hog', hog_norm=True))
+  np.testing.assert_allclose(np.asarray(normed).mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(normed).std(-1), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize('kind', targets.KINDS)
+def test_compute_is_jittable_and_finite(kind):
+  batch = _random_batch(np.random.default_rng(7), valid_prob=0.5)
+  cfg = _cfg(kind=kind, traj_len=3)
+  target, weight = jax.jit(lambda b: targets.compute(b, cfg))(batch)
+  d = sum(targets.part_dims(cfg).values())
+  assert target.shape == weight.shape == (2, 12, d) and target.dtype == jnp.float32
+  assert np.isfinite(np.asarray(target)).all()
+
+
+def test_traj_len_longer_than_stored_steps_raises():
+  with pytest.raises(ValueError, match='traj_len'):
+    targets.compute(_random_batch(np.random.default_rng(8), steps=3), _cfg(traj_len=4))
