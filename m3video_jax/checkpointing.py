@@ -1,10 +1,13 @@
 """Orbax checkpoints of the TrainState: async saves every `checkpoint_every_steps`, keep-N, resume onto any mesh."""
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -68,8 +71,39 @@ def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, int]:
 
 
 def load_params(path: str, step: int | None = None) -> Any:
-  """Loads only the `params` of a TrainState checkpoint as host numpy arrays (for init_from, export, features)."""
+  """The `params` of a TrainState checkpoint as host numpy arrays, whatever mesh or devices saved it.
+
+  For init_from, export and features. Every leaf is read whole as a numpy array (a restore onto the saved sharding
+  fails on another topology, e.g. an 8-device checkpoint read on one device); the optimiser state is not read.
+
+  Raises:
+    FileNotFoundError: naming the path when it holds no checkpoint (or not the requested step).
+    ValueError: when the checkpoint holds no `params`.
+  """
   ckpt_dir, step = resolve_checkpoint(path, step)
-  with ocp.CheckpointManager(ckpt_dir) as manager:
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-  return jax.tree.map(lambda x: jax.device_get(x), restored['params'])
+  item_dir = os.path.join(ckpt_dir, str(step), 'default')  # CheckpointManager's name for its single item.
+  if not os.path.isdir(item_dir):
+    found = sorted(os.listdir(os.path.dirname(item_dir))) if os.path.isdir(os.path.dirname(item_dir)) else []
+    raise FileNotFoundError(f'{item_dir} does not exist (the step directory holds {found}); expected a checkpoint '
+                            'saved by CheckpointManager with one unnamed item')
+  checkpointer = ocp.PyTreeCheckpointer()
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Reading the item's metadata warns that _CHECKPOINT_METADATA is one dir up.
+  try:
+    tree = checkpointer.metadata(item_dir).item_metadata
+  finally:
+    absl_logger.setLevel(level)
+  tree = getattr(tree, 'tree', tree)
+  if 'params' not in tree:
+    raise ValueError(f'{item_dir} holds {sorted(tree)}, not a "params" item')
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree['params'])
+  restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+      item={'params': tree['params']}, restore_args={'params': restore_args}, partial_restore=True))
+  return _to_plain_dict(restored['params'])
+
+
+def _to_plain_dict(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _to_plain_dict(v) for k, v in tree.items()}
+  return np.asarray(tree)

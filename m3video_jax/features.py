@@ -1,0 +1,328 @@
+"""Feature extraction with a trained (or imported) encoder: a Python API and a CLI writing one `.npy` per video.
+
+API:
+  encoder = m3video_jax.load_encoder('/runs/m3v_ssv2')        # workdir, checkpoint dir, import output, .pth, HF dir
+  tokens = encoder(video_uint8)                              # [B, T, H, W, 3] uint8 RGB -> [B, N, D] float32
+  pooled = encoder.pooled(video_uint8)                       # [B, D]
+
+The clip is scaled to [0, 1] and normalised with the ImageNet mean/std inside, as the reference does. Tokens are in
+the `(t, h, w)` order of `models/vit.py`, `N = T/2 * H/16 * W/16` for the default tubelet; any `T, H, W` that are
+multiples of the tubelet work (the position table is computed from `N`).
+
+What the features are, by checkpoint:
+* pretraining encoder (or any encoder with its final LayerNorm): tokens after the final LayerNorm; `pooled` = their
+  mean.
+* classifier (finetuned, reference mean-pooling model, no final LayerNorm): tokens of the last block; `pooled` =
+  `fc_norm(mean(tokens))`, the input of the classification head; `encoder.logits(video)` gives the class logits.
+* an encoder without final LayerNorm and without `fc_norm` (e.g. a transformers `use_mean_pooling` encoder): tokens of
+  the last block, `pooled` = their mean.
+
+CLI (temporal action detection, retrieval):
+  python -m m3video_jax.features --checkpoint=/runs/m3v_k400 --input=/data/videos.csv --output_dir=/data/feats \
+      [--num_frames=16 --stride=4 --res=224 --batch_size=8 --pool=mean|tokens --overwrite]
+
+Each video is decoded with `data_prep.video_io` (short side resized to `--res`, centre crop `res x res`), sampled
+every `--stride` frames and cut into consecutive, non-overlapping clips of `--num_frames` sampled frames (clip `k`
+covers source frames `[k * num_frames * stride, (k + 1) * num_frames * stride)`; the last, partial clip is padded with
+its last frame, as the reference pads short videos). `<output_dir>/<path relative to the inputs' common folder>.npy`
+holds `[num_clips, D]` (`--pool=mean`) or `[num_clips, N, D]` (`--pool=tokens`) float32; `index.csv` lists video,
+feature file, clips, decoded frames and fps; unreadable videos are skipped and listed in `failures.csv`. Existing
+`.npy` files are kept unless `--overwrite`. Defaults of `--num_frames/--stride/--res` come from the checkpoint's
+config (`data.num_frames`, `data.frame_stride`, `data.res`), else 16 / 4 / 224.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from m3video_jax import config_lib
+from m3video_jax import import_weights
+from m3video_jax import torch_mapping
+from m3video_jax.models import layers
+from m3video_jax.models import vit
+
+DEFAULT_NUM_FRAMES, DEFAULT_STRIDE, DEFAULT_RES = 16, 4, 224
+
+
+class Encoder:
+  """A frozen encoder on uint8 clips. Build with `load_encoder`, or from a params tree of ours.
+
+  Attributes:
+    variant: encoder variant ('mu', 'S', 'B', 'L').
+    patch_size: tubelet `(pt, ph, pw)`.
+    width: token width `D`.
+    kind: 'pretrain', 'classifier' or 'encoder' (the layout the parameters came in).
+    final_norm: whether the tokens are after the encoder's final LayerNorm.
+    config: the checkpoint's config dict, or None.
+  """
+
+  def __init__(self, params: Mapping[str, Any], config: Mapping[str, Any] | None = None):
+    layout = torch_mapping.layout_of(params)
+    self.kind = layout.kind
+    self.final_norm = layout.final_norm
+    self.variant, self.patch_size = import_weights.encoder_arch(params['encoder'])
+    self.width = vit.VARIANTS[self.variant].width
+    self.config = dict(config) if config else None
+    self._model = vit.VideoViT(self.variant, self.patch_size, final_norm=self.final_norm)
+    self._params = jax.device_put({k: params[k] for k in ('encoder', 'fc_norm', 'head') if k in params})
+    self._tokens_fn = jax.jit(self._tokens)
+    self._pooled_fn = jax.jit(self._pooled)
+    self._logits_fn = jax.jit(self._logits)
+
+  def _tokens(self, params, video: jax.Array) -> jax.Array:
+    x = video.astype(jnp.float32) / 255.0
+    mean, std = jnp.asarray(config_lib.IMAGENET_MEAN), jnp.asarray(config_lib.IMAGENET_STD)
+    x = (x - mean) / std  # The reference's normalisation; exported models expect the same.
+    return self._model.apply({'params': params['encoder']}, x)
+
+  def _pooled(self, params, video: jax.Array) -> jax.Array:
+    x = self._tokens(params, video).mean(axis=1)
+    if 'fc_norm' in params:
+      x = layers.layer_norm('fc_norm', jnp.float32).apply({'params': params['fc_norm']}, x)
+    return x
+
+  def _logits(self, params, video: jax.Array) -> jax.Array:
+    return self._pooled(params, video) @ params['head']['kernel'] + params['head']['bias']
+
+  def _check(self, video: Any) -> np.ndarray | jax.Array:
+    if not hasattr(video, 'dtype'):
+      video = np.asarray(video)
+    if video.dtype != np.uint8:
+      raise ValueError(f'video dtype is {video.dtype}; expected uint8 RGB [B, T, H, W, 3] (0..255, not normalised: '
+                       'scaling and ImageNet normalisation happen inside)')
+    if video.ndim != 5 or video.shape[-1] != 3:
+      raise ValueError(f'video shape is {tuple(video.shape)}; expected [B, T, H, W, 3]')
+    vit.token_grid(video.shape, self.patch_size)  # Raises on shapes that are not multiples of the tubelet.
+    return video
+
+  def __call__(self, video: Any) -> jax.Array:
+    """uint8 RGB `[B, T, H, W, 3]` -> float32 tokens `[B, N, D]` (see the module docstring for which tokens)."""
+    return self._tokens_fn(self._params, self._check(video))
+
+  def pooled(self, video: Any) -> jax.Array:
+    """uint8 RGB `[B, T, H, W, 3]` -> float32 `[B, D]`: mean token (then `fc_norm` for a classifier)."""
+    return self._pooled_fn(self._params, self._check(video))
+
+  def logits(self, video: Any) -> jax.Array:
+    """Classifier checkpoints only: uint8 RGB `[B, T, H, W, 3]` -> class logits `[B, num_classes]`."""
+    if 'head' not in self._params:
+      raise ValueError(f'logits() needs a classifier checkpoint; this one is a {self.kind} checkpoint')
+    return self._logits_fn(self._params, self._check(video))
+
+  def __repr__(self) -> str:
+    return (f'Encoder(variant={self.variant!r}, patch_size={self.patch_size}, kind={self.kind!r}, '
+            f'final_norm={self.final_norm})')
+
+
+def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = False,
+                 allow_pickle: bool = False) -> Encoder:
+  """Loads a frozen `Encoder` from a checkpoint.
+
+  Args:
+    path: a training workdir, its `checkpoints/` dir or a step dir, an `import_weights` output, a `.pth` /
+      `.safetensors` file or a transformers directory (see `import_weights.load_weights`).
+    step: orbax checkpoint step (default: the latest).
+    encoder_only: PyTorch sources: ignore decoder/classifier keys (needed for the reference's MME pretraining
+      checkpoints, whose two-MLP-head decoder has no counterpart here).
+    allow_pickle: PyTorch sources: unpickle a `.pth` fully (trusted files only).
+
+  Returns:
+    The encoder; `enc(video)` -> `[B, N, D]`, `enc.pooled(video)` -> `[B, D]`.
+  """
+  params, config = import_weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
+  return Encoder(params, config)
+
+
+def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
+  h, w = frame.shape[:2]
+  if h < size or w < size:
+    raise ValueError(f'frame {h}x{w} is smaller than the crop {size}')
+  y, x = (h - size) // 2, (w - size) // 2
+  return frame[y:y + size, x:x + size]
+
+
+def clips_from_frames(frames: Iterator[np.ndarray], num_frames: int, stride: int, res: int) -> Iterator[np.ndarray]:
+  """Consecutive, non-overlapping clips `[num_frames, res, res, 3]` of every `stride`-th frame (centre-cropped).
+
+  The last partial clip is padded with its last frame. Yields nothing for an empty stream.
+  """
+  clip: list[np.ndarray] = []
+  for i, frame in enumerate(frames):
+    if i % stride:
+      continue
+    clip.append(centre_crop(frame, res))
+    if len(clip) == num_frames:
+      yield np.stack(clip)
+      clip = []
+  if clip:
+    clip += [clip[-1]] * (num_frames - len(clip))
+    yield np.stack(clip)
+
+
+def _batches(clips: Iterator[np.ndarray], batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+  """Fixed-size batches (zero-padded at the end, so one compilation serves a whole job) and their real sizes."""
+  batch: list[np.ndarray] = []
+  for clip in clips:
+    batch.append(clip)
+    if len(batch) == batch_size:
+      yield np.stack(batch), batch_size
+      batch = []
+  if batch:
+    n = len(batch)
+    batch += [np.zeros_like(batch[0])] * (batch_size - n)
+    yield np.stack(batch), n
+
+
+def video_features(encoder: Encoder, path: str, *, num_frames: int, stride: int, res: int, batch_size: int = 8,
+                   pool: str = 'mean') -> tuple[np.ndarray, dict[str, Any]]:
+  """Features of one video file (local or a `tf.io.gfile` URL).
+
+  Returns:
+    (features `[num_clips, D]` or `[num_clips, N, D]` float32, info with `frames_decoded` and `fps`).
+
+  Raises:
+    data_prep.video_io.BadVideoError: for an unreadable video.
+  """
+  from data_prep import video_io
+
+  if pool not in ('mean', 'tokens'):
+    raise ValueError(f'pool={pool!r} is unknown: expected "mean" or "tokens"')
+  fn = encoder.pooled if pool == 'mean' else encoder
+  outs = []
+  with video_io.local_path(path) as local, video_io.VideoReader(local, short_side=res) as reader:
+    for batch, n in _batches(clips_from_frames(iter(reader), num_frames, stride, res), batch_size):
+      outs.append(np.asarray(fn(batch))[:n])
+    info = {'frames_decoded': reader.frames_decoded, 'fps': reader.info.fps}
+  if not outs:
+    raise video_io.BadVideoError(video_io.TOO_SHORT, f'{path} decoded no frames')
+  return np.concatenate(outs).astype(np.float32), info
+
+
+def output_names(paths: Sequence[str], root: str | None = None) -> list[str]:
+  """Feature file names: each video's path relative to `root` (an input directory) or else to the videos' common
+  folder, with `.npy` for its extension (`root/a/b.mp4` -> `a/b.npy`; class sub-folders are kept)."""
+  if root is not None:
+    common = root.rstrip('/') + '/'
+    if not all(p.startswith(common) for p in paths):
+      raise ValueError(f'not every video is below root={root}')
+  else:
+    dirs = [p.rsplit('/', 1)[0] + '/' if '/' in p else '' for p in paths]
+    common = os.path.commonprefix(dirs)
+    common = common[:common.rfind('/') + 1]
+  return [os.path.splitext(p[len(common):])[0] + '.npy' for p in paths]
+
+
+def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_frames: int, stride: int, res: int,
+            batch_size: int = 8, pool: str = 'mean', overwrite: bool = False, root: str | None = None,
+            show_progress: bool = True) -> dict[str, int]:
+  """Writes one `.npy` per video plus `index.csv` (and `failures.csv` if any video failed) into `output_dir`.
+
+  Args:
+    encoder: the model.
+    inputs: video paths (local or `tf.io.gfile` URLs).
+    output_dir: local directory.
+    num_frames, stride, res, batch_size, pool: see `video_features`.
+    overwrite: recompute videos whose `.npy` exists (otherwise they are skipped, so a killed job can be rerun).
+    root: name the outputs relative to this folder (default: the videos' common folder).
+    show_progress: tqdm progress bar.
+
+  Returns:
+    Counts: `done`, `skipped` (already present), `failed`.
+  """
+  from tqdm import tqdm
+
+  from data_prep import video_io
+
+  os.makedirs(output_dir, exist_ok=True)
+  names = output_names(inputs, root)
+  rows, failures, counts = [], [], {'done': 0, 'skipped': 0, 'failed': 0}
+  bar = tqdm(list(zip(inputs, names)), unit='video', disable=not show_progress, desc='features')
+  for path, name in bar:
+    out = os.path.join(output_dir, name)
+    if os.path.exists(out) and not overwrite:
+      counts['skipped'] += 1
+      continue
+    try:
+      feats, info = video_features(encoder, path, num_frames=num_frames, stride=stride, res=res,
+                                   batch_size=batch_size, pool=pool)
+    except video_io.BadVideoError as e:
+      logging.warning('skipping %s: %s', path, e)
+      failures.append((path, e.reason, e.message))
+      counts['failed'] += 1
+      continue
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    np.save(out, feats)
+    rows.append((path, name, feats.shape[0], info['frames_decoded'], info['fps']))
+    counts['done'] += 1
+    bar.set_postfix(clips=feats.shape[0], failed=counts['failed'])
+  _append_csv(os.path.join(output_dir, 'index.csv'), ('video', 'features', 'num_clips', 'frames_decoded', 'fps'), rows)
+  if failures:
+    _append_csv(os.path.join(output_dir, 'failures.csv'), ('video', 'reason', 'message'), failures)
+  return counts
+
+
+def _append_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+  new = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    writer = csv.writer(f)
+    if new:
+      writer.writerow(header)
+    writer.writerows(rows)
+
+
+def main(argv=None) -> None:
+  from absl import app
+  from absl import flags
+
+  flags.DEFINE_string('checkpoint', None, 'Workdir / checkpoint dir / import output / .pth / transformers dir.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
+  flags.DEFINE_string('input', None, 'Videos: a CSV/list file, a directory (recursive) or a glob.')
+  flags.DEFINE_string('data_root', None, 'Root for relative paths in a list file (default: its folder).')
+  flags.DEFINE_string('output_dir', None, 'Where the .npy files, index.csv and failures.csv go.')
+  flags.DEFINE_integer('num_frames', None, 'Frames per clip (default: data.num_frames of the checkpoint, else 16).')
+  flags.DEFINE_integer('stride', None, 'Temporal stride in frames (default: data.frame_stride, else 4).')
+  flags.DEFINE_integer('res', None, 'Short side and centre crop in px (default: data.res, else 224).')
+  flags.DEFINE_integer('batch_size', 8, 'Clips per forward pass.')
+  flags.DEFINE_enum('pool', 'mean', ['mean', 'tokens'], 'mean: [clips, D] per video; tokens: [clips, N, D].')
+  flags.DEFINE_bool('overwrite', False, 'Recompute videos whose .npy already exists.')
+  flags.DEFINE_bool('encoder_only', False, 'PyTorch checkpoints: ignore decoder/classifier keys.')
+  flags.mark_flags_as_required(['checkpoint', 'input', 'output_dir'])
+
+  def run(args):
+    if len(args) > 1:
+      raise app.UsageError(f'unexpected arguments: {args[1:]}')
+    from data_prep import inputs as inputs_lib
+
+    f = flags.FLAGS
+    try:
+      encoder = load_encoder(f.checkpoint, f.step, encoder_only=f.encoder_only)
+    except import_weights.USER_ERRORS as e:  # A one-line message, not a traceback, for bad inputs.
+      sys.exit(f'error: {e}')
+    data = (encoder.config or {}).get('data', {})
+    num_frames = f.num_frames or data.get('num_frames') or DEFAULT_NUM_FRAMES
+    stride = f.stride or data.get('frame_stride') or DEFAULT_STRIDE
+    res = f.res or data.get('res') or DEFAULT_RES
+    videos = [v.path for v in inputs_lib.list_inputs(f.input, data_root=f.data_root).videos]
+    if not videos:
+      raise app.UsageError(f'--input={f.input} lists no videos')
+    print(f'{encoder}: {len(videos)} videos, clips of {num_frames} frames every {stride} at {res}x{res}, '
+          f'pool={f.pool} -> {os.path.abspath(f.output_dir)}')
+    counts = extract(encoder, videos, f.output_dir, num_frames=num_frames, stride=stride, res=res,
+                     batch_size=f.batch_size, pool=f.pool, overwrite=f.overwrite,
+                     root=f.input if os.path.isdir(f.input) else None)
+    print(f'done {counts["done"]}, already present {counts["skipped"]}, failed {counts["failed"]}'
+          + (f' (see {os.path.join(f.output_dir, "failures.csv")})' if counts['failed'] else ''))
+
+  app.run(run, argv)
+
+
+if __name__ == '__main__':
+  main()

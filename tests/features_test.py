@@ -1,0 +1,180 @@
+"""Feature extraction: what the encoder returns for each checkpoint kind, input checks, clips, the .npy writer."""
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import m3video_jax
+from m3video_jax import config_lib
+from m3video_jax import features
+from m3video_jax import import_weights
+from m3video_jax.models import layers
+from m3video_jax.models import vit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mu_encoder(seed=0):
+  abstract = jax.eval_shape(vit.VideoViT('mu').init, jax.random.PRNGKey(0), np.zeros((1, 2, 16, 16, 3), np.float32))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: ((1.0 if jax.tree_util.keystr(p).endswith("['scale']") else 0.0)
+                    + rng.normal(scale=0.05, size=x.shape)).astype(np.float32), abstract['params'])
+
+
+def mu_classifier(num_classes=3, seed=0):
+  enc = dict(mu_encoder(seed))
+  enc.pop('norm')
+  rng = np.random.default_rng(seed + 1)
+  return {'encoder': enc,
+          'fc_norm': {'scale': (1 + rng.normal(scale=0.1, size=64)).astype(np.float32),
+                      'bias': rng.normal(scale=0.1, size=64).astype(np.float32)},
+          'head': {'kernel': rng.normal(size=(64, num_classes)).astype(np.float32),
+                   'bias': rng.normal(size=num_classes).astype(np.float32)}}
+
+
+def clip(shape, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def normalise(video):
+  mean, std = np.float32(config_lib.IMAGENET_MEAN), np.float32(config_lib.IMAGENET_STD)
+  return (video.astype(np.float32) / 255.0 - mean) / std
+
+
+def test_tokens_are_the_encoder_output_on_the_imagenet_normalised_clip():
+  params = {'encoder': mu_encoder()}
+  encoder = features.Encoder(params)
+  video = clip((2, 4, 32, 48, 3))
+  tokens = np.asarray(encoder(video))
+  assert tokens.shape == (2, 2 * 2 * 3, 64) and tokens.dtype == np.float32
+  expected = jax.jit(vit.VideoViT('mu').apply)({'params': params['encoder']}, normalise(video))
+  np.testing.assert_allclose(tokens, expected, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(encoder.pooled(video)), tokens.mean(axis=1), atol=1e-6)
+  assert (encoder.variant, encoder.patch_size, encoder.kind, encoder.final_norm) == ('mu', (2, 16, 16), 'encoder', True)
+
+
+def test_classifier_features_are_last_block_tokens_and_the_head_input():
+  params = mu_classifier()
+  encoder = features.Encoder(params)
+  video = clip((2, 4, 32, 32, 3), seed=1)
+  tokens = np.asarray(encoder(video))
+  # Normalising the last block's tokens with a plain LayerNorm gives VideoViT's output with an identity-affine norm.
+  plain_norm = {'scale': np.ones(64, np.float32), 'bias': np.zeros(64, np.float32)}
+  with_norm = jax.jit(vit.VideoViT('mu').apply)({'params': {**params['encoder'], 'norm': plain_norm}},
+                                                normalise(video))
+  ln = layers.layer_norm('n', np.float32)
+  np.testing.assert_allclose(ln.apply({'params': plain_norm}, tokens), with_norm, atol=1e-5)
+  pooled = ln.apply({'params': params['fc_norm']}, tokens.mean(axis=1))
+  np.testing.assert_allclose(np.asarray(encoder.pooled(video)), pooled, atol=1e-5)
+  logits = pooled @ params['head']['kernel'] + params['head']['bias']
+  np.testing.assert_allclose(np.asarray(encoder.logits(video)), logits, atol=1e-4)
+  from m3video_jax.models import classifier
+
+  model = classifier.VideoClassifier('mu', num_classes=3)
+  np.testing.assert_allclose(np.asarray(encoder.logits(video)),
+                             jax.jit(model.apply, static_argnames='train')({'params': params}, normalise(video),
+                                                                           train=False), atol=1e-5)
+
+
+def test_bad_inputs_are_rejected():
+  encoder = features.Encoder({'encoder': mu_encoder()})
+  with pytest.raises(ValueError, match='expected uint8'):
+    encoder(normalise(clip((1, 4, 32, 32, 3))))
+  with pytest.raises(ValueError, match=r'expected \[B, T, H, W, 3\]'):
+    encoder(clip((4, 32, 32, 3)))
+  with pytest.raises(ValueError, match='multiples of the tubelet'):
+    encoder(clip((1, 3, 32, 32, 3)))
+  with pytest.raises(ValueError, match='needs a classifier'):
+    encoder.logits(clip((1, 4, 32, 32, 3)))
+
+
+def test_clips_are_strided_consecutive_and_the_last_one_padded():
+  frames = [np.full((6, 8, 3), i, np.uint8) for i in range(10)]
+  clips = list(features.clips_from_frames(iter(frames), num_frames=3, stride=3, res=4))
+  assert [c[:, 0, 0, 0].tolist() for c in clips] == [[0, 3, 6], [9, 9, 9]]
+  assert clips[0].shape == (3, 4, 4, 3)
+  assert list(features.clips_from_frames(iter([]), 3, 1, 4)) == []
+
+
+def test_output_names_keep_the_folders_below_the_root():
+  paths = ['/d/v/a/x.mp4', '/d/v/b/y.avi']
+  assert features.output_names(paths) == ['a/x.npy', 'b/y.npy']
+  assert features.output_names(['/d/v/a/x.mp4'], root='/d/v') == ['a/x.npy']
+  assert features.output_names(['/d/v/a/x.mp4']) == ['x.npy']
+
+
+def test_extract_writes_one_npy_per_video_an_index_and_failures(tmp_path):
+  from data_prep import synthetic
+
+  params = {'encoder': mu_encoder()}
+  import_weights.write_checkpoint(params, {'data': {'num_frames': 4, 'res': 32, 'frame_stride': 1}},
+                                  str(tmp_path / 'ckpt'))
+  encoder = m3video_jax.load_encoder(str(tmp_path / 'ckpt'))  # The lazy package-level entry point.
+  assert encoder.config['data']['num_frames'] == 4
+  videos = tmp_path / 'videos'
+  for sub in ('x', 'y'):
+    os.makedirs(videos / sub)
+  frames = clip((9, 36, 44, 3))
+  synthetic.write_mp4(str(videos / 'x' / 'a.mp4'), frames)
+  open(videos / 'y' / 'bad.mp4', 'wb').close()
+  paths = [str(videos / 'x' / 'a.mp4'), str(videos / 'y' / 'bad.mp4')]
+  out = tmp_path / 'feats'
+  counts = features.extract(encoder, paths, str(out), num_frames=4, stride=1, res=32, batch_size=2,
+                            root=str(videos), show_progress=False)
+  assert counts == {'done': 1, 'skipped': 0, 'failed': 1}
+  feats = np.load(out / 'x' / 'a.npy')
+  assert feats.shape == (3, 64)  # 9 frames -> clips of 4: [0-3], [4-7], [8 + 3 x padding].
+  # The first clip's feature is the pooled feature of the same decoded, centre-cropped frames.
+  from data_prep import video_io
+
+  decoded, _ = video_io.read_video(paths[0], short_side=32)
+  first = np.stack([features.centre_crop(f, 32) for f in decoded[:4]])[None]
+  np.testing.assert_allclose(feats[0], np.asarray(encoder.pooled(first))[0], atol=1e-5)
+  index = list(csv.DictReader(open(out / 'index.csv')))
+  assert [(r['features'], r['num_clips'], r['frames_decoded']) for r in index] == [('x/a.npy', '3', '9')]
+  failures = list(csv.DictReader(open(out / 'failures.csv')))
+  assert [(r['video'], r['reason']) for r in failures] == [(paths[1], 'zero_byte')]
+  # A rerun keeps what exists; tokens instead of pooled features when asked.
+  assert features.extract(encoder, paths[:1], str(out), num_frames=4, stride=1, res=32, root=str(videos),
+                          show_progress=False) == {'done': 0, 'skipped': 1, 'failed': 0}
+  features.extract(encoder, paths[:1], str(out / 'tok'), num_frames=4, stride=2, res=32, pool='tokens',
+                   show_progress=False)
+  assert np.load(out / 'tok' / 'a.npy').shape == (2, 8, 64)  # 9 frames, stride 2 -> 5 sampled -> 2 clips.
+
+
+def test_load_encoder_reads_a_pytorch_file(tmp_path):
+  torch = pytest.importorskip('torch')
+  from m3video_jax import export
+
+  params = mu_classifier()
+  export.save_mme(params, str(tmp_path / 'ft.pth'))
+  assert torch.load(str(tmp_path / 'ft.pth'), weights_only=True)['model']['head.weight'].shape == (3, 64)
+  encoder = features.load_encoder(str(tmp_path / 'ft.pth'))
+  video = clip((1, 4, 32, 32, 3))
+  np.testing.assert_allclose(np.asarray(encoder.logits(video)),
+                             np.asarray(features.Encoder(params).logits(video)), atol=1e-6)
+
+
+def test_package_and_core_modules_import_without_torch():
+  code = textwrap.dedent('''
+      import importlib.abc, sys
+
+      class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+          if name.split('.')[0] in ('torch', 'transformers', 'safetensors'):
+            raise ImportError(f'{name} is blocked')
+
+      sys.meta_path.insert(0, Block())
+      import m3video_jax
+      assert 'jax' not in sys.modules, 'import m3video_jax should not import jax'
+      from m3video_jax import export, features, import_weights, torch_mapping
+      assert not {'torch', 'transformers', 'safetensors'} & set(sys.modules)
+  ''')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
