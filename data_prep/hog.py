@@ -69,4 +69,4 @@ def flip_bins(hog: np.ndarray) -> np.ndarray:
   """HOG of the horizontally flipped image from the HOG of the image, for the bin layout on the last axis.
 
   Bin b -> (9 − b) mod 9 (the grid itself is not mirrored here)."""
-  return hog[..., (NUM_BINS - np.arange(NUM_BINS)) % NUM_BINS]
+  return hog[..., list(schema.HOG_FLIP_PERMUTATION)]

@@ -19,7 +19,13 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
 
 
 def _split_micro(batch: Batch, accum_steps: int) -> Batch:
-  return jax.tree.map(lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+  """`[B, ...]` -> `[A, B / A, ...]` with micro-batch `i` = rows `i, i + A, i + 2A, ...`.
+
+  The strided split keeps every micro-batch spread over all devices of the batch axis (a contiguous split would put
+  micro-batch `i` on 1/A of the devices and make XLA gather it everywhere).
+  """
+  return jax.tree.map(
+      lambda x: x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -32,8 +38,8 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn, tx: optax.Gr
     loss_fn: the task loss.
     tx: the optimiser.
     lr_schedule: for logging the lr of this step.
-    accum_steps: micro-batches whose gradients are averaged before the update (same result as one big batch up to
-      the per-micro-batch masks and float summation order).
+    accum_steps: micro-batches whose gradients and losses are averaged before the update (the mean of per-micro-batch
+      losses, so close to, but not exactly, one big batch: masks and valid-element counts differ per micro-batch).
 
   Returns:
     (new state, metrics with `train/loss`, the task's parts, `train/grad_norm`, `train/lr`).

@@ -96,14 +96,14 @@ class ClipSpec:
                tubelet=config.model.patch_size[0], res=config.data.res, traj_len=config.target.traj_len)
 
 
-def check_stored_records(shard: str, spec: ClipSpec) -> dict[str, int]:
-  """Reads the first record of `shard` and checks that it can serve `spec`.
+def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
+  """Reads the first record of the first non-empty shard and checks that the data can serve `spec`.
 
   Raises:
     ValueError: naming the shard, when the stored trajectories are shorter than `target.traj_len`, the start stride
       does not divide the tubelet spacing, or the schema version differs.
   """
-  for raw in tf.data.TFRecordDataset(shard).take(1):
+  for raw, shard in ((r, s) for s in shards for r in tf.data.TFRecordDataset(s).take(1)):
     try:
       rec = schema._parse_example(raw.numpy())  # pylint: disable=protected-access
     except schema.SchemaError as e:
@@ -120,7 +120,7 @@ def check_stored_records(shard: str, spec: ClipSpec) -> dict[str, int]:
                        f'divide the tubelet spacing tubelet x frame_stride = {spacing}; use an even frame_stride or '
                        're-run data_prep with --traj_start_stride=1')
     return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
-  raise ValueError(f'{shard} holds no record')
+  raise ValueError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
 
 
 def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
@@ -206,7 +206,7 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
     raise ValueError(f'config.data.batch_size={d.batch_size} is not divisible by {process_count} processes')
   local_batch = d.batch_size // process_count
   shards = process_shards(shards or list_shards(d.train_files), process_index, process_count)
-  check_stored_records(shards[0], spec)
+  check_stored_records(shards, spec)
   counts = record_counts(shards)
   epoch_records = sum(counts)
   if not epoch_records:
@@ -236,8 +236,7 @@ def locate_record(shards: list[str], seed: int, shuffle_buffer: int, record_id: 
   ds = record_stream(shards, seed, epoch, shuffle_buffer, min(len(shards), 16))
   ds = ds.enumerate(start=epoch * epoch_records)
   by_content = None
-  for i, (_, rec) in ds.skip(record_id - epoch * epoch_records).take(1):
-    assert int(i) == record_id
+  for _, (_, rec) in ds.skip(record_id - epoch * epoch_records).take(1):
     by_content = rec.numpy()
   if by_content is None:
     return 'an unknown shard'

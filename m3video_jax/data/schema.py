@@ -91,7 +91,7 @@ def grid_shape(height: int, width: int, grid_step: int = GRID_STEP) -> tuple[int
 
 
 def quantize_disp(disp: np.ndarray) -> np.ndarray:
-  """float px -> int8 quarter pixels (round half away from zero, clipped)."""
+  """float px -> int8 quarter pixels (rounded to nearest, ties to even; clipped)."""
   q = np.rint(np.asarray(disp, np.float32) * DISP_UNITS_PER_PX)
   return np.clip(q, -DISP_MAX_Q, DISP_MAX_Q).astype(np.int8)
 
