@@ -38,7 +38,7 @@ def inside(x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def track(flows: np.ndarray, grid_step: int = schema.GRID_STEP,
-          median: bool = True) -> tuple[np.ndarray, np.ndarray]:
+          median: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Tracks the grid of one start frame through `L` flows.
 
   Args:
@@ -47,20 +47,24 @@ def track(flows: np.ndarray, grid_step: int = schema.GRID_STEP,
     median: apply the 3x3 median filter (paper); False only for tests/ablations.
 
   Returns:
-    (disp float32 `[L, Gh, Gw, 2]` = `Δp_j` (Δx, Δy) in px, valid bool `[Gh, Gw]`).
+    (disp float32 `[L, Gh, Gw, 2]` = `Δp_j` (Δx, Δy) in px, valid bool `[Gh, Gw]` (p_1..p_L inside the frame),
+    inside_steps uint8 `[Gh, Gw]`: the number k of leading positions p_1..p_k inside, so that the trajectory cut to
+    `L' <= L` steps is valid iff `inside_steps >= L'`).
   """
   traj_len, h, w = flows.shape[:3]
   gh, gw = schema.grid_shape(h, w, grid_step)
   x, y = schema.start_positions(gh, gw, grid_step)
   disp = np.empty((traj_len, gh, gw, 2), np.float32)
-  valid = np.ones((gh, gw), bool)
+  alive = np.ones((gh, gw), bool)
+  steps = np.zeros((gh, gw), np.uint8)
   for j in range(traj_len):
     f = median_filter_flow(flows[j]) if median else np.ascontiguousarray(flows[j], np.float32)
     dx, dy = advance(x, y, f)
     disp[j, ..., 0], disp[j, ..., 1] = dx, dy
     x, y = x + dx, y + dy
-    valid &= inside(x, y, h, w)
-  return disp, valid
+    alive &= inside(x, y, h, w)
+    steps += alive
+  return disp, alive, steps
 
 
 @dataclasses.dataclass
@@ -69,14 +73,16 @@ class _Live:
   x: np.ndarray
   y: np.ndarray
   disp: list[np.ndarray]
-  valid: np.ndarray
+  alive: np.ndarray
+  steps: np.ndarray
 
 
 class StreamingTracker:
   """Tracks from start frames `0, s, 2s, ...` as flows arrive in order.
 
   Usage: call `add_flow(t, flow_t)` for t = 0, 1, 2, ... (flow from frame t to t+1); it returns the trajectories that
-  finished with this flow as a list of `(start_frame, disp [L, Gh, Gw, 2], valid [Gh, Gw])`. Starts whose `L` flows
+  finished with this flow as a list of `(start_frame, disp [L, Gh, Gw, 2], valid [Gh, Gw], inside_steps [Gh, Gw])`
+  (as `track`). Starts whose `L` flows
   never all arrive (the last frames of the video) are dropped, so a video of N frames yields the
   `schema.num_starts(N, L, s)` starts `0, s, ...` with `start + L <= N - 1`.
   """
@@ -89,20 +95,22 @@ class StreamingTracker:
     self._live: list[_Live] = []
     self._next_t = 0
 
-  def add_flow(self, t: int, flow: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+  def add_flow(self, t: int, flow: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     if t != self._next_t:
       raise ValueError(f'flows must arrive in order: expected flow {self._next_t}, got {t}')
     self._next_t += 1
     if t % self.start_stride == 0:
-      self._live.append(_Live(t, self._x0, self._y0, [], np.ones((self.gh, self.gw), bool)))
+      self._live.append(_Live(t, self._x0, self._y0, [], np.ones((self.gh, self.gw), bool),
+                              np.zeros((self.gh, self.gw), np.uint8)))
     filtered = median_filter_flow(flow)
     done = []
     for tr in self._live:
       dx, dy = advance(tr.x, tr.y, filtered)
       tr.disp.append(np.stack([dx, dy], axis=-1))
       tr.x, tr.y = tr.x + dx, tr.y + dy
-      tr.valid &= inside(tr.x, tr.y, self.height, self.width)
+      tr.alive &= inside(tr.x, tr.y, self.height, self.width)
+      tr.steps += tr.alive
       if len(tr.disp) == self.traj_len:
-        done.append((tr.start, np.stack(tr.disp), tr.valid))
+        done.append((tr.start, np.stack(tr.disp), tr.alive, tr.steps))
     self._live = [tr for tr in self._live if len(tr.disp) < self.traj_len]
     return done

@@ -58,6 +58,7 @@ class VideoTargets:
     fps: frames per second (0 if unknown).
     traj_disp: float32 `[S, L, Gh, Gw, 2]` displacements (Δx, Δy) in prep px, starts `0, s, 2s, ...`.
     traj_valid: bool `[S, Gh, Gw]`.
+    traj_inside_steps: uint8 `[S, Gh, Gw]`: leading positions p_1..p_k inside the frame (valid for L' iff >= L').
     hog_map: float32 `[N, Gh, Gw, 9]`.
     camera_fallbacks: number of frame pairs whose camera homography fell back to identity.
   """
@@ -67,6 +68,7 @@ class VideoTargets:
   fps: float
   traj_disp: np.ndarray
   traj_valid: np.ndarray
+  traj_inside_steps: np.ndarray
   hog_map: np.ndarray
   camera_fallbacks: int = 0
 
@@ -105,6 +107,7 @@ def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps
   hogs: list[np.ndarray] = []
   disps: list[np.ndarray] = []
   valids: list[np.ndarray] = []
+  steps: list[np.ndarray] = []
   tracker = None
   prev_gray = None
   fallbacks = 0
@@ -130,9 +133,10 @@ def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps
       flow, camera = optical_flow.warped_flow(prev_gray, gray, estimator, config, timer=timer)
       fallbacks += int(camera is not None and camera.is_identity)
       with timer.stage('tracking'):
-        for _, disp, valid in tracker.add_flow(n - 1, flow):
+        for _, disp, valid, inside_steps in tracker.add_flow(n - 1, flow):
           disps.append(disp)
           valids.append(valid)
+          steps.append(inside_steps)
     prev_gray = gray
   n_frames = len(jpegs)
   if n_frames < config.min_frames:
@@ -141,7 +145,8 @@ def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps
   expected = schema.num_starts(n_frames, config.traj_len, config.traj_start_stride)
   assert len(disps) == expected, (len(disps), expected)  # StreamingTracker invariant.
   return VideoTargets(jpeg_frames=jpegs, height=height, width=width, fps=fps, traj_disp=np.stack(disps),
-                      traj_valid=np.stack(valids), hog_map=np.stack(hogs), camera_fallbacks=fallbacks)
+                      traj_valid=np.stack(valids), traj_inside_steps=np.stack(steps), hog_map=np.stack(hogs),
+                      camera_fallbacks=fallbacks)
 
 
 def _timed(frames: Iterable[np.ndarray], timer: StageTimer | _NoTimer) -> Iterator[np.ndarray]:
@@ -174,7 +179,8 @@ def extract_video(path: str, config: PrepConfig, *, timer: StageTimer | None = N
 def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> bytes:
   """Serialises one video with `schema.encode`."""
   return schema.encode(meta, targets.jpeg_frames, targets.height, targets.width, targets.traj_disp,
-                       targets.traj_valid, targets.hog_map, traj_start_stride=config.traj_start_stride)
+                       targets.traj_valid, targets.hog_map, traj_start_stride=config.traj_start_stride,
+                       traj_inside_steps=targets.traj_inside_steps)
 
 
 def extract_video_timed(path: str, config: PrepConfig) -> tuple[VideoTargets, dict[str, float]]:

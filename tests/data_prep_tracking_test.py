@@ -22,7 +22,7 @@ def _constant_flows(traj_len, h, w, dx, dy):
 
 def test_track_constant_flow_exact_and_validity():
   h, w, traj_len = 48, 64, 6
-  disp, valid = tracking.track(_constant_flows(traj_len, h, w, 2.5, -1.25))
+  disp, valid, inside_steps = tracking.track(_constant_flows(traj_len, h, w, 2.5, -1.25))
   np.testing.assert_allclose(disp[..., 0], 2.5, atol=1e-5)
   np.testing.assert_allclose(disp[..., 1], -1.25, atol=1e-5)
   x0, y0 = schema.start_positions(h // 8, w // 8)
@@ -30,6 +30,10 @@ def test_track_constant_flow_exact_and_validity():
   xl, yl = x0 + 2.5 * traj_len, y0 - 1.25 * traj_len
   np.testing.assert_array_equal(valid, (xl < w) & (yl >= 0))
   assert valid.any() and not valid.all()
+  # Shorter trajectories are derivable: the cut to L' steps is valid iff the first L' positions are inside.
+  for cut in range(1, traj_len + 1):
+    xc, yc = x0 + 2.5 * cut, y0 - 1.25 * cut
+    np.testing.assert_array_equal(inside_steps >= cut, (xc < w) & (yc >= 0))
 
 
 def test_track_samples_flow_bilinearly_at_subpixel_positions():
@@ -39,7 +43,7 @@ def test_track_samples_flow_bilinearly_at_subpixel_positions():
   flows = np.zeros((traj_len, h, w, 2), np.float32)
   flows[..., 0] = 0.1 * np.arange(h, dtype=np.float32)[:, None]
   flows[..., 1] = 0.3
-  disp, _ = tracking.track(flows)
+  disp, _, _ = tracking.track(flows)
   _, y0 = schema.start_positions(h // 8, w // 8)
   for j in range(traj_len):
     # cv2.remap interpolates at 1/32 px sub-pixel resolution: position error <= 1/64 px, x 0.1 slope.
@@ -49,9 +53,9 @@ def test_track_samples_flow_bilinearly_at_subpixel_positions():
 def test_median_filter_removes_single_pixel_outlier():
   flows = _constant_flows(1, 32, 32, 1.0, 0.0)
   flows[0, 12, 12] = (15.0, -15.0)  # an outlier exactly at grid point (gx, gy) = (1, 1)
-  disp, _ = tracking.track(flows)
+  disp, _, _ = tracking.track(flows)
   np.testing.assert_allclose(disp[0, 1, 1], (1.0, 0.0), atol=1e-5)
-  disp_raw, _ = tracking.track(flows, median=False)
+  disp_raw, _, _ = tracking.track(flows, median=False)
   np.testing.assert_allclose(disp_raw[0, 1, 1], (15.0, -15.0), atol=1e-5)
 
 
@@ -61,11 +65,12 @@ def test_streaming_tracker_matches_track_for_every_start():
   flows = rng.normal(0, 1.5, size=(n - 1, h, w, 2)).astype(np.float32)
   tracker = tracking.StreamingTracker(h, w, traj_len, stride)
   got = [r for t in range(n - 1) for r in tracker.add_flow(t, flows[t])]
-  assert [s for s, _, _ in got] == list(range(0, schema.num_starts(n, traj_len, stride) * stride, stride))
-  for start, disp, valid in got:
-    want_disp, want_valid = tracking.track(flows[start:start + traj_len])
+  assert [s for s, _, _, _ in got] == list(range(0, schema.num_starts(n, traj_len, stride) * stride, stride))
+  for start, disp, valid, inside_steps in got:
+    want_disp, want_valid, want_steps = tracking.track(flows[start:start + traj_len])
     np.testing.assert_allclose(disp, want_disp, atol=1e-6)
     np.testing.assert_array_equal(valid, want_valid)
+    np.testing.assert_array_equal(inside_steps, want_steps)
 
 
 def _video(tmp_path, label, seed, pan=None):

@@ -154,6 +154,25 @@ def test_tubelets_without_stored_trajectories_are_invalid():
   assert out['traj_valid'][0].sum() > 0
 
 
+def test_shorter_traj_len_uses_its_own_validity():
+  """A point that leaves the frame after 2 of its 4 stored steps is valid for L = 2 and invalid for L = 4."""
+  meta = schema.VideoMeta(video_id='v', label=0, label_name='', source_path='/v.mp4', fps=25.0)
+  jpegs = [tf.io.encode_jpeg(np.zeros((64, 64, 3), np.uint8)).numpy()] * 12
+  s, g = schema.num_starts(12, 4, 2), 8
+  inside = np.full((s, g, g), 4, np.uint8)
+  inside[:, 3, 3] = 2
+  record = schema.encode(meta, jpegs, 64, 64, np.zeros((s, 4, g, g, 2), np.float32), inside >= 4,
+                         np.zeros((12, g, g, 9), np.float32), traj_start_stride=2, traj_inside_steps=inside)
+  assert schema.decode(record)['traj_inside_steps'][0, 3, 3] == 2
+  for traj_len, expect in ((2, True), (4, False)):
+    config = clip_config(crop_scales=(1.0,))
+    config.data.res = 64
+    config.target.traj_len = traj_len
+    out = run_clip(config, record, 0)
+    assert out['traj_valid'][0, 3, 3] == expect
+    assert out['traj_valid'].sum() == out['traj_valid'].size - (0 if expect else 2)
+
+
 def write_shards(directory, num_shards=2, per_shard=3, corrupt=None):
   paths = []
   for s in range(num_shards):

@@ -135,7 +135,7 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
     seed_clip, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     frames = tf.sparse.to_dense(rec[schema.FRAMES])
     disp_strings = tf.sparse.to_dense(rec[schema.TRAJ_DISP])
-    valid_strings = tf.sparse.to_dense(rec[schema.TRAJ_VALID])
+    inside_strings = tf.sparse.to_dense(rec[schema.TRAJ_INSIDE])
     hog_strings = tf.sparse.to_dense(rec[schema.HOG_MAP])
     hog_scales = tf.sparse.to_dense(rec[schema.HOG_SCALE])
     height, width = rec[schema.HEIGHT], rec[schema.WIDTH]
@@ -152,7 +152,7 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
     flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
     video = pp_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
                                       res=spec.res, flip=flip)
-    disp, valid = pp_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(valid_strings, start_idx),
+    disp, valid = pp_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(inside_strings, start_idx),
                                              gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
     valid = tf.logical_and(valid, has_traj[:, None, None])
     hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],

@@ -50,26 +50,24 @@ def sample_clip(num_frames: tf.Tensor, num_starts: tf.Tensor, seed: tf.Tensor, *
   return frame_idx, tubelet_first, start_idx, has_traj
 
 
-def decode_trajectories(disp_strings: tf.Tensor, valid_strings: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor,
+def decode_trajectories(disp_strings: tf.Tensor, inside_strings: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor,
                         stored_len: tf.Tensor, traj_len: int):
-  """Decodes stored trajectory starts.
+  """Decodes stored trajectory starts, cut to `traj_len` steps.
 
   Args:
     disp_strings: string `[Tt]`, one zlib int8 stream per start.
-    valid_strings: string `[Tt]`, packed validity bits per start.
+    inside_strings: string `[Tt]`, one zlib uint8 stream of leading inside-step counts per start.
     gh, gw: prep grid size; stored_len: stored `L`; traj_len: steps to keep (<= stored_len).
 
   Returns:
-    disp float32 `[Tt, L, Gh, Gw, 2]` in prep pixels, valid bool `[Tt, Gh, Gw]`.
+    disp float32 `[Tt, L, Gh, Gw, 2]` in prep pixels, valid bool `[Tt, Gh, Gw]`: positions p_1..p_L (of the kept
+    `traj_len` steps) inside the frame.
   """
   raw = tf.io.decode_raw(tf.io.decode_compressed(disp_strings, 'ZLIB'), tf.int8)
   disp = tf.reshape(raw, tf.stack([-1, stored_len, gh, gw, 2]))[:, :traj_len]
   disp = tf.cast(disp, tf.float32) / schema.DISP_UNITS_PER_PX
-  packed = tf.io.decode_raw(valid_strings, tf.uint8)  # [Tt, ceil(Gh*Gw/8)]
-  bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], tf.constant([7, 6, 5, 4, 3, 2, 1, 0],
-                                                                                        tf.uint8)), 1)
-  bits = tf.reshape(bits, [tf.shape(packed)[0], -1])[:, :gh * gw]
-  valid = tf.reshape(tf.cast(bits, tf.bool), tf.stack([-1, gh, gw]))
+  inside = tf.io.decode_raw(tf.io.decode_compressed(inside_strings, 'ZLIB'), tf.uint8)
+  valid = tf.reshape(inside >= traj_len, tf.stack([-1, gh, gw]))
   return disp, valid
 
 

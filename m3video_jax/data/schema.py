@@ -10,7 +10,9 @@ Geometry (prep resolution, i.e. after data prep resized the video to its short s
   Trajectories start at frames `f = 0, s, 2s, ...` (`s = traj_start_stride`, default 2: tubelet starts `f0 + 2ks` are even
   when clip starts are even) while `f + L <= N - 1`, so `S = (N - 1 - L) // s + 1` start frames.
   `traj_disp[i, j, gy, gx] = p_{j+1} - p_j` (Δx, Δy in prep pixels) of the point tracked from start frame `s*i`.
-  `traj_valid[i, gy, gx]`: every position `p_1 ... p_L` stayed inside the frame (`0 <= x < W`, `0 <= y < H`).
+  `traj_valid[i, gy, gx]`: every position `p_1 ... p_L` stayed inside the frame (`0 <= x < W`, `0 <= y < H`);
+  `traj_inside_steps[i, gy, gx]` = the number k of leading positions `p_1 ... p_k` inside, so the trajectory cut to
+  `L' <= L` steps is valid iff `traj_inside_steps >= L'` (what the paper's shorter-L ablations need).
   `hog_map[n, gy, gx, b]`: 9-bin unsigned HOG (20° bins, magnitude-weighted linear votes, no block normalisation) of the
   8x8 cell centred at grid point `(gy, gx)` of frame `n`, computed on grayscale in [0, 1] intensity units.
   Trajectory-aligned HOG `traj_hog[i, j] = HOG(p_j)` in frame `s*i + j` is the bilinear lookup of `hog_map` at the tracked
@@ -18,7 +20,7 @@ Geometry (prep resolution, i.e. after data prep resized the video to its short s
 
 Encoding of the non-JPEG arrays (kept small, see the storage budget in DESIGN §3):
   traj_disp: int8 in units of 1/4 px (clipped to ±127 → ±31.75 px; flow is clipped to ±20 px), one zlib stream per start.
-  traj_valid: np.packbits over the flattened `[Gh, Gw]` grid, one string per start.
+  traj_inside_steps: uint8 `[Gh, Gw]`, one zlib stream per start (almost all equal to L: compresses to ~nothing).
   hog_map: uint8 with square-root companding, `v = (q / 255)**2 * hog_scale[n]`, one zlib stream per frame.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-point inside-step counts replace the validity bits, so any L' <= L is servable.
 GRID_STEP = 8
 HOG_BINS = 9
 # Bin b is centred at b * 20 degrees (unsigned orientation, bin 9 == bin 0). A horizontal flip maps an orientation
@@ -55,14 +57,14 @@ NUM_STARTS = 'num_starts'  # int64: S
 VERSION = 'schema_version'  # int64
 FRAMES = 'frames'  # bytes list [N]: JPEG per frame
 TRAJ_DISP = 'traj_disp'  # bytes list [S]: zlib(int8 [L, Gh, Gw, 2])
-TRAJ_VALID = 'traj_valid'  # bytes list [S]: packbits(bool [Gh*Gw])
+TRAJ_INSIDE = 'traj_inside_steps'  # bytes list [S]: zlib(uint8 [Gh, Gw])
 HOG_MAP = 'hog_map'  # bytes list [N]: zlib(uint8 [Gh, Gw, 9])
 HOG_SCALE = 'hog_scale'  # float list [N]
 
 _INT_SCALARS = (LABEL, NUM_FRAMES, HEIGHT, WIDTH, TRAJ_LEN, GRID, TRAJ_START_STRIDE, NUM_STARTS, VERSION)
 _BYTES_SCALARS = (VIDEO_ID, LABEL_NAME, SOURCE_PATH)
-_BYTES_LISTS = (FRAMES, TRAJ_DISP, TRAJ_VALID, HOG_MAP)
-NON_JPEG_KEYS = (TRAJ_DISP, TRAJ_VALID, HOG_MAP, HOG_SCALE)
+_BYTES_LISTS = (FRAMES, TRAJ_DISP, TRAJ_INSIDE, HOG_MAP)
+NON_JPEG_KEYS = (TRAJ_DISP, TRAJ_INSIDE, HOG_MAP, HOG_SCALE)
 
 
 class SchemaError(ValueError):
@@ -117,7 +119,7 @@ def dequantize_hog(q: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
 
 def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, traj_disp: np.ndarray,
            traj_valid: np.ndarray, hog_map: np.ndarray, *, traj_start_stride: int,
-           grid_step: int = GRID_STEP) -> bytes:
+           grid_step: int = GRID_STEP, traj_inside_steps: np.ndarray | None = None) -> bytes:
   """Serializes one video into a `tf.train.Example`.
 
   Args:
@@ -129,6 +131,8 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
     hog_map: float32 `[N, Gh, Gw, 9]` per-frame cell histograms.
     traj_start_stride: frames between consecutive trajectory starts (`s`).
     grid_step: grid spacing in pixels.
+    traj_inside_steps: uint8 `[S, Gh, Gw]` leading inside steps (must be L exactly where `traj_valid`); default:
+      L where valid, 0 elsewhere (all-or-nothing, when only the full-length validity is known).
 
   Returns:
     The serialized record.
@@ -151,12 +155,18 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
                       f'{traj_start_stride} need {num_starts(n, traj_len, traj_start_stride)}')
   if traj_valid.shape != (s, gh, gw):
     raise SchemaError(f'traj_valid must be {(s, gh, gw)}, got {traj_valid.shape}')
+  if traj_inside_steps is None:
+    traj_inside_steps = np.where(traj_valid, traj_len, 0)
+  traj_inside_steps = np.asarray(traj_inside_steps)
+  if traj_inside_steps.shape != (s, gh, gw) or not np.array_equal(traj_inside_steps >= traj_len, traj_valid):
+    raise SchemaError(f'traj_inside_steps must be {(s, gh, gw)} and reach L={traj_len} exactly where traj_valid')
   if hog_map.shape != (n, gh, gw, HOG_BINS):
     raise SchemaError(f'hog_map must be {(n, gh, gw, HOG_BINS)}, got {hog_map.shape}')
 
   disp_q = quantize_disp(traj_disp)
   disp_bytes = [zlib.compress(disp_q[i].tobytes(), ZLIB_LEVEL) for i in range(s)]
-  valid_bytes = [np.packbits(traj_valid[i].reshape(-1)).tobytes() for i in range(s)]
+  steps_q = np.clip(traj_inside_steps, 0, traj_len).astype(np.uint8)
+  inside_bytes = [zlib.compress(steps_q[i].tobytes(), ZLIB_LEVEL) for i in range(s)]
   hog_bytes, hog_scales = [], []
   for i in range(n):
     q, scale = quantize_hog(hog_map[i])
@@ -188,7 +198,7 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
       VERSION: ints(SCHEMA_VERSION),
       FRAMES: byts(*jpeg_frames),
       TRAJ_DISP: byts(*disp_bytes),
-      TRAJ_VALID: byts(*valid_bytes),
+      TRAJ_INSIDE: byts(*inside_bytes),
       HOG_MAP: byts(*hog_bytes),
       HOG_SCALE: floats(*hog_scales),
   }
@@ -289,7 +299,8 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
     A dict with
       frames: uint8 `[N, H, W, 3]` RGB (absent if `decode_frames=False`),
       traj_disp: float32 `[S, L, Gh, Gw, 2]` (Δx, Δy) in prep pixels,
-      traj_valid: bool `[S, Gh, Gw]`,
+      traj_valid: bool `[S, Gh, Gw]` (the full stored length L stayed inside),
+      traj_inside_steps: uint8 `[S, Gh, Gw]` (valid for `L' <= L` steps iff `>= L'`),
       traj_hog: float32 `[S, L, Gh, Gw, 9]` trajectory-aligned HOG,
       hog_map: float32 `[N, Gh, Gw, 9]` per-frame cell histograms,
       traj_start_frames: int32 `[S]` frame index of each start,
@@ -306,22 +317,23 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
   n, h, w = rec[NUM_FRAMES], rec[HEIGHT], rec[WIDTH]
   traj_len, g, stride, s = rec[TRAJ_LEN], rec[GRID], rec[TRAJ_START_STRIDE], rec[NUM_STARTS]
   gh, gw = grid_shape(h, w, g)
-  for key, expected in ((FRAMES, n), (HOG_MAP, n), (TRAJ_DISP, s), (TRAJ_VALID, s)):
+  for key, expected in ((FRAMES, n), (HOG_MAP, n), (TRAJ_DISP, s), (TRAJ_INSIDE, s)):
     if len(rec[key]) != expected:
       raise SchemaError(f'{key} has {len(rec[key])} entries, expected {expected}')
   if len(rec[HOG_SCALE]) != n:
     raise SchemaError(f'{HOG_SCALE} has {len(rec[HOG_SCALE])} entries, expected {n}')
   disp = np.stack([np.frombuffer(zlib.decompress(b), np.int8).reshape(traj_len, gh, gw, 2)
                    for b in rec[TRAJ_DISP]]) if s else np.zeros((0, traj_len, gh, gw, 2), np.int8)
-  valid = np.stack([np.unpackbits(np.frombuffer(b, np.uint8), count=gh * gw).reshape(gh, gw).astype(bool)
-                    for b in rec[TRAJ_VALID]]) if s else np.zeros((0, gh, gw), bool)
+  inside = np.stack([np.frombuffer(zlib.decompress(b), np.uint8).reshape(gh, gw)
+                     for b in rec[TRAJ_INSIDE]]) if s else np.zeros((0, gh, gw), np.uint8)
   hog_map = np.stack([dequantize_hog(np.frombuffer(zlib.decompress(b), np.uint8).reshape(gh, gw, HOG_BINS), sc)
                       for b, sc in zip(rec[HOG_MAP], rec[HOG_SCALE])])
   traj_disp = dequantize_disp(disp)
   start_frames = np.arange(s, dtype=np.int32) * stride
   out = {
       'traj_disp': traj_disp,
-      'traj_valid': valid,
+      'traj_valid': inside >= traj_len,
+      'traj_inside_steps': inside,
       'traj_hog': trajectory_hog(hog_map, traj_disp, start_frames, g),
       'hog_map': hog_map,
       'traj_start_frames': start_frames,
@@ -354,7 +366,7 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
 def non_jpeg_bytes(serialized: bytes) -> int:
   """Bytes of the stored non-JPEG arrays (trajectories, validity, HOG) in one record: the storage-budget figure."""
   rec = _parse_example(serialized)
-  return (sum(len(b) for k in (TRAJ_DISP, TRAJ_VALID, HOG_MAP) for b in rec[k]) + 4 * len(rec[HOG_SCALE]))
+  return (sum(len(b) for k in (TRAJ_DISP, TRAJ_INSIDE, HOG_MAP) for b in rec[k]) + 4 * len(rec[HOG_SCALE]))
 
 
 def tf_feature_spec() -> dict[str, Any]:
