@@ -1,31 +1,81 @@
 """Optimiser from config: AdamW with linear warmup + cosine decay, lr scaled by batch/256, no weight decay on biases,
-norms and tokens (paper Table 13), optional global-norm clipping."""
+norms and tokens (paper Table 13), optional global-norm clipping.
+
+Classification tasks add (paper Table 14, reference `finetune/run.py`):
+- `finetune`: layer-wise lr decay (`optim.layer_decay`, 0.75): every AdamW update (weight decay included, as the
+  reference's per-group lr) of a leaf is scaled by `layer_decay ** (depth + 1 - layer_id)`, with layer ids
+  `encoder/patch_embed` 0, `encoder/block_i` i + 1, everything else (`fc_norm`, `head`) depth + 1.
+- `linear_probe`: only `head` is updated (the rest gets zero updates and no optimiser state); `fc_norm` stays at its
+  init (gamma 1, beta 0, a plain standardisation of the pooled features), as in the reference.
+- the lr scales with videos per step, `data.batch_size / data.repeated_aug`, as the reference's repeated augmentation.
+"""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
 import optax
 
+from m3video_jax.models import vit
+
 # Parameters that are tokens or embeddings tables get no weight decay, whatever their rank.
 _NO_DECAY_NAMES = ('mask_token', 'pos_embed', 'cls_token')
+_BLOCK = re.compile(r'block_(\d+)$')
 
 
 def lr_schedule(config) -> optax.Schedule:
-  """Linear warmup from 0, then cosine to `min_lr`; both ends scaled by global batch / 256 (paper convention)."""
+  """Linear warmup from 0, then cosine to `min_lr`; both ends scaled by videos per step / 256 (paper convention)."""
   o = config.optim
-  scale = config.data.batch_size / 256
+  videos_per_step = config.data.batch_size
+  if config.task != 'pretrain':
+    videos_per_step //= config.data.repeated_aug  # The reference scales by batch size, not by batch x num_sample.
+  scale = videos_per_step / 256
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.base_lr * scale, warmup_steps=o.warmup_steps,
       decay_steps=max(config.total_steps, o.warmup_steps + 1), end_value=o.min_lr * scale)
 
 
+def _names(path) -> list[str]:
+  return [str(getattr(k, 'key', k)) for k in path]
+
+
 def weight_decay_mask(params: Any) -> Any:
   """True where weight decay applies: kernels (rank >= 2) that are not tokens/embedding tables."""
   def decays(path, leaf):
-    names = [str(getattr(k, 'key', k)) for k in path]
-    return leaf.ndim >= 2 and not any(n in _NO_DECAY_NAMES for n in names)
+    return leaf.ndim >= 2 and not any(n in _NO_DECAY_NAMES for n in _names(path))
   return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def layer_id(path, depth: int) -> int:
+  """The reference's layer id of a param: `encoder/patch_embed` 0, `encoder/block_i` i + 1, else depth + 1."""
+  names = _names(path)
+  if names[:1] == ['encoder'] and len(names) > 1:
+    if names[1] == 'patch_embed':
+      return 0
+    match = _BLOCK.match(names[1])
+    if match:
+      return int(match.group(1)) + 1
+  return depth + 1
+
+
+def layer_decay_scales(params: Any, layer_decay: float, depth: int) -> Any:
+  """Per-leaf lr multipliers `layer_decay ** (depth + 1 - layer_id)` (head 1, patch embed `layer_decay**(depth+1)`)."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: layer_decay ** (depth + 1 - layer_id(p, depth)), params)
+
+
+def scale_by_layer_decay(layer_decay: float, depth: int) -> optax.GradientTransformation:
+  """Multiplies each leaf's update by its layer-decay scale (a constant per leaf, no state)."""
+  def update_fn(updates, state, params=None):
+    del params
+    scales = layer_decay_scales(updates, layer_decay, depth)
+    return jax.tree.map(lambda u, s: u * s, updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def head_only_labels(params: Any) -> Any:
+  """'train' for the classifier `head`, 'frozen' for everything else (linear probing)."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: 'train' if _names(p)[:1] == ['head'] else 'frozen', params)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -35,4 +85,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
   parts.append(optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=weight_decay_mask))
-  return optax.chain(*parts)
+  if config.task == 'finetune' and o.layer_decay < 1:
+    parts.append(scale_by_layer_decay(o.layer_decay, vit.get_variant(config.model.encoder).depth))
+  tx = optax.chain(*parts)
+  if config.task == 'linear_probe':
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, head_only_labels)
+  return tx

@@ -1,23 +1,36 @@
-"""Tasks on the one training loop. Each gives: the model, a params initialiser, and `loss_fn(params, batch, rng)`.
+"""Tasks on the one training loop. Each gives: the model, a params initialiser, `loss_fn(params, batch, rng)`, its
+training input (`make_train_iterator`) and `evaluate` (called by the loop every `eval_every_steps` and at the end).
 
 `pretrain`: masked motion modeling (M3Video) or the pixel/HOG baselines, selected by `config.target`.
+`finetune`: action classification with the whole network trained (paper Table 14).
+`linear_probe`: the same classifier on a frozen encoder; only the head trains (paper Table 12).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m3video_jax import augment
+from m3video_jax import evaluate as evaluate_lib
 from m3video_jax import losses
 from m3video_jax import masking
 from m3video_jax import targets
+from m3video_jax.models import classifier
 from m3video_jax.models import m3video
 from m3video_jax.models import vit
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def normalize_video(video: jax.Array, mean, std) -> jax.Array:
+  """uint8 RGB `[..., 3]` from the input pipeline -> ImageNet-normalised float32, on the device."""
+  x = video.astype(jnp.float32) * (1.0 / 255.0)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def clip_shape(config, batch_size: int) -> tuple[int, ...]:
@@ -31,7 +44,7 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   pt, ph, _ = config.model.patch_size
   tt, g, steps = d.num_frames // pt, d.res // 8, config.target.traj_len
   return {
-      'video': np.zeros(clip_shape(config, batch_size), np.float32),
+      'video': np.zeros(clip_shape(config, batch_size), np.uint8),
       'traj_disp': np.zeros((batch_size, tt, g, g, steps, 2), np.float32),
       'traj_valid': np.zeros((batch_size, tt, g, g), bool),
       'traj_hog': np.zeros((batch_size, tt, g, g, steps, 9), np.float32),
@@ -72,6 +85,7 @@ class PretrainTask:
   def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     c = self.config
     rng_mask, rng_drop = jax.random.split(rng)
+    batch = dict(batch, video=normalize_video(batch['video'], c.data.mean, c.data.std))
     batch_size = batch['video'].shape[0]
     hidden = masking.sample(rng_mask, batch_size, self.grid, c.mask)
     target, weight = targets.compute(batch, c.target, patch_size=tuple(c.model.patch_size),
@@ -80,9 +94,83 @@ class PretrainTask:
                             num_hidden=masking.num_hidden(self.grid, c.mask.ratio, c.mask.kind))
     return losses.masked_l2(pred, target, weight, hidden, self.part_dims)
 
+  def make_train_iterator(self, start_step: int):
+    from m3video_jax.data import pipeline  # TF is imported only when the real pipeline is used.
+    return pipeline.TrainIterator(self.config, process_index=jax.process_index(), process_count=jax.process_count(),
+                                  start_step=start_step)
 
-def get_task(config) -> PretrainTask:
-  tasks: dict[str, Callable[[Any], Any]] = {'pretrain': PretrainTask}
+  def evaluate(self, params: Any, *, mesh, workdir: str, step: int, final: bool) -> dict[str, float]:
+    del params, mesh, workdir, step, final  # Pretraining has no evaluation; its encoder is judged downstream.
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneTask:
+  """Video classification: `VideoClassifier` on all tokens, soft-target cross entropy after mixup/cutmix.
+
+  Mixup/cutmix and label smoothing run inside the jitted step (`augment.mix_batch`), the per-clip augmentations in
+  the input pipeline (`data/classification.py`).
+  """
+  config: Any
+  freeze_encoder = False
+
+  @property
+  def model(self) -> classifier.VideoClassifier:
+    c = self.config
+    return classifier.VideoClassifier(
+        variant=c.model.encoder, num_classes=c.model.num_classes, patch_size=tuple(c.model.patch_size),
+        drop_path_rate=c.model.drop_path, freeze_encoder=self.freeze_encoder,
+        head_init_scale=c.model.head_init_scale, dtype=_DTYPES[c.model.dtype])
+
+  def init_params(self, rng: jax.Array) -> Any:
+    video = jnp.zeros(clip_shape(self.config, 1), jnp.float32)
+    return self.model.init({'params': rng}, video, train=False)['params']
+
+  def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    a = self.config.aug
+    rng_mix, rng_drop = jax.random.split(rng)
+    video, soft_targets, _ = augment.mix_batch(
+        rng_mix, batch['video'], batch['label'], num_classes=self.config.model.num_classes,
+        mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob, switch_prob=a.mix_switch_prob,
+        smoothing=a.label_smoothing)
+    logits = self.model.apply({'params': params}, video, train=True, rngs={'dropout': rng_drop})
+    loss = jnp.mean(augment.soft_cross_entropy(logits, soft_targets))
+    # Agreement with the dominant class of the (mixed) target: a rough training accuracy.
+    top1 = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(soft_targets, -1)).astype(jnp.float32))
+    return loss, {'top1': top1}
+
+  def make_train_iterator(self, start_step: int):
+    from m3video_jax.data import classification  # TF is imported only when the real pipeline is used.
+    return classification.train_iterator(self.config, process_index=jax.process_index(),
+                                         process_count=jax.process_count(), start_step=start_step)
+
+  def evaluate(self, params: Any, *, mesh, workdir: str, step: int, final: bool) -> dict[str, float]:
+    """Single-view validation (`val/*`); at the end also the multi-view test (`eval/*` + `eval_results.json`)."""
+    c = self.config
+    predict = evaluate_lib.classifier_predict_fn(self.model)
+    val = evaluate_lib.evaluate_params(c, predict, params, mesh, num_temporal=1, num_spatial=1)
+    out = {f'val/{k}': v for k, v in val.items() if k != 'num_videos'}
+    logging.info('step %d single-view validation on %d videos: top1 %.2f top5 %.2f', step, val['num_videos'],
+                 val['top1'], val['top5'])
+    if final:
+      views = (c.eval.test_temporal_views, c.eval.test_spatial_views)
+      test = evaluate_lib.evaluate_params(c, predict, params, mesh, num_temporal=views[0], num_spatial=views[1])
+      out.update({f'eval/{k}': v for k, v in test.items() if k != 'num_videos'})
+      path = evaluate_lib.write_results(workdir, step, test, c, num_temporal=views[0], num_spatial=views[1])
+      logging.info('step %d %dx%d-view test on %d videos: top1 %.2f top5 %.2f (%s)', step, *views,
+                   test['num_videos'], test['top1'], test['top5'], path)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbeTask(FinetuneTask):
+  """Linear probing: frozen encoder (eval mode, no drop path, no gradient); only `head` is updated (see optim.py)."""
+  freeze_encoder = True
+
+
+def get_task(config) -> PretrainTask | FinetuneTask:
+  tasks: dict[str, Callable[[Any], Any]] = {'pretrain': PretrainTask, 'finetune': FinetuneTask,
+                                            'linear_probe': LinearProbeTask}
   if config.task not in tasks:
     raise ValueError(f'config.task={config.task!r} is invalid: expected one of {sorted(tasks)}')
   return tasks[config.task](config)

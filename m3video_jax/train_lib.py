@@ -3,6 +3,7 @@
 Order of work: validate the config -> (demo) prepare data -> mesh, task, optimiser -> abstract state (`eval_shape`) ->
 shardings -> restore the latest checkpoint in the workdir, else `init_from`, else a fresh init -> input stream positioned
 at the restored step -> jitted, donated step in a loop -> async checkpoints -> TensorBoard + console metrics.
+The task's `evaluate` runs every `eval_every_steps` and after the last step (classification: validation and test).
 """
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def load_init_params(path: str, init_params: Any) -> Any:
   """Params from `config.init_from` (an orbax checkpoint of ours or one written by `m3video_jax.import_weights`).
 
   Every leaf under `encoder` must be in the checkpoint with the model's shape; other leaves (decoder, classifier head)
-  are taken from the checkpoint when present and shaped alike, else keep their fresh initialisation. Leaves of the
+  are taken from the checkpoint when present and shaped alike, else (absent, or e.g. a head for another number of
+  classes) keep their fresh initialisation. Leaves of the
   checkpoint the model does not have (e.g. a pretraining decoder when finetuning) are ignored.
 
   Raises:
@@ -81,11 +83,18 @@ def load_init_params(path: str, init_params: Any) -> Any:
   loaded = checkpointing.load_params(path)
   flat_loaded = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
   flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(init_params)}
-  missing = sorted(k for k in flat_model if k.startswith("['encoder']") and k not in flat_loaded)
+  encoder = lambda k: k.startswith("['encoder']")
+  missing = sorted(k for k in flat_model if encoder(k) and k not in flat_loaded)
   mismatched = sorted(k for k in set(flat_model) & set(flat_loaded) if flat_model[k].shape != flat_loaded[k].shape)
+  reshaped = [k for k in mismatched if not encoder(k)]  # E.g. another number of classes: keep the fresh head.
+  mismatched = [k for k in mismatched if encoder(k)]
+  for k in reshaped:
+    del flat_loaded[k]
+  if reshaped:
+    logging.info('init_from: %s have another shape in %s and keep their initialisation', reshaped, path)
   if missing or mismatched:
     raise ValueError(f'config.init_from={path!r} does not fit the model: missing encoder params {missing[:10]}, '
-                     f'shape mismatches (checkpoint vs model) '
+                     f'encoder shape mismatches (checkpoint vs model) '
                      f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
   kept = sorted(k for k in flat_model if k not in flat_loaded)
   if kept:
@@ -122,7 +131,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = os.path.abspath(workdir)
   if config.data.prepare_if_missing and make_batch_iterator is None:
     with config.unlocked():
-      config.data.train_files = prepare_demo_data(config, workdir)
+      if config.task == 'pretrain':
+        config.data.train_files = prepare_demo_data(config, workdir)
+      else:
+        from m3video_jax.data import classification  # TF is imported only when the real pipeline is used.
+        config.data.train_files, config.data.eval_files = classification.prepare_demo_data(
+            config, workdir, is_chief=jax.process_index() == 0)
   save_config(config, workdir)
 
   mesh = sharding.make_mesh(config.mesh)
@@ -150,12 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is not None:
     logging.info('resumed from %s at step %d', checkpointing.checkpoint_dir(workdir), start_step)
 
-  if make_batch_iterator is None:
-    from m3video_jax.data import pipeline  # TF is imported only when the real pipeline is used.
-    batch_iterator = pipeline.TrainIterator(config, process_index=jax.process_index(),
-                                            process_count=jax.process_count(), start_step=start_step)
-  else:
-    batch_iterator = make_batch_iterator(start_step)
+  batch_iterator = (make_batch_iterator or task.make_train_iterator)(start_step)
   step_fn = make_step_fn(task, tx, config, state_shd, batch_shd, mesh)
 
   writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
@@ -169,10 +178,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       history.append(step_metrics)
       is_last = step == config.total_steps
       should_save = is_last or step % config.checkpoint_every_steps == 0
-      if step % config.log_every_steps == 0 or should_save:
+      should_eval = is_last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+      if step % config.log_every_steps == 0 or should_save or should_eval:
         # The only device->host sync of an interval; checking before a save keeps NaN states out of checkpoints.
         metrics_lib.check_finite(history, interval_start)
-        last = writer.write(step, metrics_lib.mean_metrics(history))
+        scalars = metrics_lib.mean_metrics(history)
+        if should_eval:  # Classification: val/* (and eval/* at the end); pretraining: nothing.
+          scalars.update(task.evaluate(state.params, mesh=mesh, workdir=workdir, step=step, final=is_last))
+        last = writer.write(step, scalars)
         history, interval_start = [], step + 1
       if should_save:
         checkpointing.save(manager, step, state, force=is_last)

@@ -1,0 +1,22 @@
+"""Fine-tuning on HMDB51 split 1 from a K400-pretrained encoder (paper Table 14; REFERENCE_NOTES §8).
+
+ViT-B, 16 frames at stride 4 at 224², flip, AdamW (0.9, 0.999), lr 1e-3 x videos/256, layer decay 0.75, warmup 5
+epochs, 100 epochs, batch 512 videos x repeated augmentation 2, drop path 0.1, label smoothing 0.1, mixup 0.8,
+cutmix 1.0, RandAug (9, 0.5), random erasing 0.25; test 10 temporal x 3 spatial views (reference script; the paper
+does not say). `recipe=reference`: RandAug m7-n4.
+
+Run:   python -m m3video_jax.main --config=configs/finetune_hmdb51.py --workdir=$WD \
+           --config.init_from=$K400_PRETRAIN_WD \
+           --config.data.train_files='/data/hmdb51_prep/train/*.tfrecord' \
+           --config.data.eval_files='/data/hmdb51_prep/test/*.tfrecord'
+Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, tiny (CPU-sized model, used by tests).
+"""
+from m3video_jax import config_lib
+
+NUM_TRAIN_VIDEOS = 3_570
+
+
+def get_config(arg=None):
+  return config_lib.classification_config(
+      arg, task='finetune', num_train_videos=NUM_TRAIN_VIDEOS, num_classes=51, sampling='dense', frame_stride=4,
+      flip=True, epochs={'paper': 100, 'reference': 100}, test_temporal_views={'paper': 10, 'reference': 10})

@@ -1,0 +1,24 @@
+"""Linear probing on Something-Something V2 (paper Table 12 / §4; REFERENCE_NOTES §8.6).
+
+The pretrained ViT-B encoder is frozen and runs in eval mode (no drop path); its mean-pooled tokens go through
+`fc_norm` (kept at its init, a plain standardisation, as in the reference) and the linear `head`, the only trained
+parameters. Same data recipe as the SSV2 fine-tune (16 segments, no flip, RandAug, mixup/cutmix, erasing), lr 1e-3 x
+videos/256, warmup 5 epochs, 20 epochs (paper, following SVT; `recipe=reference`: 30), test 2 x 3 views.
+Unlike the reference, drop path is off and features are eval-mode (its train-mode probing is a bug).
+
+Run:   python -m m3video_jax.main --config=configs/linear_probe_ssv2.py --workdir=$WD \
+           --config.init_from=$PRETRAIN_WD \
+           --config.data.train_files='/data/ssv2_prep/train/*.tfrecord' \
+           --config.data.eval_files='/data/ssv2_prep/val/*.tfrecord'
+Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, tiny (CPU-sized model, used by tests).
+"""
+from m3video_jax import config_lib
+
+NUM_TRAIN_VIDEOS = 168_913
+
+
+def get_config(arg=None):
+  return config_lib.classification_config(
+      arg, task='linear_probe', num_train_videos=NUM_TRAIN_VIDEOS, num_classes=174, sampling='segment',
+      frame_stride=1, flip=False, epochs={'paper': 20, 'reference': 30},
+      test_temporal_views={'paper': 2, 'reference': 2})

@@ -1,0 +1,271 @@
+"""tf.data input of the classification tasks (fine-tuning, linear probing, evaluation): labelled clips.
+
+Reads the same TFRecords as pretraining (`data/schema.py`) but only the frames and the label. Sampling:
+- `dense` (K400/UCF101/HMDB51): `num_frames` frames at `frame_stride` from a uniformly drawn start (short videos repeat
+  their last frame). The reference draws 16 indices with `linspace` over a random 64-frame window (stride ~4.27); here the
+  stride is exact.
+- `segment` (SSV2, TSN-style): the video is cut into `num_frames` equal segments, one uniformly drawn frame per segment.
+
+Training clip: sample -> random resized crop (area `aug.crop_area`, aspect `aug.crop_aspect`) -> decode only the crop,
+resize to `res` -> optional flip -> RandAugment (same ops on every frame) -> normalise -> random erasing (same box on
+every frame). Mixup/cutmix and label smoothing run later, inside the jitted step (`m3video_jax/augment.py`).
+With `data.repeated_aug = k`, every record gives k independently augmented clips, consecutive in the same batch.
+The stream shares the pretraining pipeline's record order, seeding, resume and corrupt-record handling
+(`pipeline.record_stream`, `pipeline.TrainIterator`).
+
+Evaluation views (reference `finetune` test): temporal view `v` of `V` is, for `dense`, the clip starting at
+`round(v * (N - span) / (V - 1))` (the centre clip for `V = 1`) and, for `segment`, frame
+`floor((k + (v + 0.5) / V) * N / T)` of segment `k` (the `V` interleaved sets of segment points; midpoints for `V = 1`).
+Spatial view `s` of `S` is the square of the short side at `s / (S - 1)` along the long side (centre for `S = 1`),
+resized to `res` (= the reference's "resize short side to res, crop res x res" at 3 positions).
+
+Train batch (numpy, leading dim = local clips): video float32 `[b, T, res, res, 3]`, label int32 `[b]`.
+Eval batch: video, label, video_index int64 `[b]` (record position in this process's eval stream).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from m3video_jax.data import clip_augment
+from m3video_jax.data import pipeline
+from m3video_jax.data import pp_ops
+from m3video_jax.data import schema
+
+_SEED_MIX = 1_000_003
+
+
+def _feature_spec() -> dict[str, Any]:
+  full = schema.tf_feature_spec()
+  return {k: full[k] for k in (schema.FRAMES, schema.LABEL, schema.NUM_FRAMES, schema.HEIGHT, schema.WIDTH)}
+
+
+def dense_indices(num_frames, seed, *, clip_frames: int, frame_stride: int, view=None, num_views: int = 1):
+  """`clip_frames` int32 indices at `frame_stride`: random start if `view` is None, else view `view` of `num_views`."""
+  n = tf.cast(num_frames, tf.int32)
+  free = tf.maximum(n - ((clip_frames - 1) * frame_stride + 1), 0)
+  if view is None:
+    start = tf.random.stateless_uniform([], seed, 0, free + 1, dtype=tf.int32)
+  elif num_views == 1:
+    start = free // 2
+  else:
+    frac = tf.cast(view, tf.float32) / (num_views - 1)
+    start = tf.cast(tf.round(tf.cast(free, tf.float32) * frac), tf.int32)
+  return tf.minimum(start + tf.range(clip_frames, dtype=tf.int32) * frame_stride, n - 1)
+
+
+def segment_indices(num_frames, seed, *, clip_frames: int, view=None, num_views: int = 1):
+  """One int32 index per equal segment: uniform in it if `view` is None, else at `(view + 0.5) / num_views` of it."""
+  n = tf.cast(num_frames, tf.float32)
+  if view is None:
+    pos = tf.random.stateless_uniform([clip_frames], seed)
+  else:
+    pos = tf.fill([clip_frames], (tf.cast(view, tf.float32) + 0.5) / num_views)
+  idx = tf.floor((tf.range(clip_frames, dtype=tf.float32) + pos) * n / clip_frames)
+  return tf.minimum(tf.cast(idx, tf.int32), tf.cast(num_frames, tf.int32) - 1)
+
+
+def sample_indices(config, num_frames, seed, *, view=None, num_views: int = 1):
+  d = config.data
+  if d.sampling == 'segment':
+    return segment_indices(num_frames, seed, clip_frames=d.num_frames, view=view, num_views=num_views)
+  return dense_indices(num_frames, seed, clip_frames=d.num_frames, frame_stride=d.frame_stride, view=view,
+                       num_views=num_views)
+
+
+def spatial_view_window(height, width, view, num_views: int):
+  """(offset_y, offset_x, side, side): the short-side square at `view / (num_views - 1)` along the long side."""
+  h, w = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+  side = tf.minimum(h, w)
+  frac = 0.5 if num_views == 1 else tf.cast(view, tf.float32) / (num_views - 1)
+  oy = tf.cast(tf.round(tf.cast(h - side, tf.float32) * frac), tf.int32)
+  ox = tf.cast(tf.round(tf.cast(w - side, tf.float32) * frac), tf.int32)
+  return oy, ox, side, side
+
+
+def make_train_clip_fn(config):
+  """`fn(epoch, index, serialized) -> {'video': [k, T, res, res, 3], 'label': [k], '_id': [k]}`, k = repeated_aug."""
+  d, a = config.data, config.aug
+  spec = _feature_spec()
+  base_seed = int(config.seed)
+
+  def one_clip(rec, seed):
+    seed_time, seed_crop, seed_flip, seed_ra, seed_erase = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    idx = sample_indices(config, rec[schema.NUM_FRAMES], seed_time)
+    oy, ox, ch, cw = clip_augment.random_resized_crop_params(
+        rec[schema.HEIGHT], rec[schema.WIDTH], seed_crop, area_range=tuple(a.crop_area),
+        aspect_range=tuple(a.crop_aspect))
+    flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if d.flip else tf.constant(False)
+    frames = tf.sparse.to_dense(rec[schema.FRAMES])
+    video = pp_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
+                                      res=d.res, flip=flip)
+    video = tf.cast(video, tf.float32)  # (resize may return the uint8 input when the crop is already res x res)
+    if a.randaug_num_ops > 0:
+      video = clip_augment.rand_augment(video, seed_ra, num_ops=a.randaug_num_ops, magnitude=a.randaug_magnitude,
+                                        magnitude_std=a.randaug_magnitude_std, prob=a.randaug_prob)
+    video = pp_ops.normalize(video, d.mean, d.std)
+    if a.erase_prob > 0:
+      video = clip_augment.random_erasing(video, seed_erase, prob=a.erase_prob)
+    return tf.ensure_shape(video, [d.num_frames, d.res, d.res, 3])
+
+  def fn(epoch, index, serialized):
+    rec = tf.io.parse_single_example(serialized, spec)
+    seed = tf.stack([tf.cast(base_seed * _SEED_MIX, tf.int64) + epoch, index])
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, d.repeated_aug))
+    k = d.repeated_aug
+    return {
+        'video': tf.stack([one_clip(rec, s) for s in seeds]),
+        'label': tf.fill([k], tf.cast(rec[schema.LABEL], tf.int32)),
+        '_id': tf.fill([k], index),
+    }
+
+  return fn
+
+
+def make_eval_clip_fn(config, *, num_temporal: int, num_spatial: int):
+  """`fn(video_index, view, serialized) -> {'video', 'label', 'video_index'}`; views are temporal-major."""
+  d = config.data
+  spec = _feature_spec()
+  unused_seed = tf.zeros([2], tf.int64)
+
+  def fn(video_index, view, serialized):
+    rec = tf.io.parse_single_example(serialized, spec)
+    frames = tf.sparse.to_dense(rec[schema.FRAMES])
+    view = tf.cast(view, tf.int32)
+    idx = sample_indices(config, rec[schema.NUM_FRAMES], unused_seed, view=view // num_spatial,
+                         num_views=num_temporal)
+    oy, ox, ch, cw = spatial_view_window(rec[schema.HEIGHT], rec[schema.WIDTH], view % num_spatial, num_spatial)
+    video = pp_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
+                                      res=d.res, flip=False)
+    video = pp_ops.normalize(tf.cast(video, tf.float32), d.mean, d.std)
+    video = tf.ensure_shape(video, [d.num_frames, d.res, d.res, 3])
+    return {'video': video, 'label': tf.cast(rec[schema.LABEL], tf.int32), 'video_index': video_index}
+
+  return fn
+
+
+def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                       shards: list[str] | None = None) -> tuple[tf.data.Dataset, dict[str, Any]]:
+  """This process's stream of augmented training clips (same contract as `pipeline.make_train_dataset`)."""
+  d = config.data
+  if d.batch_size % (process_count * d.repeated_aug):
+    raise ValueError(f'config.data.batch_size={d.batch_size} is not divisible by {process_count} processes x '
+                     f'data.repeated_aug={d.repeated_aug}')
+  local_batch = d.batch_size // process_count
+  local_videos = local_batch // d.repeated_aug
+  shards = pipeline.process_shards(shards or pipeline.list_shards(d.train_files), process_index, process_count)
+  epoch_records = sum(pipeline.record_counts(shards))
+  if epoch_records < local_videos:
+    raise ValueError(f'this process has {epoch_records} records in {len(shards)} shards, fewer than one local batch '
+                     f'of {local_videos} videos; lower config.data.batch_size or add data')
+  first_epoch, offset = divmod(start_step * local_videos, epoch_records)
+  ds = pipeline.record_stream(shards, int(config.seed), first_epoch, d.shuffle_buffer, min(len(shards), 16))
+  ds = ds.enumerate(start=first_epoch * epoch_records).map(lambda i, er: (er[0], i, er[1]))
+  ds = ds.skip(offset)
+  calls = tf.data.AUTOTUNE if d.num_parallel_calls == -1 else d.num_parallel_calls
+  ds = ds.map(make_train_clip_fn(config), num_parallel_calls=calls, deterministic=True)
+  ds = ds.ignore_errors(log_warning=True)  # Gaps in `_id`; TrainIterator turns them into an error or a count.
+  ds = ds.unbatch().batch(local_batch, drop_remainder=True).prefetch(d.prefetch_batches)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = 0
+  ds = ds.with_options(options)
+  info = {'shards': shards, 'epoch_records': epoch_records, 'local_batch': local_batch,
+          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': d.repeated_aug}
+  return ds, info
+
+
+def train_iterator(config, *, process_index: int = 0, process_count: int = 1,
+                   start_step: int = 0) -> pipeline.TrainIterator:
+  return pipeline.TrainIterator(config, make_dataset=make_train_dataset, process_index=process_index,
+                                process_count=process_count, start_step=start_step)
+
+
+def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_index: int = 0,
+                      process_count: int = 1) -> tuple[tf.data.Dataset, dict[str, Any]]:
+  """This process's eval clips: every record of its `data.eval_files` shards, `num_temporal x num_spatial` views each.
+
+  Returns:
+    (dataset of local batches of `eval.batch_size / process_count` clips, the last one possibly smaller; info with
+    `num_videos`, `num_clips`, `num_batches`, `local_batch`).
+  """
+  d = config.data
+  try:
+    shards = pipeline.list_shards(d.eval_files)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.data.eval_files={d.eval_files!r} matches no file; expected held-out TFRecord '
+                            'shards written by `python -m data_prep.extract`') from e
+  shards = pipeline.process_shards(shards, process_index, process_count)
+  if config.eval.batch_size % process_count:
+    raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible by {process_count} processes')
+  local_batch = config.eval.batch_size // process_count
+  num_videos = sum(pipeline.record_counts(shards))
+  views = num_temporal * num_spatial
+  ds = tf.data.TFRecordDataset(shards).enumerate()
+  ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(views).map(lambda v: (i, v, r)))
+  calls = tf.data.AUTOTUNE if d.num_parallel_calls == -1 else d.num_parallel_calls
+  ds = ds.map(make_eval_clip_fn(config, num_temporal=num_temporal, num_spatial=num_spatial),
+              num_parallel_calls=calls, deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=False).prefetch(d.prefetch_batches)
+  num_clips = num_videos * views
+  info = {'shards': shards, 'num_videos': num_videos, 'num_clips': num_clips, 'local_batch': local_batch,
+          'num_batches': math.ceil(num_clips / local_batch)}
+  return ds, info
+
+
+def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches of exactly `local_batch` rows with a `_mask` (False on padding), `num_batches` of them.
+
+  `num_batches` may exceed the dataset's (other processes may have more eval data): the rest are all padding.
+  """
+  template = None
+  it = ds.as_numpy_iterator()
+  for _ in range(num_batches):
+    batch = next(it, None)
+    if batch is None:
+      if template is None:
+        raise ValueError('this process has no eval data to shape the padding batches from')
+      batch = {k: v[:0] for k, v in template.items()}
+    template = batch
+    n = len(batch['label'])
+    out = {k: np.concatenate([v, np.zeros((local_batch - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    out['_mask'] = np.arange(local_batch) < n
+    yield out
+
+
+def prepare_demo_data(config, workdir: str, *, is_chief: bool = True) -> tuple[str, str]:
+  """Writes the synthetic motion videos and runs data prep on their train and val splits, unless already done.
+
+  Only the chief process (`is_chief`) writes; the others just get the globs.
+
+  Returns:
+    (train shard glob, eval shard glob) under `workdir/data`.
+  """
+  d = config.data
+  data_dir = os.path.join(os.path.abspath(workdir), 'data')
+  videos_dir = os.path.join(data_dir, 'videos')
+  globs = []
+  for split in ('train', 'val'):
+    shards_dir = os.path.join(data_dir, f'tfrecords_{split}')
+    globs.append(os.path.join(shards_dir, f'{split}-*.tfrecord'))
+    if os.path.exists(os.path.join(shards_dir, 'manifest.json')) or not is_chief:
+      continue
+    csv = os.path.join(videos_dir, f'{split}.csv')
+    if not os.path.exists(csv):
+      logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
+      subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
+                      f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
+                      f'--frames={d.synthetic_frames}', f'--seed={d.synthetic_seed}'], check=True)
+    logging.info('demo: preparing the %s split into %s', split, shards_dir)
+    # Classification reads frames and labels only: the shortest trajectories and no camera-motion removal are cheapest.
+    subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
+                    f'--prefix={split}', f'--label_map={os.path.join(videos_dir, "label_map.json")}',
+                    f'--short_side={d.prep_short_side}', '--traj_len=1', '--camera_motion=none'], check=True)
+  return globs[0], globs[1]
