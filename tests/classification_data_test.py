@@ -1,4 +1,4 @@
-"""Classification input: per-clip augmentations (same op / box on every frame), sampling views, train and eval streams."""
+"""Classification input: per-clip augmentations (same op / box on every frame), sampling views, train/eval streams."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,7 +52,8 @@ def test_pixel_ops_match_pil():
       'AutoContrast': ops.autocontrast(pil), 'Equalize': ops.equalize(pil), 'Invert': ops.invert(pil),
       'PosterizeIncreasing': ops.posterize(pil, 4 - int(level * 4)),
       'SolarizeIncreasing': ops.solarize(pil, 256 - int(level * 256)),
-      'ColorIncreasing': enhance.Color(pil).enhance(factor), 'ContrastIncreasing': enhance.Contrast(pil).enhance(factor),
+      'ColorIncreasing': enhance.Color(pil).enhance(factor),
+      'ContrastIncreasing': enhance.Contrast(pil).enhance(factor),
       'BrightnessIncreasing': enhance.Brightness(pil).enhance(factor),
       'SharpnessIncreasing': enhance.Sharpness(pil).enhance(factor),
   }
@@ -105,8 +106,9 @@ def test_sampling_views_are_the_reference_positions():
   short = classification.dense_indices(5, None, clip_frames=4, frame_stride=3, view=0, num_views=1).numpy()
   np.testing.assert_array_equal(short, [0, 3, 4, 4])  # short videos repeat their last frame
   # Segments of 32 frames in 4: view v of 2 is frame floor((k + (v + 0.5) / 2) * 8).
-  np.testing.assert_array_equal(classification.segment_indices(32, None, clip_frames=4, view=0, num_views=2), [2, 10, 18, 26])
-  np.testing.assert_array_equal(classification.segment_indices(32, None, clip_frames=4, view=1, num_views=2), [6, 14, 22, 30])
+  for view, expected in ((0, [2, 10, 18, 26]), (1, [6, 14, 22, 30])):
+    np.testing.assert_array_equal(classification.segment_indices(32, None, clip_frames=4, view=view, num_views=2),
+                                  expected)
   train = classification.segment_indices(32, tf.constant([1, 2], tf.int64), clip_frames=4).numpy()
   assert np.all((train >= [0, 8, 16, 24]) & (train < [8, 16, 24, 32]))
   windows = [[int(v) for v in classification.spatial_view_window(90, 160, s, 3)] for s in range(3)]

@@ -2,8 +2,8 @@
 
 Reads the same TFRecords as pretraining (`data/schema.py`) but only the frames and the label. Sampling:
 - `dense` (K400/UCF101/HMDB51): `num_frames` frames at `frame_stride` from a uniformly drawn start (short videos repeat
-  their last frame). The reference draws 16 indices with `linspace` over a random 64-frame window (stride ~4.27); here the
-  stride is exact.
+  their last frame). The reference draws 16 indices with `linspace` over a random 64-frame window (stride ~4.27);
+  here the stride is exact.
 - `segment` (SSV2, TSN-style): the video is cut into `num_frames` equal segments, one uniformly drawn frame per segment.
 
 Training clip: sample -> random resized crop (area `aug.crop_area`, aspect `aug.crop_aspect`) -> decode only the crop,
