@@ -209,5 +209,6 @@ def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, 
 
 
 def normalize(frames: tf.Tensor, mean, std) -> tf.Tensor:
-  """[0, 255] -> ImageNet-normalised float32 (for host-side use; training normalises on the device)."""
+  """[0, 255] -> ImageNet-normalised float32 on the host (classification clips); pretraining clips stay uint8 and are
+  normalised on the device (`tasks.normalize_video`)."""
   return (tf.cast(frames, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
