@@ -37,6 +37,21 @@ class InputList:
   label_map: dict[str, int]  # class name -> index; empty when the labels carry no names
 
 
+def _resolve_label_map(names: set[str], label_map: dict[str, int] | None, source: str,
+                       what: str) -> dict[str, int]:
+  """Sorted class names -> indices, or a given map checked to cover every name.
+
+  Raises:
+    ValueError: naming `source` and the names missing from `label_map`.
+  """
+  if label_map is None:
+    return {name: i for i, name in enumerate(sorted(names))}
+  unknown = sorted(name for name in names if name not in label_map)
+  if unknown:
+    raise ValueError(f'{source}: {what} {unknown[:5]} are not in the label map (known: {sorted(label_map)[:10]})')
+  return label_map
+
+
 def _is_remote(path: str) -> bool:
   return '://' in path
 
@@ -100,13 +115,8 @@ def read_list_file(path: str, data_root: str | None = None,
     if n == 0 and video.lower() in ('path', 'video', 'filename', 'file') and label.lower() in ('label', 'class', ''):
       continue  # header
     rows.append((_join(root, video), label))
-  names = sorted({lab for _, lab in rows if lab and not _is_int(lab)})
-  if label_map is None:
-    label_map = {name: i for i, name in enumerate(names)}
-  else:
-    unknown = [name for name in names if name not in label_map]
-    if unknown:
-      raise ValueError(f'{path}: class names {unknown[:5]} are not in the label map (known: {sorted(label_map)[:10]})')
+  label_map = _resolve_label_map({lab for _, lab in rows if lab and not _is_int(lab)}, label_map, path,
+                                 'class names')
   index_to_name = {v: k for k, v in label_map.items()}
   videos = []
   for video, lab in rows:
@@ -148,13 +158,7 @@ def read_directory(root: str, label_map: dict[str, int] | None = None) -> InputL
     rel = path[len(root_clean):].lstrip('/')
     parts = rel.split('/')
     videos_by_class.append((path, parts[0] if len(parts) > 1 else ''))
-  names = sorted({c for _, c in videos_by_class if c})
-  if label_map is None:
-    label_map = {name: i for i, name in enumerate(names)}
-  else:
-    unknown = [name for name in names if name not in label_map]
-    if unknown:
-      raise ValueError(f'{root}: class folders {unknown[:5]} are not in the label map')
+  label_map = _resolve_label_map({c for _, c in videos_by_class if c}, label_map, root, 'class folders')
   videos = [VideoInput(p, label_map[c], c) if c else VideoInput(p) for p, c in videos_by_class]
   return InputList(videos, dict(label_map))
 
