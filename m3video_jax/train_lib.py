@@ -8,11 +8,8 @@ The task's `evaluate` runs every `eval_every_steps` and after the last step (cla
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import subprocess
-import sys
 from typing import Any, Callable, Iterator
 
 import jax
@@ -26,6 +23,7 @@ from m3video_jax import metrics as metrics_lib
 from m3video_jax import optim
 from m3video_jax import sharding
 from m3video_jax import tasks
+from m3video_jax.data import demo_data
 from m3video_jax import train_step as train_step_lib
 from m3video_jax.train_state import TrainState
 
@@ -43,24 +41,12 @@ def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> str:
   Returns:
     The glob of the prepared shards.
   """
-  d = config.data
   data_dir = os.path.join(os.path.abspath(workdir), 'data')
   videos_dir, shards_dir = os.path.join(data_dir, 'videos'), os.path.join(data_dir, 'tfrecords')
-  pattern = os.path.join(shards_dir, 'train-*.tfrecord')
-  if os.path.exists(os.path.join(shards_dir, 'manifest.json')):
-    return pattern
-  if jax.process_index() == 0:
-    csv = os.path.join(videos_dir, 'train.csv')
-    if not os.path.exists(csv):
-      logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
-      subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
-                      f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
-                      f'--frames={d.synthetic_frames}', f'--seed={config.seed}'], check=True)
-    logging.info('demo: extracting motion targets into %s', shards_dir)
-    subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
-                    f'--prefix=train', f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
-                    f'--traj_len={config.target.traj_len}'], check=True)
-  return pattern
+  if jax.process_index() != 0:
+    return os.path.join(shards_dir, 'train-*.tfrecord')
+  return demo_data.prepare_split(config, videos_dir, shards_dir, 'train', seed=config.seed,
+                                 extract_args=(f'--traj_len={config.target.traj_len}',))
 
 
 def _init_state(task, tx, rng: jax.Array) -> TrainState:

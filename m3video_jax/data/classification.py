@@ -24,17 +24,15 @@ Eval batch: video, label, video_index int64 `[b]` (record position in this proce
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
-import subprocess
-import sys
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from m3video_jax.data import clip_augment
+from m3video_jax.data import demo_data
 from m3video_jax.data import pipeline
 from m3video_jax.data import pp_ops
 from m3video_jax.data import schema
@@ -248,24 +246,15 @@ def prepare_demo_data(config, workdir: str, *, is_chief: bool = True) -> tuple[s
   Returns:
     (train shard glob, eval shard glob) under `workdir/data`.
   """
-  d = config.data
   data_dir = os.path.join(os.path.abspath(workdir), 'data')
   videos_dir = os.path.join(data_dir, 'videos')
   globs = []
   for split in ('train', 'val'):
     shards_dir = os.path.join(data_dir, f'tfrecords_{split}')
-    globs.append(os.path.join(shards_dir, f'{split}-*.tfrecord'))
-    if os.path.exists(os.path.join(shards_dir, 'manifest.json')) or not is_chief:
+    if not is_chief:
+      globs.append(os.path.join(shards_dir, f'{split}-*.tfrecord'))
       continue
-    csv = os.path.join(videos_dir, f'{split}.csv')
-    if not os.path.exists(csv):
-      logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
-      subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
-                      f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
-                      f'--frames={d.synthetic_frames}', f'--seed={d.synthetic_seed}'], check=True)
-    logging.info('demo: preparing the %s split into %s', split, shards_dir)
     # Classification reads frames and labels only: the shortest trajectories and no camera-motion removal are cheapest.
-    subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
-                    f'--prefix={split}', f'--label_map={os.path.join(videos_dir, "label_map.json")}',
-                    f'--short_side={d.prep_short_side}', '--traj_len=1', '--camera_motion=none'], check=True)
+    globs.append(demo_data.prepare_split(config, videos_dir, shards_dir, split, seed=config.data.synthetic_seed,
+                                         extract_args=('--traj_len=1', '--camera_motion=none')))
   return globs[0], globs[1]

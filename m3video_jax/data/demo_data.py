@@ -1,0 +1,39 @@
+"""The demos' data: synthetic motion videos and one data-prep run per split, written into the workdir once."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+
+def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed: int,
+                  extract_args: tuple[str, ...] = ()) -> str:
+  """Writes the synthetic videos (if their CSVs are missing) and extracts `split` into `shards_dir` (if not done).
+
+  Args:
+    config: a demo config (`data.synthetic_*`, `data.prep_short_side`).
+    videos_dir: where `data_prep.synthetic` writes videos, `<split>.csv` and `label_map.json`.
+    shards_dir: output of `data_prep.extract` for this split.
+    split: 'train' or 'val' (CSV name and shard prefix).
+    seed: synthetic-video seed.
+    extract_args: extra `data_prep.extract` flags.
+
+  Returns:
+    The glob of the split's shards.
+  """
+  d = config.data
+  pattern = os.path.join(shards_dir, f'{split}-*.tfrecord')
+  if os.path.exists(os.path.join(shards_dir, 'manifest.json')):
+    return pattern
+  csv = os.path.join(videos_dir, f'{split}.csv')
+  if not os.path.exists(csv):
+    logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
+    subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
+                    f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
+                    f'--frames={d.synthetic_frames}', f'--seed={seed}'], check=True)
+  logging.info('demo: extracting the %s split into %s', split, shards_dir)
+  subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
+                  f'--prefix={split}', f'--label_map={os.path.join(videos_dir, "label_map.json")}',
+                  f'--short_side={d.prep_short_side}', *extract_args], check=True)
+  return pattern
