@@ -41,7 +41,7 @@ def clip_shape(config, batch_size: int) -> tuple[int, ...]:
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like an input-pipeline batch (for init, eval_shape and compile checks)."""
   d = config.data
-  pt, ph, _ = config.model.patch_size
+  pt = config.model.patch_size[0]
   tt, g, steps = d.num_frames // pt, d.res // 8, config.target.traj_len
   return {
       'video': np.zeros(clip_shape(config, batch_size), np.uint8),
