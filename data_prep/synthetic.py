@@ -9,7 +9,7 @@ Ground truth is exposed as pure functions of a `VideoSpec` (`object_step`, `back
 spec is written to `ground_truth.jsonl` beside the videos.
 
 Run:
-  python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 [--size=128x128 --frames=32 --seed=0]
+  python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 [--size=128x128 --frames=32 --seed=0 --max_pan=1.5]
 Writes `videos/*.mp4`, `all.csv`, `train.csv`, `val.csv` (`path,label`, stratified split), `label_map.json`,
 `ground_truth.jsonl`. Extract with
   python -m data_prep.extract --input=/tmp/synth/train.csv --label_map=/tmp/synth/label_map.json --short_side=0 ...
@@ -59,13 +59,15 @@ class VideoSpec:
 
 
 def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: int = 128,
-                num_frames: int = 32) -> VideoSpec:
-  """Draws a random `VideoSpec` of class `label` (index into `CLASSES`)."""
+                num_frames: int = 32, max_pan: float = 1.5) -> VideoSpec:
+  """Draws a random `VideoSpec` of class `label` (index into `CLASSES`); camera pan uniform in ±`max_pan` px/frame."""
   if not 0 <= label < len(CLASSES):
     raise ValueError(f'label={label} must be in [0, {len(CLASSES)})')
+  if max_pan < 0:
+    raise ValueError(f'max_pan={max_pan} must be >= 0 (px/frame)')
   name = CLASSES[label]
   short = min(width, height)
-  pan = tuple(float(v) for v in rng.uniform(-1.5, 1.5, size=2))
+  pan = tuple(float(v) for v in rng.uniform(-max_pan, max_pan, size=2))
   radius = float(rng.uniform(0.17, 0.22) * short)
   velocity, spin, growth = (0.0, 0.0), 0.0, 1.0
   center = np.array([width / 2, height / 2]) + rng.uniform(-0.08, 0.08, size=2) * short
@@ -246,7 +248,7 @@ def split_train_val(labels: Sequence[int], val_fraction: float, seed: int) -> tu
 
 
 def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int = 128, num_frames: int = 32,
-             seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0) -> list[VideoSpec]:
+             seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0, max_pan: float = 1.5) -> list[VideoSpec]:
   """Writes `num_videos` videos (classes round robin) and the CSVs; returns their specs in order."""
   if num_videos < 1:
     raise ValueError(f'num_videos={num_videos} must be >= 1')
@@ -259,7 +261,7 @@ def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int 
   os.makedirs(video_dir, exist_ok=True)
   specs, rows = [], []
   for i in range(num_videos):
-    spec = sample_spec(rng, i % len(CLASSES), width, height, num_frames)
+    spec = sample_spec(rng, i % len(CLASSES), width, height, num_frames, max_pan)
     rel = os.path.join('videos', f'{i:05d}_{spec.class_name}.mp4')
     write_mp4(os.path.join(output_dir, rel), render(spec), fps)
     specs.append(spec)
@@ -283,7 +285,7 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   w, h = _parse_size(f.size)
   specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
-                   val_fraction=f.val_fraction)
+                   val_fraction=f.val_fraction, max_pan=f.max_pan)
   print(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {f.output_dir}; '
         f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json')
 
@@ -310,4 +312,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('frames', 32, 'Frames per video.')
   flags.DEFINE_integer('seed', 0, 'Random seed (same seed -> same videos).')
   flags.DEFINE_float('val_fraction', 0.25, 'Fraction of each class in val.csv.')
+  flags.DEFINE_float('max_pan', 1.5, 'Camera pan speed bound, px/frame (0 = static camera).')
   app.run(main)

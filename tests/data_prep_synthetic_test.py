@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from data_prep import inputs
 from data_prep import synthetic
@@ -45,6 +46,24 @@ def test_ground_truth_motion_matches_the_class():
     assert expect, (name, d)
     with_cam = synthetic.object_step(spec, 5, np.array([c[0] + 10.0]), np.array([c[1]]), with_camera=True)[0]
     np.testing.assert_allclose(with_cam - d, synthetic.background_step(spec, with_camera=True))
+
+
+def test_max_pan_bounds_the_camera_and_zero_gives_a_static_background(tmp_path):
+  rng = np.random.default_rng(0)
+  pans = np.array([synthetic.sample_spec(rng, i % 8, max_pan=0.4).pan for i in range(64)])
+  assert np.abs(pans).max() <= 0.4 and np.abs(pans).max() > 0.2
+  specs = synthetic.generate(str(tmp_path), 4, width=48, height=48, num_frames=8, seed=0, max_pan=0.0)
+  assert all(s.pan == (0.0, 0.0) for s in specs)
+  # Static camera: the background pixels (far from the object) do not change between frames.
+  frames = synthetic.render(specs[0])
+  ys, xs = np.mgrid[0:48, 0:48]
+  off_object = np.ones((48, 48), bool)
+  for t in range(8):
+    off_object &= ~synthetic.object_mask(specs[0], t, xs, ys, margin=-2.0)
+  assert off_object.sum() > 100
+  assert np.abs(frames[1:].astype(int) - frames[:1].astype(int))[:, off_object].max() <= 1
+  with pytest.raises(ValueError, match='max_pan'):
+    synthetic.sample_spec(rng, 0, max_pan=-1.0)
 
 
 def test_cli(tmp_path):

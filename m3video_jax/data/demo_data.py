@@ -31,7 +31,8 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
     logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
     subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
                     f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
-                    f'--frames={d.synthetic_frames}', f'--seed={seed}'], check=True)
+                    f'--frames={d.synthetic_frames}', f'--seed={seed}',
+                    f'--max_pan={d.synthetic_max_pan}'], check=True)
   logging.info('demo: extracting the %s split into %s', split, shards_dir)
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
                   f'--prefix={split}', f'--label_map={os.path.join(videos_dir, "label_map.json")}',
