@@ -2,7 +2,8 @@
 
 Order of work: validate the config -> (demo) prepare data -> mesh, task, optimiser -> abstract state (`eval_shape`) ->
 shardings -> restore the latest checkpoint in the workdir, else `init_from`, else a fresh init -> input stream positioned
-at the restored step -> jitted, donated step in a loop -> async checkpoints -> TensorBoard + console metrics.
+at the restored step -> jitted step (state donated on accelerators) in a loop -> async checkpoints -> TensorBoard +
+console metrics.
 The task's `evaluate` runs every `eval_every_steps` and after the last step (classification: validation and test).
 """
 from __future__ import annotations
@@ -89,13 +90,23 @@ def load_init_params(path: str, init_params: Any) -> Any:
       lambda k, v: flat_loaded.get(jax.tree_util.keystr(k), v), init_params)
 
 
+def donates_state(mesh) -> bool:
+  """Whether the train step donates the state: on accelerators yes (it halves the state's memory); on CPU no.
+
+  XLA:CPU runs independent kernels concurrently and cannot order the in-place parameter update after the backward
+  matmuls that still read the parameter, so with donation it copies every parameter each step (~5% of a ViT-S step on
+  2 cores, bench/train_step.py); host memory is rarely what limits a CPU run.
+  """
+  return mesh.devices.flat[0].platform != 'cpu'
+
+
 def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
-  """The jitted, donating train step with explicit in/out shardings."""
+  """The jitted train step with explicit in/out shardings; donates the state except on CPU (`donates_state`)."""
   return jax.jit(
       functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx, lr_schedule=optim.lr_schedule(config),
                         accum_steps=config.optim.grad_accum_steps),
       in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+      donate_argnums=(0,) if donates_state(mesh) else ())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

@@ -33,7 +33,7 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn, tx: optax.Gr
   """One optimiser step.
 
   Args:
-    state: current state (donated by the caller's jit).
+    state: current state (donated by the caller's jit on accelerators).
     batch: global batch; leading dim divisible by `accum_steps`.
     loss_fn: the task loss.
     tx: the optimiser.
