@@ -6,7 +6,8 @@
 JAX: the full `train_step` (tube mask, targets, encoder on visible tokens, decoder, masked loss, AdamW update) as
 `train_lib` jits it. PyTorch: transformers' `VideoMAEForPreTraining` with the same encoder/decoder sizes, mask ratio
 and batch (forward with its pixel loss, backward, AdamW step). Each side runs in its own subprocess on all cores
-(so the two runtimes' thread pools never compete), alternating `--rounds` times; the best round of each is reported.
+(so the two runtimes' thread pools never compete), alternating `--rounds` times; the best and the median round of each
+are reported (on a shared VM single rounds vary by ~10%).
 Prints steps/s, clips/s and the JAX/PyTorch ratio (target >= 1.0).
 """
 from __future__ import annotations
@@ -116,21 +117,25 @@ def main() -> None:
     print(f'STEPS_PER_SEC {(bench_jax if args.side == "jax" else bench_torch)(args):.6f}')
     return
   sides = ['jax'] + ([] if args.skip_torch else ['torch'])
-  best = {s: 0.0 for s in sides}
+  runs = {s: [] for s in sides}
   for r in range(args.rounds):
     for side in sides:
       out = subprocess.run([sys.executable, os.path.abspath(__file__), f'--side={side}'] + sys.argv[1:],
                            check=True, capture_output=True, text=True).stdout
       sps = float(out.split('STEPS_PER_SEC')[-1].split()[0])
       print(f'round {r + 1} {side:5s}: {sps:.3f} steps/s', flush=True)
-      best[side] = max(best[side], sps)
+      runs[side].append(sps)
   print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores')
   print(f'setting: ViT-{args.variant}, {args.frames} x {args.res}², batch {args.batch}, mask {args.mask_ratio}, '
         f'{args.steps} timed steps after {args.warmup} warm-up, best of {args.rounds} rounds')
+  best = {s: max(v) for s, v in runs.items()}
+  median = {s: float(np.median(v)) for s, v in runs.items()}
   for side in sides:
-    print(f'{side:8s}: {best[side]:.3f} steps/s, {best[side] * args.batch:.2f} clips/s')
+    print(f'{side:8s}: best {best[side]:.3f} steps/s ({best[side] * args.batch:.2f} clips/s), '
+          f'median {median[side]:.3f} steps/s')
   if 'torch' in best:
-    print(f'ratio jax/pytorch: {best["jax"] / best["torch"]:.2f}x (target >= 1.0)')
+    print(f'ratio jax/pytorch: {best["jax"] / best["torch"]:.2f}x best vs best, '
+          f'{median["jax"] / median["torch"]:.2f}x median vs median (target >= 1.0)')
 
 
 if __name__ == '__main__':
