@@ -123,6 +123,42 @@ def test_attention_matches_reference_formula_with_q_and_v_bias_only():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_attention_gradients_match_plain_softmax_attention():
+  """The deferred-normalisation softmax (and its stop-gradient max shift) has the gradients of `softmax(l) @ v`."""
+  rng = np.random.default_rng(1)
+  x = (2 * rng.normal(size=(2, 6, 8))).astype(np.float32)
+  attn = layers.Attention(num_heads=2)
+  params = attn.init(jax.random.key(0), x)['params']
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape).astype(np.float32)), params)
+
+  def plain(params, x):
+    qkv = (x @ params['qkv']['kernel']).reshape(2, 6, 3, 2, 4)
+    q = (qkv[:, :, 0] + params['q_bias'].reshape(2, 4)) * 4**-0.5
+    k, v = qkv[:, :, 1], qkv[:, :, 2] + params['v_bias'].reshape(2, 4)
+    w = jax.nn.softmax(jnp.einsum('bqhd,bkhd->bhqk', q, k), axis=-1)
+    out = jnp.einsum('bhqk,bkhd->bqhd', w, v).reshape(2, 6, 8)
+    return out @ params['proj']['kernel'] + params['proj']['bias']
+
+  cot = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  loss = lambda f: (lambda p, x: jnp.vdot(f(p, x), cot))
+  got = jax.grad(loss(lambda p, x: attn.apply({'params': p}, x)), argnums=(0, 1))(params, x)
+  want = jax.grad(loss(plain), argnums=(0, 1))(params, x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
+  # Logits in the thousands (exp would overflow without the max shift): output and gradients stay finite.
+  big = jax.grad(loss(lambda p, x: attn.apply({'params': p}, x)), argnums=(0, 1))(params, 100 * x)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(big))
+
+
+def test_gelu_is_the_exact_erf_gelu_with_its_derivative():
+  x = jnp.linspace(-10.0, 10.0, 2001)
+  # erf form as PyTorch: 1 + erf(x / sqrt 2) cancels for x << 0, so absolute (not relative) agreement to 1 ulp of 1.
+  np.testing.assert_allclose(layers.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+  d = jax.vmap(jax.grad(layers.gelu))(x)
+  np.testing.assert_allclose(d, jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(x), rtol=1e-5,
+                             atol=1e-5)
+
+
 def test_patch_embed_equals_a_conv3d_with_the_stored_kernel(tiny):
   _, video, params, _ = tiny
   params = params['params']['encoder']['patch_embed']
