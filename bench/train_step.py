@@ -127,7 +127,7 @@ def main() -> None:
       runs[side].append(sps)
   print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores')
   print(f'setting: ViT-{args.variant}, {args.frames} x {args.res}², batch {args.batch}, mask {args.mask_ratio}, '
-        f'{args.steps} timed steps after {args.warmup} warm-up, best of {args.rounds} rounds')
+        f'{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} rounds')
   best = {s: max(v) for s, v in runs.items()}
   median = {s: float(np.median(v)) for s, v in runs.items()}
   for side in sides:

@@ -9,7 +9,8 @@ Ground truth is exposed as pure functions of a `VideoSpec` (`object_step`, `back
 spec is written to `ground_truth.jsonl` beside the videos.
 
 Run:
-  python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 [--size=128x128 --frames=32 --seed=0 --max_pan=1.5]
+  python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 \
+      [--size=128x128 --frames=32 --seed=0 --max_pan=1.5]
 Writes `videos/*.mp4`, `all.csv`, `train.csv`, `val.csv` (`path,label`, stratified split), `label_map.json`,
 `ground_truth.jsonl`. Extract with
   python -m data_prep.extract --input=/tmp/synth/train.csv --label_map=/tmp/synth/label_map.json --short_side=0 ...
