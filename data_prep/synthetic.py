@@ -28,6 +28,7 @@ import numpy as np
 
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down', 'rotate_cw', 'rotate_ccw', 'grow',
            'shrink')
+DEFAULT_MAX_PAN = 1.5  # px/frame: camera pans as fast as the objects move, so only relative motion tells classes apart.
 _TRANSLATE_DIRS = {'translate_left': (-1.0, 0.0), 'translate_right': (1.0, 0.0), 'translate_up': (0.0, -1.0),
                    'translate_down': (0.0, 1.0)}
 
@@ -60,7 +61,7 @@ class VideoSpec:
 
 
 def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: int = 128,
-                num_frames: int = 32, max_pan: float = 1.5) -> VideoSpec:
+                num_frames: int = 32, max_pan: float = DEFAULT_MAX_PAN) -> VideoSpec:
   """Draws a random `VideoSpec` of class `label` (index into `CLASSES`); camera pan uniform in ±`max_pan` px/frame."""
   if not 0 <= label < len(CLASSES):
     raise ValueError(f'label={label} must be in [0, {len(CLASSES)})')
@@ -249,7 +250,8 @@ def split_train_val(labels: Sequence[int], val_fraction: float, seed: int) -> tu
 
 
 def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int = 128, num_frames: int = 32,
-             seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0, max_pan: float = 1.5) -> list[VideoSpec]:
+             seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0,
+             max_pan: float = DEFAULT_MAX_PAN) -> list[VideoSpec]:
   """Writes `num_videos` videos (classes round robin) and the CSVs; returns their specs in order."""
   if num_videos < 1:
     raise ValueError(f'num_videos={num_videos} must be >= 1')
@@ -313,5 +315,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('frames', 32, 'Frames per video.')
   flags.DEFINE_integer('seed', 0, 'Random seed (same seed -> same videos).')
   flags.DEFINE_float('val_fraction', 0.25, 'Fraction of each class in val.csv.')
-  flags.DEFINE_float('max_pan', 1.5, 'Camera pan speed bound, px/frame (0 = static camera).')
+  flags.DEFINE_float('max_pan', DEFAULT_MAX_PAN, 'Camera pan speed bound, px/frame (0 = static camera).')
   app.run(main)
