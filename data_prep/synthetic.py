@@ -1,16 +1,19 @@
 """Synthetic labelled videos whose class is defined by motion only (the built-in dataset of the demo and the tests).
 
-Each video shows one randomly textured object on a randomly textured background seen by a camera that pans at a random
-constant velocity, independent of the class. The class is the object's own motion (relative to the background):
+Each video shows one randomly textured object (or `--num_objects` of them, later ones occluding earlier ones) on a
+randomly textured background seen by a camera that pans at a random constant velocity, independent of the class. The
+class is the objects' own motion (relative to the background), the same kind for every object of a video:
 translate left/right/up/down, rotate clockwise/counter-clockwise (on screen, y down), grow or shrink. Appearance,
-camera pan, speeds and start positions are random, so only the relative motion tells the classes apart.
+camera pan, speeds, sizes and start positions are random, so only the relative motion tells the classes apart.
+`--object_scale` scales every object's size; with several objects each is `1/sqrt(num_objects)` as large, so together
+they cover about as much of the frame as one object of that scale would.
 
 Ground truth is exposed as pure functions of a `VideoSpec` (`object_step`, `background_step`, `object_pose`), and every
 spec is written to `ground_truth.jsonl` beside the videos.
 
 Run:
   python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 \
-      [--size=128x128 --frames=32 --seed=0 --max_pan=1.5]
+      [--size=128x128 --frames=32 --seed=0 --max_pan=1.5 --num_objects=1 --object_scale=1.0]
 Writes `videos/*.mp4`, `all.csv`, `train.csv`, `val.csv` (`path,label`, stratified split), `label_map.json`,
 `ground_truth.jsonl`. Extract with
   python -m data_prep.extract --input=/tmp/synth/train.csv --label_map=/tmp/synth/label_map.json --short_side=0 ...
@@ -34,6 +37,18 @@ _TRANSLATE_DIRS = {'translate_left': (-1.0, 0.0), 'translate_right': (1.0, 0.0),
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectSpec:
+  """One object beyond the first (the first one's fields are `VideoSpec`'s own). Units as in `VideoSpec`."""
+  center0: tuple[float, float]
+  radius: float
+  velocity: tuple[float, float]
+  spin: float
+  growth: float
+  shape: str
+  aspect: float
+
+
+@dataclasses.dataclass(frozen=True)
 class VideoSpec:
   """All randomness of one synthetic video. Image coordinates: x right, y down, px; angles in degrees.
 
@@ -54,26 +69,24 @@ class VideoSpec:
   growth: float  # scale factor per frame
   shape: str  # 'ellipse' or 'rectangle'
   aspect: float  # height/width of the object shape
+  extra_objects: tuple[ObjectSpec, ...] = ()  # Objects 1, 2, ...: drawn after (in front of) object 0.
 
   @property
   def class_name(self) -> str:
     return CLASSES[self.label]
 
+  @property
+  def objects(self) -> tuple[ObjectSpec, ...]:
+    """Every object, back to front; object 0 is this spec's own fields."""
+    first = ObjectSpec(center0=self.center0, radius=self.radius, velocity=self.velocity, spin=self.spin,
+                       growth=self.growth, shape=self.shape, aspect=self.aspect)
+    return (first,) + tuple(self.extra_objects)
 
-def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: int = 128,
-                num_frames: int = 32, max_pan: float = DEFAULT_MAX_PAN) -> VideoSpec:
-  """Draws a random `VideoSpec` of class `label` (index into `CLASSES`); camera pan uniform in ±`max_pan` px/frame."""
-  if not 0 <= label < len(CLASSES):
-    raise ValueError(f'label={label} must be in [0, {len(CLASSES)})')
-  if max_pan < 0:
-    raise ValueError(f'max_pan={max_pan} must be >= 0 (px/frame)')
-  name = CLASSES[label]
-  short = min(width, height)
-  pan = tuple(float(v) for v in rng.uniform(-max_pan, max_pan, size=2))
-  radius = float(rng.uniform(0.17, 0.22) * short)
+
+def _sample_motion(rng: np.random.Generator, name: str, center: np.ndarray, radius: float, short: float,
+                  duration: int) -> tuple[tuple[float, float], tuple[float, float], float, float, float]:
+  """(start centre, velocity, spin, growth, radius) of one object of class `name` whose mean position is `center`."""
   velocity, spin, growth = (0.0, 0.0), 0.0, 1.0
-  center = np.array([width / 2, height / 2]) + rng.uniform(-0.08, 0.08, size=2) * short
-  duration = max(num_frames - 1, 1)
   if name in _TRANSLATE_DIRS:
     # Travel about 40% of the frame, centred, so the object stays (mostly) in view.
     speed = min(float(rng.uniform(1.0, 2.0)), 0.4 * short / duration)
@@ -92,16 +105,58 @@ def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: 
     radius = radius * 0.75 / math.sqrt(total)  # start small when growing ...
     if name == 'shrink':
       radius = radius * total  # ... and large when shrinking
-  return VideoSpec(label=label, width=width, height=height, num_frames=num_frames, seed=int(rng.integers(2**31)),
-                   pan=pan, center0=(float(center[0]), float(center[1])), radius=radius, velocity=velocity,
-                   spin=spin, growth=growth, shape=str(rng.choice(['ellipse', 'rectangle'])),
-                   aspect=float(rng.uniform(0.6, 1.0)))
+  return (float(center[0]), float(center[1])), velocity, spin, growth, radius
 
 
-def object_pose(spec: VideoSpec, t: float) -> tuple[np.ndarray, float, float]:
-  """(image position of the object centre `[2]`, angle in degrees, scale) at frame t."""
-  center = np.array(spec.center0) + (np.array(spec.velocity) - np.array(spec.pan)) * t
-  return center, spec.spin * t, spec.growth**t
+def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: int = 128,
+                num_frames: int = 32, max_pan: float = DEFAULT_MAX_PAN, *, num_objects: int = 1,
+                object_scale: float = 1.0) -> VideoSpec:
+  """Draws a random `VideoSpec` of class `label` (index into `CLASSES`); camera pan uniform in ±`max_pan` px/frame.
+
+  One object sits near the centre; with `num_objects > 1` every object's mean position is uniform in the middle 70%
+  of the frame and its size is `object_scale / sqrt(num_objects)` times the one-object size. `num_objects=1,
+  object_scale=1` draws exactly what earlier versions drew for the same seed.
+  """
+  if not 0 <= label < len(CLASSES):
+    raise ValueError(f'label={label} must be in [0, {len(CLASSES)})')
+  if max_pan < 0:
+    raise ValueError(f'max_pan={max_pan} must be >= 0 (px/frame)')
+  if num_objects < 1:
+    raise ValueError(f'num_objects={num_objects} must be >= 1')
+  if object_scale <= 0:
+    raise ValueError(f'object_scale={object_scale} must be > 0')
+  name = CLASSES[label]
+  short = min(width, height)
+  size = object_scale / math.sqrt(num_objects)
+  frame_center = np.array([width / 2, height / 2])
+  duration = max(num_frames - 1, 1)
+  pan = tuple(float(v) for v in rng.uniform(-max_pan, max_pan, size=2))
+  radius = float(rng.uniform(0.17, 0.22) * short) * size
+  if num_objects == 1:
+    mean_pos = frame_center + rng.uniform(-0.08, 0.08, size=2) * short
+  else:
+    mean_pos = frame_center + rng.uniform(-0.35, 0.35, size=2) * np.array([width, height])
+  center, velocity, spin, growth, radius = _sample_motion(rng, name, mean_pos, radius, short, duration)
+  seed = int(rng.integers(2**31))
+  shape = str(rng.choice(['ellipse', 'rectangle']))
+  aspect = float(rng.uniform(0.6, 1.0))
+  extra = []
+  for _ in range(num_objects - 1):
+    r = float(rng.uniform(0.17, 0.22) * short) * size
+    pos = frame_center + rng.uniform(-0.35, 0.35, size=2) * np.array([width, height])
+    c, v, sp, gr, r = _sample_motion(rng, name, pos, r, short, duration)
+    extra.append(ObjectSpec(center0=c, radius=r, velocity=v, spin=sp, growth=gr,
+                            shape=str(rng.choice(['ellipse', 'rectangle'])), aspect=float(rng.uniform(0.6, 1.0))))
+  return VideoSpec(label=label, width=width, height=height, num_frames=num_frames, seed=seed, pan=pan,
+                   center0=center, radius=radius, velocity=velocity, spin=spin, growth=growth, shape=shape,
+                   aspect=aspect, extra_objects=tuple(extra))
+
+
+def object_pose(spec: VideoSpec, t: float, index: int = 0) -> tuple[np.ndarray, float, float]:
+  """(image position of object `index`'s centre `[2]`, its angle in degrees, its scale) at frame t."""
+  obj = spec.objects[index]
+  center = np.array(obj.center0) + (np.array(obj.velocity) - np.array(spec.pan)) * t
+  return center, obj.spin * t, obj.growth**t
 
 
 def _rotation(deg: float) -> np.ndarray:
@@ -109,20 +164,22 @@ def _rotation(deg: float) -> np.ndarray:
   return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
 
 
-def object_step(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, *, with_camera: bool) -> np.ndarray:
-  """Displacement from frame t to t+1 of object points at image positions `(x, y)` (any shape `P`).
+def object_step(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, *, with_camera: bool,
+                index: int = 0) -> np.ndarray:
+  """Displacement from frame t to t+1 of points of object `index` at image positions `(x, y)` (any shape `P`).
 
   Args:
     spec: the video.
     t: frame index.
     x, y: image positions of points on the object at frame t.
     with_camera: include the camera pan (what plain flow sees); False = relative to the background (warped flow).
+    index: which object (0 = the first, backmost).
 
   Returns:
     float `[*P, 2]` (Δx, Δy) in px.
   """
-  c0, a0, s0 = object_pose(spec, t)
-  c1, a1, s1 = object_pose(spec, t + 1)
+  c0, a0, s0 = object_pose(spec, t, index)
+  c1, a1, s1 = object_pose(spec, t + 1, index)
   rel = np.stack([np.asarray(x, float) - c0[0], np.asarray(y, float) - c0[1]], axis=-1)
   moved = (rel @ _rotation(a1 - a0).T) * (s1 / s0) + c1
   d = moved - np.stack([np.asarray(x, float), np.asarray(y, float)], axis=-1)
@@ -136,14 +193,24 @@ def background_step(spec: VideoSpec, *, with_camera: bool) -> np.ndarray:
   return -np.array(spec.pan) if with_camera else np.zeros(2)
 
 
-def object_mask(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, margin: float = 0.0) -> np.ndarray:
-  """True where image position `(x, y)` is on the object at frame t, at least `margin` px inside its outline."""
-  c, a, s = object_pose(spec, t)
+def object_mask(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, margin: float = 0.0,
+                index: int | None = None) -> np.ndarray:
+  """True where image position `(x, y)` is on an object at frame t, at least `margin` px inside its outline.
+
+  `index=None` tests every object (their union, regardless of occlusion); an int tests that object alone.
+  """
+  if index is None:
+    out = np.zeros(np.shape(x), bool)
+    for i in range(len(spec.objects)):
+      out |= object_mask(spec, t, x, y, margin, i)
+    return out
+  obj = spec.objects[index]
+  c, a, s = object_pose(spec, t, index)
   rel = np.stack([np.asarray(x, float) - c[0], np.asarray(y, float) - c[1]], axis=-1) @ _rotation(-a).T
-  rx, ry = spec.radius * s - margin, spec.radius * s * spec.aspect - margin
+  rx, ry = obj.radius * s - margin, obj.radius * s * obj.aspect - margin
   if rx <= 0 or ry <= 0:
     return np.zeros(np.shape(x), bool)
-  if spec.shape == 'ellipse':
+  if obj.shape == 'ellipse':
     return (rel[..., 0] / rx)**2 + (rel[..., 1] / ry)**2 <= 1.0
   return (np.abs(rel[..., 0]) <= rx) & (np.abs(rel[..., 1]) <= ry)
 
@@ -163,33 +230,37 @@ def _texture(rng: np.random.Generator, height: int, width: int, contrast: float)
 
 
 def render(spec: VideoSpec) -> np.ndarray:
-  """Renders the video: uint8 RGB `[T, H, W, 3]`."""
+  """Renders the video: uint8 RGB `[T, H, W, 3]`. Objects are drawn in order, so later ones occlude earlier ones."""
   rng = np.random.default_rng(spec.seed)
   w, h, n = spec.width, spec.height, spec.num_frames
   margin = int(math.ceil(max(abs(spec.pan[0]), abs(spec.pan[1])) * n)) + 8
   canvas = _texture(rng, h + 2 * margin, w + 2 * margin, contrast=45.0)
-  tex_half = int(math.ceil(spec.radius * max(spec.growth**(n - 1), 1.0) * 1.05)) + 2
-  obj_tex = _texture(rng, 2 * tex_half + 1, 2 * tex_half + 1, contrast=50.0)
+  textures = []
+  for obj in spec.objects:
+    tex_half = int(math.ceil(obj.radius * max(obj.growth**(n - 1), 1.0) * 1.05)) + 2
+    textures.append((tex_half, _texture(rng, 2 * tex_half + 1, 2 * tex_half + 1, contrast=50.0)))
   frames = np.empty((n, h, w, 3), np.uint8)
   ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
   for t in range(n):
     # Background: image pixel (x, y) shows canvas pixel (x + margin + pan_x t, y + margin + pan_y t).
     to_canvas = np.array([[1, 0, margin + spec.pan[0] * t], [0, 1, margin + spec.pan[1] * t]], np.float64)
-    bg = cv2.warpAffine(canvas, to_canvas, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                        borderMode=cv2.BORDER_REFLECT)
-    # Object: image pixel p shows texture pixel R(-angle) (p - centre) / scale + tex_half.
-    c, a, s = object_pose(spec, t)
-    rot = _rotation(-a) / s
-    to_tex = np.concatenate([rot, (tex_half - rot @ c)[:, None]], axis=1)
-    fg = cv2.warpAffine(obj_tex, to_tex, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                        borderMode=cv2.BORDER_REFLECT)
-    # Anti-aliased mask: supersample the inside test 2x2.
-    alpha = np.zeros((h, w), np.float32)
-    for ox in (-0.25, 0.25):
-      for oy in (-0.25, 0.25):
-        alpha += object_mask(spec, t, xs + ox, ys + oy)
-    alpha = (alpha / 4.0)[..., None]
-    frames[t] = np.clip(bg * (1 - alpha) + fg * alpha + 0.5, 0, 255).astype(np.uint8)
+    image = cv2.warpAffine(canvas, to_canvas, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+    for i, (tex_half, obj_tex) in enumerate(textures):
+      # Object: image pixel p shows texture pixel R(-angle) (p - centre) / scale + tex_half.
+      c, a, s = object_pose(spec, t, i)
+      rot = _rotation(-a) / s
+      to_tex = np.concatenate([rot, (tex_half - rot @ c)[:, None]], axis=1)
+      fg = cv2.warpAffine(obj_tex, to_tex, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)
+      # Anti-aliased mask: supersample the inside test 2x2.
+      alpha = np.zeros((h, w), np.float32)
+      for ox in (-0.25, 0.25):
+        for oy in (-0.25, 0.25):
+          alpha += object_mask(spec, t, xs + ox, ys + oy, index=i)
+      alpha = (alpha / 4.0)[..., None]
+      image = image * (1 - alpha) + fg * alpha
+    frames[t] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
   return frames
 
 
@@ -251,7 +322,7 @@ def split_train_val(labels: Sequence[int], val_fraction: float, seed: int) -> tu
 
 def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int = 128, num_frames: int = 32,
              seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0,
-             max_pan: float = DEFAULT_MAX_PAN) -> list[VideoSpec]:
+             max_pan: float = DEFAULT_MAX_PAN, num_objects: int = 1, object_scale: float = 1.0) -> list[VideoSpec]:
   """Writes `num_videos` videos (classes round robin) and the CSVs; returns their specs in order."""
   if num_videos < 1:
     raise ValueError(f'num_videos={num_videos} must be >= 1')
@@ -264,7 +335,8 @@ def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int 
   os.makedirs(video_dir, exist_ok=True)
   specs, rows = [], []
   for i in range(num_videos):
-    spec = sample_spec(rng, i % len(CLASSES), width, height, num_frames, max_pan)
+    spec = sample_spec(rng, i % len(CLASSES), width, height, num_frames, max_pan, num_objects=num_objects,
+                       object_scale=object_scale)
     rel = os.path.join('videos', f'{i:05d}_{spec.class_name}.mp4')
     write_mp4(os.path.join(output_dir, rel), render(spec), fps)
     specs.append(spec)
@@ -288,7 +360,8 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   w, h = _parse_size(f.size)
   specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
-                   val_fraction=f.val_fraction, max_pan=f.max_pan)
+                   val_fraction=f.val_fraction, max_pan=f.max_pan, num_objects=f.num_objects,
+                   object_scale=f.object_scale)
   print(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {f.output_dir}; '
         f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json')
 
@@ -316,4 +389,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('seed', 0, 'Random seed (same seed -> same videos).')
   flags.DEFINE_float('val_fraction', 0.25, 'Fraction of each class in val.csv.')
   flags.DEFINE_float('max_pan', DEFAULT_MAX_PAN, 'Camera pan speed bound, px/frame (0 = static camera).')
+  flags.DEFINE_integer('num_objects', 1, 'Moving objects per video (all with the class motion; later ones in front).')
+  flags.DEFINE_float('object_scale', 1.0, 'Size of the objects relative to the default (several objects share it).')
   app.run(main)

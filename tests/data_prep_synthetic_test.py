@@ -72,3 +72,39 @@ def test_cli(tmp_path):
                          '--size=48x32', '--frames=8'], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
   assert done.returncode == 0, done.stderr
   assert len(os.listdir(out / 'videos')) == 2 and (out / 'all.csv').exists()
+
+
+def test_several_objects_share_the_class_motion_and_later_ones_occlude_earlier_ones():
+  rng = np.random.default_rng(1)
+  spec = synthetic.sample_spec(rng, 1, 96, 96, 16, max_pan=0.0, num_objects=3, object_scale=1.2)  # translate_right
+  assert len(spec.objects) == 3 and spec.objects[0].center0 == spec.center0
+  one = synthetic.sample_spec(np.random.default_rng(1), 1, 96, 96, 16, max_pan=0.0)
+  assert spec.objects[1].radius < one.radius * 1.2  # Each of K objects is 1/sqrt(K) of the scaled size.
+  for i, obj in enumerate(spec.objects):
+    assert obj.velocity[0] > 0.5 and obj.velocity[1] == 0.0
+    c, _, _ = synthetic.object_pose(spec, 3, i)
+    d = synthetic.object_step(spec, 3, np.array([c[0]]), np.array([c[1]]), with_camera=False, index=i)[0]
+    np.testing.assert_allclose(d, obj.velocity, atol=1e-9)
+  frames = synthetic.render(spec)
+  ys, xs = np.mgrid[0:96, 0:96]
+  off = np.ones((96, 96), bool)
+  for t in range(16):
+    off &= ~synthetic.object_mask(spec, t, xs, ys, margin=-2.0)  # Union of the objects.
+  assert off.sum() > 500
+  assert np.abs(frames[1:].astype(int) - frames[:1].astype(int))[:, off].max() <= 1  # Static background.
+  # Put object 2 (moving 2 px/frame) on top of object 0 (1 px/frame): the overlap shows object 2's texture, which
+  # moves with object 2.
+  import dataclasses
+  objs = spec.extra_objects
+  spec = dataclasses.replace(spec, center0=(40.0, 48.0), velocity=(1.0, 0.0), extra_objects=(
+      objs[0], dataclasses.replace(objs[1], center0=(44.0, 48.0), velocity=(2.0, 0.0))))
+  frames = synthetic.render(spec).astype(int)
+  both = (synthetic.object_mask(spec, 0, xs, ys, margin=3.0, index=0)
+          & synthetic.object_mask(spec, 0, xs, ys, margin=5.0, index=2))
+  yy, xx = np.nonzero(both)
+  assert len(xx) > 20
+  with_2 = np.abs(frames[1][yy, xx + 2] - frames[0][yy, xx]).mean()
+  with_0 = np.abs(frames[1][yy, xx + 1] - frames[0][yy, xx]).mean()
+  assert with_2 < 2.0 < with_0, (with_2, with_0)
+  with pytest.raises(ValueError, match='num_objects'):
+    synthetic.sample_spec(rng, 0, num_objects=0)
