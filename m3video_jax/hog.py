@@ -23,9 +23,6 @@ import numpy as np
 NUM_BINS = 9
 CELL_SIZE = 8
 
-_SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
-
-
 def _check_cells(h: int, w: int, cell_size: int) -> None:
   if h % cell_size or w % cell_size:
     raise ValueError(f'image height x width = {h}x{w} must be multiples of cell_size={cell_size}')
@@ -34,17 +31,20 @@ def _check_cells(h: int, w: int, cell_size: int) -> None:
 def sobel_gradients(images: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Sobel gradients with replicate padding.
 
+  Written as shifted sums (the separable Sobel: [1, 2, 1] smoothing across, a central difference along), which XLA
+  fuses into one elementwise pass; a 3x3 convolution with one input channel is ~4x slower on CPU and, in reduced
+  precision, not exact.
+
   Args:
     images: float `[M, H, W]` single-channel images.
 
   Returns:
     `(gx, gy)`, each float32 `[M, H, W]`.
   """
-  x = jnp.pad(images.astype(jnp.float32), ((0, 0), (1, 1), (1, 1)), mode='edge')[..., None]
-  kernel = jnp.asarray(np.stack([_SOBEL_X, _SOBEL_X.T], axis=-1)[:, :, None, :])  # HWIO [3, 3, 1, 2]
-  g = jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding='VALID',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=jax.lax.Precision.HIGHEST)
-  return g[..., 0], g[..., 1]
+  p = jnp.pad(images.astype(jnp.float32), ((0, 0), (1, 1), (1, 1)), mode='edge')
+  rows = p[:, :-2] + 2.0 * p[:, 1:-1] + p[:, 2:]  # Smoothed along y: [M, H, W + 2].
+  cols = p[:, :, :-2] + 2.0 * p[:, :, 1:-1] + p[:, :, 2:]  # Smoothed along x: [M, H + 2, W].
+  return rows[:, :, 2:] - rows[:, :, :-2], cols[:, 2:] - cols[:, :-2]
 
 
 def cell_histograms(images: jax.Array, *, cell_size: int = CELL_SIZE, num_bins: int = NUM_BINS) -> jax.Array:
