@@ -73,6 +73,7 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.init_from = ''  # Orbax checkpoint dir or workdir whose params initialise the model (resume from workdir wins).
   c.eval_every_steps = 0  # Periodic evaluation (classification tasks); 0 = only at the end. Pretraining has none.
+  c.viz_every_steps = 0  # TensorBoard pictures of the task (pretraining: target vs predicted trajectories); 0 = off.
 
   c.data = ml_collections.ConfigDict()
   c.data.train_files = ''  # Glob of TFRecord shards written by data_prep (comma-separate several globs).
@@ -126,6 +127,9 @@ def pretrain_base() -> ml_collections.ConfigDict:
   # Multi-scale crop (reference GroupMultiScaleCrop): side scales relative to the short side, max scale-index distance.
   c.data.crop_scales = (1.0, 0.875, 0.75, 0.66)
   c.data.crop_max_distort = 1
+  # Paper §3.1 toy experiment (Fig. 3): the model sees one frame of each clip repeated, the targets come from the
+  # real clip. Applied on the device, after the input pipeline.
+  c.data.static_input = False
 
   c.model.decoder_width = 192
   c.model.decoder_depth = 1
@@ -137,6 +141,28 @@ def pretrain_base() -> ml_collections.ConfigDict:
   c.mask.ratio = 0.7
 
   c.target = targets.default_config()
+  return c
+
+
+def pretrain_config_from_dict(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A pretraining config rebuilt from a run's `config.json`: `pretrain_base()` with every saved field applied.
+
+  Fields the saved run lacks (an older version) keep their defaults; saved fields this version does not know are
+  ignored; lists become tuples where the default is a tuple.
+  """
+  c = pretrain_base()
+
+  def apply(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+      if key not in node:
+        continue
+      if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+        apply(node[key], value)
+      else:
+        node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+  with c.unlocked():
+    apply(c, saved)
   return c
 
 
@@ -165,6 +191,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(isinstance(c[name], int) and c[name] > 0, name, c[name], 'a positive integer')
   _check(isinstance(c.eval_every_steps, int) and c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps,
          'an integer >= 0 (0 = evaluate only at the end)')
+  _check(isinstance(c.viz_every_steps, int) and c.viz_every_steps >= 0, 'viz_every_steps', c.viz_every_steps,
+         'an integer >= 0 (0 = no pictures)')
   d = c.data
   _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'a positive integer')
   _check(d.num_frames > 0, 'data.num_frames', d.num_frames, 'a positive integer')
@@ -223,6 +251,7 @@ def _validate_pretrain(c: ml_collections.ConfigDict) -> None:
   _check(len(d.crop_scales) >= 1 and all(0 < s <= 1 for s in d.crop_scales), 'data.crop_scales',
          tuple(d.crop_scales), 'a non-empty tuple of scales in (0, 1]')
   _check(d.crop_max_distort >= 0, 'data.crop_max_distort', d.crop_max_distort, 'an integer >= 0')
+  _check(isinstance(d.static_input, bool), 'data.static_input', d.static_input, 'True or False')
   _check(m.decoder_mode in DECODER_MODES, 'model.decoder_mode', m.decoder_mode, f'one of {DECODER_MODES}')
   _check(m.decoder_depth >= 1, 'model.decoder_depth', m.decoder_depth, 'an integer >= 1')
   _check(m.decoder_width > 0 and m.decoder_width % m.decoder_heads == 0, 'model.decoder_width', m.decoder_width,
@@ -277,7 +306,8 @@ def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDi
   c.model.decoder_depth = a.decoder_depth
   c.mask.ratio = a.mask_ratio
   c.target.traj_len = a.traj_len
-  c.target.patch_norm = a.patch_norm
+  # Paper Table 5: patch norm (the joint per-token normalisation of both parts) on or off.
+  c.target.position_norm = c.target.shape_norm = 'joint' if a.patch_norm else 'none'
   kinds = {'trajectory': ('trajectory', True, True), 'trajectory_position_only': ('trajectory', True, False),
            'trajectory_shape_only': ('trajectory', False, True), 'pixel': ('pixel', False, False),
            'hog': ('hog', False, False), 'trajectory_reference': ('trajectory_reference', True, True)}
@@ -286,6 +316,7 @@ def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDi
   c.target.kind, c.target.position, c.target.shape = kinds[a.target]
   if a.target == 'trajectory_reference':
     c.target.traj_len = 4
+    c.target.position_norm = 'per_step' if a.patch_norm else 'none'  # The reference's PatchStd.
 
 
 def shrink_for_tests(c: ml_collections.ConfigDict) -> None:

@@ -1,8 +1,14 @@
-"""Metric writing: TensorBoard event files in the workdir, a readable console line, and the NaN guard."""
+"""Metric writing: TensorBoard event files and `metrics.jsonl` in the workdir, a readable console line, the NaN guard.
+
+`metrics.jsonl` holds one JSON object per logging interval, `{"step": ..., "<tag>": value, ...}` with the TensorBoard
+tags; a resumed run appends to it (`read_jsonl` keeps the last entry of each step).
+"""
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from typing import Any, Mapping
 
@@ -15,9 +21,25 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def mean_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:
-  """Averages a list of per-step metric dicts (one device->host transfer for the whole interval)."""
+  """Averages a list of per-step metric dicts (one device->host transfer for the whole interval).
+
+  A ratio `<g>/<x>_vs_zero` whose `<g>/loss_<x>` and `<g>/zero_<x>` are present is the ratio of their interval means
+  (not the mean of the per-step ratios, which a step with a tiny zero loss would dominate); NaN if the zero loss is 0.
+  """
   host = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+  out = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+  for k in out:
+    group, sep, name = k.rpartition('/')
+    if not name.endswith(_VS_ZERO):
+      continue
+    part = name[:-len(_VS_ZERO)]
+    loss, zero = out.get(f'{group}{sep}loss_{part}'), out.get(f'{group}{sep}zero_{part}')
+    if loss is not None and zero is not None:
+      out[k] = loss / zero if zero > 0 else math.nan
+  return out
+
+
+_VS_ZERO = '_vs_zero'
 
 
 def check_finite(history: list[Mapping[str, Any]], first_step: int) -> None:
@@ -37,9 +59,11 @@ class MetricWriter:
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
     self._total = total_steps
     self._writer = None
+    self._jsonl = None
     if enabled:
       import tensorflow as tf  # TF is already loaded by the input pipeline.
       self._writer = tf.summary.create_file_writer(workdir)
+      self._jsonl = os.path.join(workdir, METRICS_FILE)
     self._last_time = None
     self._last_step = None
 
@@ -55,14 +79,42 @@ class MetricWriter:
         for k, v in scalars.items():
           tf.summary.scalar(k, v)
       self._writer.flush()
+    if self._jsonl is not None:
+      with open(self._jsonl, 'a') as f:
+        f.write(json.dumps({'step': step, **{k: _json_number(v) for k, v in scalars.items()}}) + '\n')
     logging.info(self.format_line(step, scalars))
     return scalars
 
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """uint8 RGB `[H, W, 3]` images to TensorBoard (process 0 only)."""
+    if self._writer is None or not images:
+      return
+    import tensorflow as tf
+    with self._writer.as_default(step=step):
+      for k, v in images.items():
+        tf.summary.image(k, np.asarray(v, np.uint8)[None], max_outputs=1)
+    self._writer.flush()
+
   def format_line(self, step: int, s: Mapping[str, float]) -> str:
+    """`step | loss | <part> <loss> (vs zero <r>, moving <r>, static <r>) | ... | moving | valid | lr | steps/s | ETA`.
+
+    `r` = the part's loss over its zero-prediction loss: overall, on the hidden tokens that move, on those that do not."""
     parts = [f'step {step}/{self._total}', f'loss {s.get("train/loss", math.nan):.4f}']
     for k in sorted(s):
-      if k.startswith('train/loss_'):
-        parts.append(f'{k[len("train/loss_"):]} {s[k]:.4f}')
+      if not k.startswith('train/loss_'):
+        continue
+      part = k[len('train/loss_'):]
+      if part.endswith(('_moving', '_static')) and f'train/loss_{part[:-7]}' in s:
+        continue  # Shown as a ratio beside its part.
+      text = f'{part} {s[k]:.4f}'
+      ratios = [(label, s.get(f'train/{part}{suffix}{_VS_ZERO}'))
+                for label, suffix in (('vs zero', ''), ('moving', '_moving'), ('static', '_static'))]
+      shown = [f'{label} {_format_ratio(r)}' for label, r in ratios if r is not None]
+      if shown:
+        text += f' ({", ".join(shown)})'
+      parts.append(text)
+    if 'train/moving_fraction' in s:
+      parts.append(f'moving {s["train/moving_fraction"]:.3f}')
     if 'train/valid_fraction' in s:
       parts.append(f'valid {s["train/valid_fraction"]:.3f}')
     if 'train/lr' in s:
@@ -77,6 +129,33 @@ class MetricWriter:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _json_number(v: float) -> float | None:
+  v = float(v)
+  return v if math.isfinite(v) else None  # JSON has no NaN; null marks an undefined ratio.
+
+
+def read_jsonl(workdir: str) -> list[dict[str, Any]]:
+  """The entries of `<workdir>/metrics.jsonl` by increasing step (a step logged twice, e.g. by a resumed run, keeps its
+  last entry); [] if there is none."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        entry = json.loads(line)
+        by_step[entry['step']] = entry
+  return [by_step[k] for k in sorted(by_step)]
+
+
+def _format_ratio(r: float) -> str:
+  return 'n/a' if not math.isfinite(r) else f'{r:.3f}'
 
 
 def _format_seconds(s: float) -> str:

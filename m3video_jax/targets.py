@@ -11,6 +11,8 @@ Batch inputs (B clips, T frames, H x W model resolution, tubelet `(pt, ph, pw)` 
               video), `dp_j = p_{j+1} - p_j` as `(dx, dy)` in model-input pixels.
   traj_valid  bool `[B, T/pt, H/8, W/8]`: the trajectory stayed inside the frame.
   traj_hog    float32 `[B, T/pt, H/8, W/8, Ls, 9]`: trajectory-aligned HOG, `HOG(p_j)`, j = 0 .. Ls-1.
+  traj_quantum float32 `[B]` (optional): the storage quantum of `traj_disp` in model-input px (1/4 prep px scaled by
+              the crop's resize); absent = `schema`'s 1/4 px unscaled. Only `moving_tokens` uses it.
 Grid point `(gy, gx)` lies in token `(gy // 2, gx // 2)` (in its tubelet's time slot) as point
 `k = (gy % 2) * 2 + gx % 2`, i.e. `k = 2 * row + col` of the 2 x 2 points of the patch. Only the first
 `L = cfg.traj_len` steps are used.
@@ -20,12 +22,23 @@ Target layouts (index within a token's target vector; `L = traj_len`, `K = 4`):
 * `trajectory` (paper-faithful, DESIGN §2.5): parts `position` then `shape` (each can be switched off).
     position  `K*L*2` (48 for L=6): index `k*2L + j*2 + c`, `c` = 0 for dx, 1 for dy.
     shape     `K*L*9` (216 for L=6): index `k*9L + j*9 + b`, `b` = HOG bin.
-  With `patch_norm`, each part is normalised over its own values in the token: `(x - mean) / sqrt(var + norm_eps)`
-  (population variance); with `norm_valid_only` the mean and variance use only the token's valid trajectories.
+  Each part is normalised per token by `position_norm` / `shape_norm` (`x` = the part's raw values, statistics over
+  the token's valid trajectories with `norm_valid_only`, population variance):
+    `joint`          `(x - mean) / sqrt(var + eps)` over all the part's values of the token (paper §4.1.3, Table 5:
+                     "mean and variance over all K = 4 trajectories"). Default for both parts.
+    `per_component`  position only: the same, separately for the `K*L` dx and the `K*L` dy values.
+    `per_step`       position only: separately for every `(step j, component c)` over the K points (the axes of the
+                     released code's PatchStd, with this module's population variance and eps inside the root).
+    `none`           `x / position_scale` (position, px) or `x` (shape).
+  `position_eps` is in model-input px² (the variance of Δp), `shape_eps` in HOG units²; a tiny eps turns sub-pixel
+  background noise into unit-variance targets (docs/results.md).
+  `noise_floor` acts on the position part of tokens that do not move (`moving_tokens`: no valid Δp component above
+  1.5 storage quanta): `zero_weight` drops those elements from the loss, `zero_target` makes their target 0.
   Weight: element of trajectory `k` = `traj_valid` of that trajectory (both parts).
 * `trajectory_reference` (the released code's target, DESIGN §2.8; use with `traj_len=4`):
-    position  `2*L*K` (32 for L=4): `dp / 20`, index `c*(L*K) + j*K + k`; with `patch_norm`, every `(c, j)` is
-              normalised over its K points: `(x - mean) / (std + norm_eps)` with the unbiased std (reference PatchStd).
+    position  `2*L*K` (32 for L=4): `dp / 20`, index `c*(L*K) + j*K + k`; with `position_norm='per_step'` (what
+              `target=trajectory_reference` sets) every `(c, j)` is normalised over its K points:
+              `(x - mean) / (std + norm_eps)` with the unbiased std (reference PatchStd); `none` leaves `dp / 20`.
               Weight: 1 on every element of a token if **any** of its K trajectories is valid, else 0.
     shape     `3*9*K` = 108: static RGB HOG of frame `hog_frame` (default 1, the 2nd) of the tubelet, computed on the
               normalised input, index `(colour*9 + b)*K + k` (colour R, G, B; `k = 2 * cell_row + cell_col`), no
@@ -46,9 +59,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from m3video_jax import hog
+from m3video_jax.data import schema
 from m3video_jax.models import vit
 
 KINDS = ('trajectory', 'trajectory_reference', 'pixel', 'hog')
+POSITION_NORMS = ('joint', 'per_component', 'per_step', 'none')
+SHAPE_NORMS = ('joint', 'none')
+NOISE_FLOORS = ('none', 'zero_weight', 'zero_target')
 GRID_STEP = 8
 HOG_BINS = hog.NUM_BINS
 NUM_COLOURS = 3
@@ -67,9 +84,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.traj_len = 6  # L: steps per trajectory used (the first L of the stored ones). The reference variant uses 4.
   c.position = True  # Include the position part (displacements).
   c.shape = True  # Include the shape part (trajectory-aligned HOG; static tubelet HOG for trajectory_reference).
-  c.patch_norm = True  # Normalise each part per token (paper Table 5); for the trajectory kinds only.
-  c.norm_valid_only = True  # trajectory: patch-norm statistics over the token's valid trajectories only.
-  c.norm_eps = 1e-6  # eps of every normalisation (patch norm, PatchStd, VideoMAE pixel norm).
+  # Per-token normalisation of each part (paper Table 5 "patch norm" = 'joint'); see the module docstring.
+  c.position_norm = 'joint'  # One of POSITION_NORMS ('per_step' or 'none' for trajectory_reference).
+  c.position_eps = 1e-6  # px^2, added to the variance of the position values.
+  c.position_scale = 1.0  # px: position_norm='none' divides the displacements by this.
+  c.shape_norm = 'joint'  # One of SHAPE_NORMS (trajectory kind).
+  c.shape_eps = 1e-6  # Added to the variance of the HOG values.
+  c.noise_floor = 'none'  # One of NOISE_FLOORS: what happens to the position part of tokens that do not move.
+  c.norm_valid_only = True  # trajectory: statistics over the token's valid trajectories only.
+  # The loss weighs every counted element once (paper eq. 1; a part's share = its size) or, True, every part equally.
+  c.balance_parts = False
+  c.norm_eps = 1e-6  # eps of the other normalisations (reference PatchStd, VideoMAE pixel norm, hog_norm).
   # pixel
   c.pixel_norm = True  # VideoMAE's per-tubelet, per-colour normalisation of the target pixels.
   # hog and the shape part of trajectory_reference
@@ -90,8 +115,18 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     ValueError: naming the first invalid field, its value and the allowed values.
   """
   _check(cfg.kind in KINDS, 'kind', cfg.kind, f'one of {KINDS}')
-  for name in ('position', 'shape', 'patch_norm', 'norm_valid_only', 'pixel_norm', 'hog_norm'):
+  for name in ('position', 'shape', 'norm_valid_only', 'balance_parts', 'pixel_norm', 'hog_norm'):
     _check(isinstance(cfg[name], bool), name, cfg[name], 'True or False')
+  _check(cfg.position_norm in POSITION_NORMS, 'position_norm', cfg.position_norm, f'one of {POSITION_NORMS}')
+  _check(cfg.shape_norm in SHAPE_NORMS, 'shape_norm', cfg.shape_norm, f'one of {SHAPE_NORMS}')
+  _check(cfg.noise_floor in NOISE_FLOORS, 'noise_floor', cfg.noise_floor, f'one of {NOISE_FLOORS}')
+  for name in ('position_eps', 'shape_eps', 'position_scale'):
+    _check(isinstance(cfg[name], float) and cfg[name] > 0, name, cfg[name], 'a float > 0')
+  if cfg.kind == 'trajectory_reference':
+    _check(cfg.position_norm in ('per_step', 'none'), 'position_norm', cfg.position_norm,
+           "'per_step' (the reference's PatchStd) or 'none' for target.kind='trajectory_reference'")
+    _check(cfg.noise_floor == 'none', 'noise_floor', cfg.noise_floor,
+           "'none' for target.kind='trajectory_reference' (its any-of-4 validity has no per-trajectory floor)")
   if cfg.kind in ('trajectory', 'trajectory_reference'):
     _check(isinstance(cfg.traj_len, int) and cfg.traj_len >= 1, 'traj_len', cfg.traj_len,
            'an integer >= 1 (L = 0, HOG only, is target.kind="hog")')
@@ -141,6 +176,22 @@ def _grid_to_tokens(a: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array
   return a.reshape((b, t * h * w, kh * kw) + rest)
 
 
+def _standardise(x: jax.Array, weight: jax.Array, axes: tuple[int, ...],
+                 eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(x - mean) / sqrt(var + eps)` with statistics over `axes` of the elements with weight 1.
+
+  Returns:
+    `(z, mean, scale)`, `mean` and `scale = sqrt(var + eps)` with singleton `axes` (so `x = z * scale + mean`). A
+    group with no weight gets mean 0 and variance 0.
+  """
+  weight = jnp.broadcast_to(weight, x.shape)
+  count = jnp.maximum(weight.sum(axes, keepdims=True), 1.0)
+  mean = (weight * x).sum(axes, keepdims=True) / count
+  var = (weight * jnp.square(x - mean)).sum(axes, keepdims=True) / count
+  scale = jnp.sqrt(var + eps)
+  return (x - mean) / scale, mean, scale
+
+
 def patch_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   """`(x - mean) / sqrt(var + eps)` over the last axis, statistics over the elements with weight 1.
 
@@ -152,10 +203,11 @@ def patch_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   Returns:
     `[..., D]` float32.
   """
-  count = jnp.maximum(weight.sum(-1, keepdims=True), 1.0)
-  mean = (weight * x).sum(-1, keepdims=True) / count
-  var = (weight * jnp.square(x - mean)).sum(-1, keepdims=True) / count
-  return (x - mean) * jax.lax.rsqrt(var + eps)
+  return _standardise(x, weight, (-1,), eps)[0]
+
+
+# Axes of a token's `[K, L, 2]` position values (after the `[B, N]` axes) that share one mean and variance.
+_POSITION_NORM_AXES = {'joint': (2, 3, 4), 'per_component': (2, 3), 'per_step': (2,)}
 
 
 def _unbiased_standardise(x: jax.Array, axis: int, eps: float) -> jax.Array:
@@ -194,20 +246,78 @@ def _take_steps(x: jax.Array, length: int, name: str) -> jax.Array:
   return x[..., :length, :].astype(jnp.float32)
 
 
+def _token_trajectories(batch: Batch, key: str, length: int, patch_size) -> jax.Array:
+  """`batch[key]` `[B, t, Gh, Gw, Ls, C]` -> `[B, N, K, L, C]` float32, the first `L` steps."""
+  return _grid_to_tokens(_take_steps(batch[key], length, key), patch_size)
+
+
+def trajectories_by_token(batch: Batch, cfg: ml_collections.ConfigDict,
+                          patch_size: tuple[int, int, int] = (2, 16, 16)) -> tuple[jax.Array, jax.Array]:
+  """Raw displacements float32 `[B, N, K, L, 2]` (model px, the first `cfg.traj_len` steps) and validity bool
+  `[B, N, K]` of every token's K trajectories, `k = 2 * row + col` (the layout of the module docstring)."""
+  return (_token_trajectories(batch, 'traj_disp', cfg.traj_len, patch_size),
+          _grid_to_tokens(batch['traj_valid'], patch_size))
+
+
+def moving_tokens(batch: Batch, cfg: ml_collections.ConfigDict,
+                  patch_size: tuple[int, int, int] = (2, 16, 16)) -> jax.Array:
+  """Tokens whose raw motion is above the storage quantum: bool `[B, N]`.
+
+  A token moves if one of its valid trajectories has a `|dx|` or `|dy|` (of the first `cfg.traj_len` steps, model
+  px) above 1.5 storage quanta (`batch['traj_quantum']`, default 1/4 px): one quantum is what rounding noise of a
+  still point reaches, the half quantum of margin absorbs the crop's bilinear resampling.
+  """
+  disp, valid = trajectories_by_token(batch, cfg, patch_size)  # [B, N, K, L, 2], [B, N, K]
+  b = disp.shape[0]
+  quantum = batch.get('traj_quantum')
+  if quantum is None:
+    quantum = jnp.full((b,), 1.0 / schema.DISP_UNITS_PER_PX, jnp.float32)
+  amplitude = jnp.abs(disp).max(axis=(-1, -2))  # [B, N, K]
+  return jnp.any(valid & (amplitude > 1.5 * jnp.asarray(quantum, jnp.float32)[:, None, None]), axis=-1)
+
+
+def position_statistics(batch: Batch, cfg: ml_collections.ConfigDict,
+                        patch_size: tuple[int, int, int] = (2, 16, 16)) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The raw position values of every token and the statistics `target.position_norm` normalises them with.
+
+  Returns:
+    `(raw, mean, scale)`, each float32 `[B, N, K, L, 2]` (model px), such that the `trajectory` position target is
+    `(raw - mean) / scale` (before a `zero_target` noise floor). A position prediction `p` (reshaped to
+    `[B, N, K, L, 2]`) is un-normalised to px by `p * scale + mean` (what the visualisation draws).
+  """
+  raw = _token_trajectories(batch, 'traj_disp', cfg.traj_len, patch_size)
+  if cfg.position_norm == 'none':
+    return raw, jnp.zeros_like(raw), jnp.full_like(raw, cfg.position_scale)
+  valid = _grid_to_tokens(batch['traj_valid'], patch_size).astype(jnp.float32)[..., None, None]
+  weight = valid if cfg.norm_valid_only else jnp.ones_like(valid)
+  _, mean, scale = _standardise(raw, weight, _POSITION_NORM_AXES[cfg.position_norm], cfg.position_eps)
+  return raw, jnp.broadcast_to(mean, raw.shape), jnp.broadcast_to(scale, raw.shape)
+
+
 def _trajectory(batch: Batch, cfg: ml_collections.ConfigDict, patch_size) -> tuple[jax.Array, jax.Array]:
   length = cfg.traj_len
   valid = _grid_to_tokens(batch['traj_valid'], patch_size).astype(jnp.float32)  # [B, N, K]
   b, n, k = valid.shape
   targets, weights = [], []
-  for name, key, width in (('position', 'traj_disp', 2), ('shape', 'traj_hog', HOG_BINS)):
-    if not cfg[name]:
-      continue
-    x = _grid_to_tokens(_take_steps(batch[key], length, key), patch_size).reshape(b, n, k * length * width)
-    w = jnp.repeat(valid, length * width, axis=-1)  # Trajectory k owns elements k*L*width ... (k+1)*L*width - 1.
-    if cfg.patch_norm:
-      x = patch_norm(x, w if cfg.norm_valid_only else jnp.ones_like(w), cfg.norm_eps)
+  if cfg.position:
+    raw, mean, scale = position_statistics(batch, cfg, patch_size)  # [B, N, K, L, 2]
+    x = ((raw - mean) / scale).reshape(b, n, k * length * 2)
+    w = jnp.repeat(valid, length * 2, axis=-1)  # Trajectory k owns elements k*2L ... (k+1)*2L - 1.
+    if cfg.noise_floor != 'none':
+      moving = moving_tokens(batch, cfg, patch_size)[..., None]  # [B, N, 1]
+      if cfg.noise_floor == 'zero_weight':
+        w = w * moving
+      else:
+        x = jnp.where(moving, x, 0.0)
     targets.append(x)
     weights.append(w)
+  if cfg.shape:
+    x = _token_trajectories(batch, 'traj_hog', length, patch_size)  # [B, N, K, L, 9]
+    if cfg.shape_norm == 'joint':
+      weight = valid[..., None, None] if cfg.norm_valid_only else jnp.ones_like(valid[..., None, None])
+      x = _standardise(x, weight, (2, 3, 4), cfg.shape_eps)[0]
+    targets.append(x.reshape(b, n, k * length * HOG_BINS))
+    weights.append(jnp.repeat(valid, length * HOG_BINS, axis=-1))
   return jnp.concatenate(targets, -1), jnp.concatenate(weights, -1)
 
 
@@ -219,7 +329,7 @@ def _trajectory_reference(batch: Batch, cfg: ml_collections.ConfigDict, patch_si
     x = _grid_to_tokens(disp, patch_size)  # [B, N, K, L, 2]
     b, n = x.shape[:2]
     x = x.transpose(0, 1, 4, 3, 2)  # [B, N, 2, L, K]
-    if cfg.patch_norm:
+    if cfg.position_norm == 'per_step':
       x = _unbiased_standardise(x, -1, cfg.norm_eps)
     x = x.reshape(b, n, -1)
     targets.append(x)

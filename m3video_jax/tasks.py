@@ -1,5 +1,6 @@
 """Tasks on the one training loop. Each gives: the model, a params initialiser, `loss_fn(params, batch, rng)`, its
-training input (`make_train_iterator`) and `evaluate` (called by the loop every `eval_every_steps` and at the end).
+training input (`make_train_iterator`), `evaluate` (called by the loop every `eval_every_steps` and at the end) and
+`pictures` (TensorBoard images every `viz_every_steps`).
 
 `pretrain`: masked motion modeling (M3Video) or the pixel/HOG baselines, selected by `config.target`.
 `finetune`: action classification with the whole network trained (paper Table 14).
@@ -8,6 +9,7 @@ training input (`make_train_iterator`) and `evaluate` (called by the loop every 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable
 
@@ -33,6 +35,23 @@ def normalize_video(video: jax.Array, mean, std) -> jax.Array:
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def static_clip(rng: jax.Array, video: jax.Array) -> jax.Array:
+  """The toy experiment of paper §3.1: every frame of each clip replaced by one of its frames, drawn at random.
+
+  Args:
+    rng: PRNG key (one frame index per clip).
+    video: `[B, T, H, W, C]`.
+
+  Returns:
+    `[B, T, H, W, C]` whose T frames all equal frame `f_b ~ U{0..T-1}` of clip b. The targets stay those of the real
+    clip, and the tube mask hides the same positions in every frame, so hidden content appears in no frame.
+  """
+  b, t = video.shape[:2]
+  frame = jax.random.randint(rng, (b,), 0, t)
+  one = jnp.take_along_axis(video, frame[:, None, None, None, None], axis=1)  # [B, 1, H, W, C]
+  return jnp.broadcast_to(one, video.shape)
+
+
 def clip_shape(config, batch_size: int) -> tuple[int, ...]:
   d = config.data
   return (batch_size, d.num_frames, d.res, d.res, 3)
@@ -48,6 +67,7 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
       'traj_disp': np.zeros((batch_size, tt, g, g, steps, 2), np.float32),
       'traj_valid': np.zeros((batch_size, tt, g, g), bool),
       'traj_hog': np.zeros((batch_size, tt, g, g, steps, 9), np.float32),
+      'traj_quantum': np.full((batch_size,), 0.25, np.float32),
       'label': np.zeros((batch_size,), np.int32),
   }
 
@@ -82,17 +102,71 @@ class PretrainTask:
     return self.model.init({'params': rng}, video, hidden, train=False,
                            num_hidden=masking.num_hidden(self.grid, c.mask.ratio, c.mask.kind))['params']
 
-  def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+  def forward(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, *,
+              train: bool) -> dict[str, jax.Array]:
+    """Masks, predicts and builds the targets of one batch: what the loss and the visualisation share.
+
+    Returns:
+      `hidden` bool `[B, N]`, `pred` `[B, Nm, D]`, `target` and `weight` `[B, N, D]`, `moving` bool `[B, N]` (None
+      without trajectories in the batch), `model_video` (what the encoder saw, normalised), `video` (normalised).
+    """
     c = self.config
-    rng_mask, rng_drop = jax.random.split(rng)
+    rng_mask, rng_drop, rng_static = jax.random.split(rng, 3)
     batch = dict(batch, video=normalize_video(batch['video'], c.data.mean, c.data.std))
     batch_size = batch['video'].shape[0]
     hidden = masking.sample(rng_mask, batch_size, self.grid, c.mask)
-    target, weight = targets.compute(batch, c.target, patch_size=tuple(c.model.patch_size),
-                                     input_mean=tuple(c.data.mean), input_std=tuple(c.data.std))
-    pred = self.model.apply({'params': params}, batch['video'], hidden, train=True, rngs={'dropout': rng_drop},
+    patch_size = tuple(c.model.patch_size)
+    target, weight = targets.compute(batch, c.target, patch_size=patch_size, input_mean=tuple(c.data.mean),
+                                     input_std=tuple(c.data.std))
+    moving = targets.moving_tokens(batch, c.target, patch_size) if 'traj_disp' in batch else None
+    model_video = static_clip(rng_static, batch['video']) if c.data.static_input else batch['video']
+    pred = self.model.apply({'params': params}, model_video, hidden, train=train, rngs={'dropout': rng_drop},
                             num_hidden=masking.num_hidden(self.grid, c.mask.ratio, c.mask.kind))
-    return losses.masked_l2(pred, target, weight, hidden, self.part_dims)
+    return {'hidden': hidden, 'pred': pred, 'target': target, 'weight': weight, 'moving': moving,
+            'model_video': model_video, 'video': batch['video']}
+
+  @functools.cached_property
+  def _visualization_fn(self):
+    c = self.config
+    patch_size = tuple(c.model.patch_size)
+    has_prediction = c.target.kind == 'trajectory' and c.target.position
+
+    def fn(params, batch, rng):
+      out = self.forward(params, batch, rng, train=False)
+      raw, valid = targets.trajectories_by_token(batch, c.target, patch_size)
+      pred_disp = None
+      if has_prediction:
+        _, mean, scale = targets.position_statistics(batch, c.target, patch_size)
+        idx = masking.hidden_indices(out['hidden'], out['pred'].shape[1])
+        pos = out['pred'][..., :self.part_dims['position']].reshape(out['pred'].shape[:2] + raw.shape[2:])
+        pred_disp = masking.gather_tokens(scale, idx) * pos + masking.gather_tokens(mean, idx)
+        pred_disp = masking.scatter_tokens(pred_disp, idx, raw.shape[1])
+      return {'video': out['video'], 'model_video': out['model_video'], 'hidden': out['hidden'],
+              'target_disp': raw, 'valid': valid, 'pred_disp': pred_disp}
+
+    return jax.jit(fn)
+
+  def visualization_outputs(self, params: Any, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
+    """What `m3video_jax.visualize` draws for a batch (eval mode): the videos, the mask, the raw target trajectories
+    `target_disp [B, N, K, L, 2]` (model px), their validity `[B, N, K]`, and `pred_disp` (same shape: the position
+    prediction un-normalised with the target's per-token statistics, zero on visible tokens; None when the target has
+    no `trajectory` position part)."""
+    return self._visualization_fn(params, batch, rng)
+
+  def pictures(self, params: Any, host_batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+    """TensorBoard images every `config.viz_every_steps`: target vs predicted trajectories of the batch's first clip
+    under a fixed mask (`m3video_jax.visualize`)."""
+    from m3video_jax import visualize  # OpenCV drawing, only when pictures are asked for.
+
+    title = f'step {step}, target {self.config.target.kind}' + (', static input' if self.config.data.static_input
+                                                                 else '')
+    return {'viz/trajectories': visualize.prediction_picture(self, params, host_batch, seed=self.config.seed,
+                                                             title=title)}
+
+  def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    out = self.forward(params, batch, rng, train=True)
+    return losses.masked_l2(out['pred'], out['target'], out['weight'], out['hidden'], self.part_dims,
+                            moving=out['moving'], balance_parts=self.config.target.balance_parts)
 
   def make_train_iterator(self, start_step: int):
     from m3video_jax.data import pipeline  # TF is imported only when the real pipeline is used.
@@ -138,6 +212,10 @@ class FinetuneTask:
     # Agreement with the dominant class of the (mixed) target: a rough training accuracy.
     top1 = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(soft_targets, -1)).astype(jnp.float32))
     return loss, {'top1': top1}
+
+  def pictures(self, params: Any, host_batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+    del params, host_batch, step  # Classification draws nothing.
+    return {}
 
   def make_train_iterator(self, start_step: int):
     from m3video_jax.data import classification  # TF is imported only when the real pipeline is used.

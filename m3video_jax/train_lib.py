@@ -168,9 +168,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   history: list[dict[str, jax.Array]] = []
   last: dict[str, float] = {}
   interval_start = start_step + 1
+  viz_batch = None  # The first host batch: the pictures follow one clip through the run.
+  draws = config.viz_every_steps > 0 and jax.process_index() == 0
+  if config.viz_every_steps > 0 and jax.process_count() > 1:
+    draws = False
+    logging.warning('viz_every_steps: pictures are drawn in single-process runs only; none in this run')
   try:
     for step in range(start_step + 1, config.total_steps + 1):
-      batch = sharding.to_global(next(batch_iterator), batch_shd)
+      host_batch = next(batch_iterator)
+      if draws and viz_batch is None:
+        viz_batch = host_batch
+      batch = sharding.to_global(host_batch, batch_shd)
       state, step_metrics = step_fn(state, batch)
       history.append(step_metrics)
       is_last = step == config.total_steps
@@ -184,6 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           scalars.update(task.evaluate(state.params, mesh=mesh, workdir=workdir, step=step, final=is_last))
         last = writer.write(step, scalars)
         history, interval_start = [], step + 1
+      if draws and (step % config.viz_every_steps == 0 or is_last):
+        writer.write_images(step, task.pictures(state.params, viz_batch, step))
       if should_save:
         checkpointing.save(manager, step, state, force=is_last)
   finally:

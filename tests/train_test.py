@@ -152,14 +152,40 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_tensorboard_events_have_the_documented_tags(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
-  config = tiny_config(total_steps=2, log_every_steps=1)
+  config = tiny_config(total_steps=2, log_every_steps=1, viz_every_steps=2)
   run(config, tmp_path)
   acc = event_accumulator.EventAccumulator(str(tmp_path))
   acc.Reload()
   tags = set(acc.Tags()['tensors']) | set(acc.Tags()['scalars'])
   for tag in ('train/loss', 'train/loss_position', 'train/loss_shape', 'train/valid_fraction', 'train/lr',
-              'train/grad_norm', 'perf/steps_per_sec'):
+              'train/grad_norm', 'perf/steps_per_sec', 'train/zero_position', 'train/position_vs_zero',
+              'train/shape_vs_zero', 'train/position_moving_vs_zero', 'train/position_static_vs_zero',
+              'train/loss_shape_moving', 'train/moving_fraction', 'viz/trajectories'):
     assert tag in tags, (tag, tags)
+  # metrics.jsonl: one entry per logged step, the interval ratio = ratio of the interval's mean losses.
+  entries = metrics_lib.read_jsonl(str(tmp_path))
+  assert [e['step'] for e in entries] == [1, 2]
+  e = entries[-1]
+  np.testing.assert_allclose(e['train/position_vs_zero'], e['train/loss_position'] / e['train/zero_position'],
+                             rtol=1e-6)
+
+
+def test_interval_ratios_are_ratios_of_interval_means():
+  history = [{'train/loss': 1.0, 'train/loss_position': 1.0, 'train/zero_position': 1.0,
+              'train/position_vs_zero': 1.0},
+             {'train/loss': 1.0, 'train/loss_position': 3.0, 'train/zero_position': 9.0,
+              'train/position_vs_zero': 1 / 3}]
+  m = metrics_lib.mean_metrics(history)
+  np.testing.assert_allclose(m['train/position_vs_zero'], 2.0 / 5.0)  # Not the mean of the ratios (2/3).
+  history[1]['train/zero_position'] = history[0]['train/zero_position'] = 0.0
+  assert np.isnan(metrics_lib.mean_metrics(history)['train/position_vs_zero'])
+  line = metrics_lib.MetricWriter('/unused', 10, enabled=False).format_line(
+      5, {'train/loss': 0.5, 'train/loss_position': 0.04, 'train/position_vs_zero': 0.8,
+          'train/loss_position_moving': 0.1, 'train/position_moving_vs_zero': 0.75,
+          'train/loss_position_static': 0.0, 'train/position_static_vs_zero': float('nan'),
+          'train/moving_fraction': 0.25})
+  assert 'position 0.0400 (vs zero 0.800, moving 0.750, static n/a)' in line and 'moving 0.250' in line
+  assert 'position_moving' not in line
 
 
 def test_grad_accumulation_averages_micro_batch_losses_and_grads():

@@ -9,7 +9,9 @@ Batch (numpy, leading dim = local batch `b`):
   video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `tasks.normalize_video`)
   traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8
   traj_valid  bool    [b, T/pt, G, G]
-  traj_hog    float32 [b, T/pt, G, G, L, 9]
+  traj_hog    float32 [b, T/pt, G, G, L, 9]   only when the target uses it (`ClipSpec.with_hog`)
+  traj_quantum float32 [b]                 the storage quantum of traj_disp in model-input pixels (1/4 prep px x the
+                                           crop's resize factor; `targets.moving_tokens`)
   label       int32   [b]
   _id         int64   [b]  position in the stream (gaps = skipped corrupt records)
 """
@@ -89,11 +91,14 @@ class ClipSpec:
   res: int
   traj_len: int
   grid_step: int = schema.GRID_STEP
+  with_hog: bool = True  # Look up trajectory-aligned HOG (`traj_hog`); only the trajectory target's shape part uses it.
 
   @classmethod
   def from_config(cls, config) -> 'ClipSpec':
+    t = config.target
     return cls(num_frames=config.data.num_frames, frame_stride=config.data.frame_stride,
-               tubelet=config.model.patch_size[0], res=config.data.res, traj_len=config.target.traj_len)
+               tubelet=config.model.patch_size[0], res=config.data.res, traj_len=t.traj_len,
+               with_hog=t.kind == 'trajectory' and t.shape)
 
 
 def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
@@ -136,8 +141,6 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
     frames = tf.sparse.to_dense(rec[schema.FRAMES])
     disp_strings = tf.sparse.to_dense(rec[schema.TRAJ_DISP])
     inside_strings = tf.sparse.to_dense(rec[schema.TRAJ_INSIDE])
-    hog_strings = tf.sparse.to_dense(rec[schema.HOG_MAP])
-    hog_scales = tf.sparse.to_dense(rec[schema.HOG_SCALE])
     height, width = rec[schema.HEIGHT], rec[schema.WIDTH]
     grid = tf.cast(rec[schema.GRID], tf.int32)
     gh, gw = tf.cast(height, tf.int32) // grid, tf.cast(width, tf.int32) // grid
@@ -157,14 +160,21 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
     valid = tf.logical_and(valid, has_traj[:, None, None])
     hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
                             tf.cast(num_frames, tf.int32) - 1)
+    hog_strings = hog_scales = None
+    if spec.with_hog:
+      hog_strings = tf.gather(tf.sparse.to_dense(rec[schema.HOG_MAP]), hog_frames)
+      hog_scales = tf.gather(tf.sparse.to_dense(rec[schema.HOG_SCALE]), hog_frames)
     disp, valid, hog = pp_ops.crop_flip_trajectories(
-        disp, valid, tf.gather(hog_strings, hog_frames), tf.gather(hog_scales, hog_frames), offset_y=oy, offset_x=ox,
-        crop_h=ch, crop_w=cw, res=spec.res, flip=flip, grid_step=spec.grid_step)
+        disp, valid, hog_strings, hog_scales, offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw, res=spec.res, flip=flip,
+        grid_step=spec.grid_step)
+    hog_feature = {'traj_hog': hog} if spec.with_hog else {}
     return {
         'video': video,
         'traj_disp': disp,
         'traj_valid': valid,
-        'traj_hog': hog,
+        **hog_feature,
+        'traj_quantum': tf.cast(spec.res, tf.float32) / tf.cast(tf.minimum(ch, cw), tf.float32)
+                        / schema.DISP_UNITS_PER_PX,
         'label': tf.cast(rec[schema.LABEL], tf.int32),
         '_id': index,
     }

@@ -172,26 +172,30 @@ def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, of
 
   Args:
     disp: float32 `[Tt, L, Gh, Gw, 2]` prep pixels; valid: bool `[Tt, Gh, Gw]`;
-    hog_strings, hog_scales: `[Tt, L]` stored maps of frames `first_k + j` (see `trajectory_hog`).
+    hog_strings, hog_scales: `[Tt, L]` stored maps of frames `first_k + j` (see `trajectory_hog`), or None to skip
+      the HOG lookup (a fifth of the clip's cost on CPU when the target needs no trajectory-aligned HOG).
 
   Returns:
     disp `[Tt, G, G, L, 2]` in output pixels (Δ scaled by res/crop, Δx negated on flip), valid `[Tt, G, G]` (AND of
-    the source points with non-zero weight), hog `[Tt, G, G, L, 9]` (bins mirrored on flip).
+    the source points with non-zero weight), hog `[Tt, G, G, L, 9]` (bins mirrored on flip; None without maps).
   """
   gh, gw = tf.shape(valid)[1], tf.shape(valid)[2]
   y0 = output_grid_sources(offset_y, crop_h, res, grid_step)
   x0 = output_grid_sources(offset_x, crop_w, res, grid_step, flip)
   wy, wx = _resample_matrix(y0, gh, grid_step), _resample_matrix(x0, gw, grid_step)
   disp = tf.einsum('yh,tlhwc,xw->tlyxc', wy, disp, wx)
-  hog = trajectory_hog(hog_strings, hog_scales, disp, x0, y0, gh, gw, grid_step)
   flip = tf.cast(flip, tf.bool)
-  hog = tf.where(flip, tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), hog)
+  hog = None
+  if hog_strings is not None:
+    hog = trajectory_hog(hog_strings, hog_scales, disp, x0, y0, gh, gw, grid_step)
+    hog = tf.where(flip, tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), hog)
+    hog = tf.transpose(hog, [0, 2, 3, 1, 4])
   scale = tf.stack([res / tf.cast(crop_w, tf.float32), res / tf.cast(crop_h, tf.float32)])
   sign = tf.where(flip, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
   disp = disp * (scale * sign)
   invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > 0, tf.float32), 1.0 - tf.cast(valid, tf.float32),
                       tf.cast(wx > 0, tf.float32))
-  return tf.transpose(disp, [0, 2, 3, 1, 4]), invalid < 0.5, tf.transpose(hog, [0, 2, 3, 1, 4])
+  return tf.transpose(disp, [0, 2, 3, 1, 4]), invalid < 0.5, hog
 
 
 def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, res: int, flip) -> tf.Tensor:
