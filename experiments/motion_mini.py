@@ -1,0 +1,313 @@
+"""Runs the CPU-scale Fig. 3 and Table 1 of docs/results.md and writes results.json, results.md and the plots.
+
+  pip install -e '.[experiments]'
+  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~1.5 h on 2 CPU cores
+  python experiments/motion_mini.py --workdir=/tmp/motion_mini_smoke --smoke   # every step on a few videos (CI)
+
+What it does (configs/motion_mini.py holds every setting):
+1. Pretrains, for every seed: each target of `configs/motion_mini.py` on real clips, and the pixel and trajectory
+   position-only targets on static clips (paper §3.1: one frame repeated, targets from the real clip). Each run lives
+   in `<workdir>/runs/<target>[_static]_s<seed>` and resumes or is skipped when done.
+2. Fig. 3: `loss / zero_loss` of each run's target part against steps (mean +- std over seeds) -> `fig3.png`.
+3. Table 1: for each real-input encoder and a randomly initialised one (same seeds): the frozen-feature linear probe
+   (`m3video_jax.probe`: mean-pooled tokens, softmax regression) and a fine-tune (`task=finetune`), both trained on
+   600 held-out videos of another seed and tested on 200 more -> `table1.png`.
+4. `results.json` (every number, per seed), `results.md` (the tables), and a closing summary of what is where.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import motion_mini  # noqa: E402
+
+# Fig. 3 runs: (target, ratio metric of its part).
+FIG3 = (('pixel', 'train/pixel_vs_zero'), ('trajectory_position_only', 'train/position_vs_zero'))
+RANDOM = 'random_init'
+
+
+def _ratio_key(target: str) -> str:
+  return {'pixel': 'train/pixel_vs_zero', 'hog': 'train/hog_vs_zero'}.get(target, 'train/position_vs_zero')
+
+
+def run_name(target: str, static: bool, seed: int) -> str:
+  return f'{target}{"_static" if static else ""}_s{seed}'
+
+
+def pretrain(workdir: str, target: str, static: bool, seed: int, smoke: bool) -> str:
+  """Pretrains one run (resumes / returns at once when it is complete); returns its workdir."""
+  from m3video_jax import train_lib
+
+  wd = os.path.join(workdir, 'runs', run_name(target, static, seed))
+  config = motion_mini.get_config(f'target={target},seed={seed},static={static},smoke={smoke}')
+  with config.unlocked():
+    config.data.prepare_dir = os.path.join(workdir, 'data', 'pretrain')
+  t0 = time.perf_counter()
+  train_lib.train_and_evaluate(config, wd)
+  logging.info('pretrained %s in %.0f s', wd, time.perf_counter() - t0)
+  return wd
+
+
+def finetune_config(workdir: str, seed: int, smoke: bool, init_from: str):
+  config = motion_mini.get_config(f'task=finetune,seed={seed},smoke={smoke}')
+  with config.unlocked():
+    config.data.prepare_dir = os.path.join(workdir, 'data', 'probe')
+    config.init_from = init_from
+  return config
+
+
+def probe_features(workdir: str, encoder_params, smoke: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Per-video mean-pooled features of the probe-train and probe-test videos (2 temporal views, centre crop)."""
+  from m3video_jax import probe
+  from m3video_jax.data import classification
+
+  config = finetune_config(workdir, 0, smoke, '')
+  train_glob, test_glob = classification.prepare_demo_data(config, workdir)
+  out = {}
+  for split, pattern in (('train', train_glob), ('test', test_glob)):
+    with config.unlocked():
+      config.data.eval_files = pattern
+    ds, info = classification.make_eval_dataset(config, num_temporal=2, num_spatial=1)
+    batches = classification.padded_batches(ds, info['local_batch'], info['num_batches'])
+    feats, labels, index = probe.pooled_features(encoder_params, config.model.encoder,
+                                                 tuple(config.model.patch_size), batches)
+    out[split] = probe.per_video(feats, labels, index)
+  return out
+
+
+def random_encoder(seed: int):
+  from m3video_jax import tasks
+  import jax
+
+  config = motion_mini.get_config(f'seed={seed}')
+  return tasks.get_task(config).init_params(jax.random.PRNGKey(seed))['encoder']
+
+
+def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, seed: int, smoke: bool) -> dict:
+  """Linear probe and fine-tune top-1 of one encoder (`init_from` '' = fine-tune from scratch)."""
+  from m3video_jax import probe
+  from m3video_jax import train_lib
+
+  t0 = time.perf_counter()
+  feats = probe_features(workdir, encoder_params, smoke)
+  lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
+  ft_dir = os.path.join(workdir, 'finetune', f'{name}_s{seed}')
+  results_path = os.path.join(ft_dir, 'eval_results.json')
+  if not os.path.exists(results_path):
+    train_lib.train_and_evaluate(finetune_config(workdir, seed, smoke, init_from), ft_dir)
+  with open(results_path) as f:
+    ft = json.load(f)
+  logging.info('%s seed %d: linear probe %.1f%%, fine-tune %.1f%% (%.0f s)', name, seed, lp['top1'], ft['top1'],
+               time.perf_counter() - t0)
+  return {'linear_probe': lp, 'finetune_top1': float(ft['top1']), 'finetune_top5': float(ft['top5'])}
+
+
+def _mean_std(values) -> tuple[float, float]:
+  a = np.asarray(values, float)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def curves(workdir: str, target: str, static: bool, seeds) -> dict:
+  """Fig. 3 data of one (target, input): steps and the per-seed ratio of the target part to its zero baseline."""
+  from m3video_jax import metrics
+
+  key = _ratio_key(target)
+  per_seed = []
+  for s in seeds:
+    entries = metrics.read_jsonl(os.path.join(workdir, 'runs', run_name(target, static, s)))
+    per_seed.append([(e['step'], e.get(key), e.get(key.replace('_vs_zero', '_moving_vs_zero'))) for e in entries])
+  steps = [p[0] for p in per_seed[0]]
+  return {'steps': steps, 'ratio': [[p[1] for p in run] for run in per_seed],
+          'moving_ratio': [[p[2] for p in run] for run in per_seed]}
+
+
+def _axes(size):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  return plt.subplots(figsize=size)
+
+
+def _finish(fig, ax, path: str, title: str, xlabel: str, ylabel: str) -> None:
+  import matplotlib.pyplot as plt
+
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_fig3(fig3: dict, path: str) -> None:
+  fig, ax = _axes((6.4, 4.2))
+  colours = {'pixel': 'tab:blue', 'trajectory_position_only': 'tab:orange'}
+  for (target, static), data in fig3.items():
+    steps = np.asarray(data['steps'])
+    r = np.asarray([[np.nan if v is None else v for v in run] for run in data['ratio']], float)
+    m, sd = np.nanmean(r, 0), np.nanstd(r, 0)
+    label = f'{"pixel" if target == "pixel" else "trajectory (position)"}, {"static" if static else "real"} input'
+    ax.plot(steps, m, color=colours[target], linestyle='--' if static else '-', label=label)
+    ax.fill_between(steps, m - sd, m + sd, color=colours[target], alpha=0.15)
+  ax.axhline(1.0, color='grey', linewidth=0.8)
+  _finish(fig, ax, path, 'Fig. 3 in miniature: real vs static (one frame repeated) input', 'pretraining step',
+          'loss / loss of predicting zero')
+
+
+def plot_table1(table: dict, path: str) -> None:
+  names = list(table)
+  fig, ax = _axes((7.2, 4.0))
+  x = np.arange(len(names))
+  for i, (metric, label) in enumerate((('linear_probe', 'linear probe'), ('finetune', 'fine-tune'))):
+    means = [table[n][metric]['mean'] for n in names]
+    stds = [table[n][metric]['std'] for n in names]
+    ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, label=label)
+  ax.axhline(100 / 8, color='grey', linewidth=0.8, linestyle=':', label='chance')
+  ax.set_xticks(x, [n.replace('trajectory', 'traj.').replace('_', ' ') for n in names], fontsize=8)
+  _finish(fig, ax, path, 'Table 1 in miniature (mean ± std over seeds)', 'pretraining target',
+          'top-1 on held-out videos (%)')
+
+
+def final_ratios(workdir: str, target: str, static: bool, seed: int) -> dict:
+  from m3video_jax import metrics
+
+  entries = metrics.read_jsonl(os.path.join(workdir, 'runs', run_name(target, static, seed)))
+  last = entries[-1] if entries else {}
+  return {k[len('train/'):]: v for k, v in last.items() if k.startswith('train/') and ('vs_zero' in k or
+                                                                                        k.startswith('train/loss'))}
+
+
+def write_markdown(results: dict, path: str) -> None:
+  seeds = results['seeds']
+  lines = ['# motion_mini results', '', f'Seeds {seeds}; written by `experiments/motion_mini.py`.', '',
+           '## Fig. 3: final loss / zero-prediction loss of the target part', '',
+           '| target | input | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean ± std |',
+           '|---|---|' + '---|' * (len(seeds) + 1)]
+  for row in results['fig3_final']:
+    vals = row['per_seed']
+    lines.append(f'| {row["target"]} | {row["input"]} | ' + ' | '.join(f'{v:.3f}' for v in vals)
+                 + f' | {row["mean"]:.3f} ± {row["std"]:.3f} |')
+  first = next(iter(results['table1_raw'].values()))[0]['linear_probe']
+  lines += ['', f'## Table 1: top-1 (%) on {first["num_test"]} held-out videos of an unseen seed, probe and fine-tune '
+            f'trained on {first["num_train"]} more (chance 12.5 %)', '',
+            '| pretraining target | linear probe per seed | linear probe | fine-tune per seed | fine-tune |',
+            '|---|---|---|---|---|']
+  for name, row in results['table1'].items():
+    lp, ft = row['linear_probe'], row['finetune']
+    lines.append(f'| {name} | {", ".join(f"{v:.1f}" for v in lp["per_seed"])} | {lp["mean"]:.1f} ± {lp["std"]:.1f} | '
+                 f'{", ".join(f"{v:.1f}" for v in ft["per_seed"])} | {ft["mean"]:.1f} ± {ft["std"]:.1f} |')
+  lines += ['', '## Final training diagnostics per run (last logging interval)', '',
+            '| run | part / zero | moving tokens | static tokens |', '|---|---|---|---|']
+  for name, r in results['final_diagnostics'].items():
+    part = next((k[:-len('_vs_zero')] for k in r if k.endswith('_vs_zero') and '_moving' not in k
+                 and '_static' not in k), None)
+    if part is None:
+      continue
+    fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'  # noqa: E731
+    lines.append(f'| {name} | {part} {fmt(r.get(f"{part}_vs_zero"))} | {fmt(r.get(f"{part}_moving_vs_zero"))} | '
+                 f'{fmt(r.get(f"{part}_static_vs_zero"))} |')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--workdir', required=True, help='Everything goes here (data, runs, results); re-running resumes.')
+  p.add_argument('--seeds', default='0,1,2', help='Comma-separated seeds.')
+  p.add_argument('--smoke', action='store_true', help='A few videos and steps: checks the whole path (CI).')
+  p.add_argument('--no_finetune', action='store_true', help='Skip the fine-tunes (linear probes only).')
+  p.add_argument('--probe', default='',
+                 help='Comma-separated pretraining workdirs (any config of this regime) to linear-probe on the probe '
+                      'videos of --workdir, printing one line each; nothing else runs.')
+  p.add_argument('--targets', default=','.join(motion_mini.TARGETS),
+                 help='Comma-separated pretraining targets of Table 1 (Fig. 3 always runs pixel and '
+                      'trajectory_position_only).')
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+  for name in ('absl', 'orbax', 'jax', 'tensorflow', 'apache_beam'):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  logging.getLogger('m3video_jax').setLevel(logging.INFO)
+  import jax  # noqa: F401  (after the logging set-up)
+
+  seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+  workdir = os.path.abspath(args.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if args.probe:
+    from m3video_jax import checkpointing
+    from m3video_jax import probe
+    for wd in [d.strip() for d in args.probe.split(',') if d.strip()]:
+      feats = probe_features(workdir, checkpointing.load_params(wd)['encoder'], args.smoke)
+      r = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seeds[0])
+      print(f'{wd}: linear probe top-1 {r["top1"]:.1f} % on {r["num_test"]} videos (L2 {r["l2"]:g})', flush=True)
+    return 0
+  t0 = time.perf_counter()
+  targets = [t.strip() for t in args.targets.split(',') if t.strip()]
+  unknown = sorted(set(targets) - set(motion_mini.TARGETS))
+  if unknown:
+    p.error(f'--targets: unknown {unknown}; expected some of {motion_mini.TARGETS}')
+  targets += [t for t, _ in FIG3 if t not in targets]
+  runs = [(t, False) for t in targets] + [(t, True) for t, _ in FIG3]
+  for seed in seeds:
+    for target, static in runs:
+      pretrain(workdir, target, static, seed, args.smoke)
+
+  fig3 = {(t, st): curves(workdir, t, st, seeds) for t, _ in FIG3 for st in (False, True)}
+  fig3_final = []
+  for (t, st), data in fig3.items():
+    last = [run[-1] for run in data['ratio']]
+    m, sd = _mean_std(last)
+    fig3_final.append({'target': t, 'input': 'static' if st else 'real', 'per_seed': last, 'mean': m, 'std': sd})
+
+  from m3video_jax import checkpointing
+  table: dict[str, dict] = {}
+  raw: dict[str, list] = {}
+  for name in targets + [RANDOM]:
+    raw[name] = []
+    for seed in seeds:
+      if name == RANDOM:
+        enc, init_from = random_encoder(seed), ''
+      else:
+        init_from = os.path.join(workdir, 'runs', run_name(name, False, seed))
+        enc = checkpointing.load_params(init_from)['encoder']
+      if args.no_finetune:
+        from m3video_jax import probe
+        feats = probe_features(workdir, enc, args.smoke)
+        raw[name].append({'linear_probe': probe.linear_probe(*feats['train'], *feats['test'], num_classes=8,
+                                                             seed=seed), 'finetune_top1': float('nan')})
+      else:
+        raw[name].append(evaluate_encoder(workdir, name, enc, init_from, seed, args.smoke))
+    lp = [r['linear_probe']['top1'] for r in raw[name]]
+    ft = [r['finetune_top1'] for r in raw[name]]
+    table[name] = {'linear_probe': dict(zip(('mean', 'std'), _mean_std(lp)), per_seed=lp),
+                   'finetune': dict(zip(('mean', 'std'), _mean_std(ft)), per_seed=ft)}
+
+  results = {'seeds': seeds, 'smoke': args.smoke,
+             'fig3': {f'{t}{"_static" if st else ""}': d for (t, st), d in fig3.items()},
+             'fig3_final': fig3_final, 'table1': table, 'table1_raw': raw,
+             'final_diagnostics': {run_name(t, st, s): final_ratios(workdir, t, st, s)
+                                   for s in seeds for t, st in runs},
+             'seconds': time.perf_counter() - t0}
+  paths = {name: os.path.join(workdir, name) for name in ('results.json', 'results.md', 'fig3.png', 'table1.png')}
+  with open(paths['results.json'], 'w') as f:
+    json.dump(results, f, indent=1)
+  write_markdown(results, paths['results.md'])
+  plot_fig3(fig3, paths['fig3.png'])
+  plot_table1(table, paths['table1.png'])
+  print(open(paths['results.md']).read())
+  print(f'motion_mini: {len(runs) * len(seeds)} pretraining runs in {workdir}/runs, fine-tunes in {workdir}/finetune; '
+        f'wrote {", ".join(paths.values())} in {results["seconds"] / 60:.1f} min')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,61 @@
+"""configs/motion_mini.py and a smoke run of experiments/motion_mini.py (every step of the Fig. 3 / Table 1 driver on
+a few videos and steps; the real run is an experiment, docs/results.md)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import motion_mini
+from m3video_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('target', motion_mini.TARGETS)
+def test_every_target_validates_and_static_input_is_the_only_difference(target):
+  real = motion_mini.get_config(f'target={target}')
+  static = motion_mini.get_config(f'target={target},static=true')
+  config_lib.validate(real)
+  assert static.data.static_input and not real.data.static_input
+  with static.unlocked():
+    static.data.static_input = False
+  assert static.to_dict() == real.to_dict()
+
+
+def test_targets_are_the_documented_variants():
+  kinds = {t: motion_mini.get_config(f'target={t}').target for t in motion_mini.TARGETS}
+  assert kinds['pixel'].kind == 'pixel' and kinds['hog'].kind == 'hog'
+  assert (kinds['trajectory_position_only'].position, kinds['trajectory_position_only'].shape) == (True, False)
+  assert kinds['trajectory_position_only'].position_norm == 'none'
+  assert kinds['trajectory'].shape and kinds['trajectory'].position_norm == 'none'
+  paper = kinds['trajectory_paper']
+  assert (paper.position_norm, paper.shape_norm, paper.position_eps, paper.shape) == ('joint', 'joint', 1e-6, True)
+  finetune = motion_mini.get_config('task=finetune')
+  config_lib.validate(finetune)
+  assert finetune.data.synthetic_seed != motion_mini.get_config().data.synthetic_seed  # Probe videos are unseen.
+  with pytest.raises(ValueError, match='target='):
+    motion_mini.get_config('target=flow')
+
+
+@pytest.mark.slow
+def test_driver_smoke_run_writes_results_tables_and_plots(tmp_path):
+  done = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'motion_mini.py'),
+                         f'--workdir={tmp_path}', '--smoke', '--seeds=0', '--targets=pixel,trajectory_position_only'],
+                        capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.load(open(tmp_path / 'results.json'))
+  assert set(results['table1']) == {'pixel', 'trajectory_position_only', 'random_init'}
+  assert {r['input'] for r in results['fig3_final']} == {'real', 'static'}
+  for row in results['table1'].values():
+    assert len(row['linear_probe']['per_seed']) == 1 and 0 <= row['finetune']['per_seed'][0] <= 100
+  for name in ('results.md', 'fig3.png', 'table1.png'):
+    assert os.path.getsize(tmp_path / name) > 500
+  assert 'wrote' in done.stdout and 'Table 1' in open(tmp_path / 'results.md').read()
+  # Re-running finds every run done and only rebuilds the outputs.
+  again = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'motion_mini.py'),
+                          f'--workdir={tmp_path}', '--smoke', '--seeds=0', '--targets=pixel,trajectory_position_only'],
+                         capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.load(open(tmp_path / 'results.json'))['table1'] == results['table1']
