@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from data_prep import synthetic
 from m3video_jax import drawing
 from m3video_jax.data import schema
 
@@ -70,7 +71,8 @@ def render(rec: dict, output: str, *, panels: int = 4, scale: int = 2, min_path:
   if num_starts == 0:
     raise ValueError(f'record {rec["video_id"]!r} stores no trajectory start (video of {rec["num_frames"]} frames)')
   if output.lower().endswith('.mp4'):
-    drawing.write_video(output, [start_panel(rec, i, scale=scale, min_path=min_path) for i in range(num_starts)])
+    synthetic.write_mp4(output, np.stack([start_panel(rec, i, scale=scale, min_path=min_path)
+                                          for i in range(num_starts)]), fps=4.0)
     return f'{num_starts} starts as video frames'
   chosen = sorted(set(np.linspace(0, num_starts - 1, min(panels, num_starts)).round().astype(int).tolist()))
   images = [drawing.with_title(start_panel(rec, i, scale=scale, min_path=min_path),

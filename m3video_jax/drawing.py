@@ -113,16 +113,3 @@ def write_image(path: str, image: np.ndarray) -> None:
   """Writes uint8 RGB as PNG (or any format OpenCV knows by the extension)."""
   if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
     raise OSError(f'OpenCV could not write an image to {path!r} (is the extension .png/.jpg and the folder there?)')
-
-
-def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 4.0) -> None:
-  """Writes uint8 RGB frames as an MPEG-4 (mp4v) video."""
-  h, w = frames[0].shape[:2]
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
-  if not writer.isOpened():
-    raise OSError(f'OpenCV cannot write an mp4v video to {path!r}')
-  try:
-    for f in frames:
-      writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-  finally:
-    writer.release()
