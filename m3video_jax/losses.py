@@ -10,13 +10,14 @@ Averaging, exactly: with `e = (pred - target)^2` on the hidden tokens and `w` th
 i.e. one mean over every counted element of the batch (paper eq. 1 normalised by the number of terms): a part
 contributes in proportion to its number of counted elements, and `loss` is the count-weighted mean of the part losses,
 not their plain mean. With `balance_parts=True` (`target.balance_parts`) the loss is instead the plain mean of the
-part losses, so a 32-element position part weighs as much as a 144-element shape part. An empty denominator (nothing
-counted) gives 0, never NaN. Everything is float32.
+losses of the parts with counted elements, so a 32-element position part weighs as much as a 144-element shape part.
+An empty denominator (nothing counted) gives 0, never NaN. Everything is float32.
 
 Diagnostics (no gradient flows through them):
   zero_<part>        the loss of predicting 0 for the part on the same hidden elements, `sum(w * t^2) / sum(w)`. For
                      a per-token normalised target it is ~1; a model that takes nothing from the input cannot beat
-                     the per-element mean, so `loss_<part> / zero_<part>` near 1 means nothing was learned.
+                     the per-element mean, so for a target centred on zero `loss_<part> / zero_<part>` near 1 means
+                     nothing was learned (a non-negative target such as raw HOG: compare with a static-input run).
   <part>_vs_zero     `loss_<part> / zero_<part>` (NaN when the zero loss is 0).
 With `moving` (bool `[B, N]`, `targets.moving_tokens`), each of these also for the hidden tokens that move and those
 that do not: `loss_<part>_moving`, `zero_<part>_moving`, `<part>_moving_vs_zero`, the same with `_static`, and
@@ -77,7 +78,7 @@ def masked_l2(pred: jax.Array, target: jax.Array, weight: jax.Array, hidden: jax
     mov = jnp.take_along_axis(moving, idx, axis=1).astype(jnp.float32)[..., None]  # [B, Nm, 1]
     groups.update({'_moving': mov, '_static': 1.0 - mov})
     metrics['moving_fraction'] = mov.mean()
-  start = 0
+  start, counted = 0, []
   valid_part = 'position' if 'position' in part_dims else next(iter(part_dims))
   for name, size in part_dims.items():
     e, z, ww = (a[..., start:start + size] for a in (err, zero_err, w))
@@ -89,7 +90,9 @@ def masked_l2(pred: jax.Array, target: jax.Array, weight: jax.Array, hidden: jax
       metrics[f'{name}{suffix}_vs_zero'] = _vs_zero(jax.lax.stop_gradient(part_loss), part_zero)
     if name == valid_part:
       metrics['valid_fraction'] = ww.sum() / ww.size
+    counted.append((ww.sum() > 0).astype(jnp.float32))
     start += size
-  if balance_parts:
-    loss = sum(metrics[f'loss_{name}'] for name in part_dims) / len(part_dims)
+  if balance_parts:  # Mean over the parts with counted elements in this batch (an empty part weighs nothing).
+    parts = sum(metrics[f'loss_{name}'] for name in part_dims)
+    loss = _ratio(parts, sum(counted))
   return loss, metrics

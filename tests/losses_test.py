@@ -112,3 +112,8 @@ def test_balanced_parts_loss_is_the_mean_of_the_part_losses():
   np.testing.assert_allclose(loss, (0.25 + 8.5) / 2)  # Parts as in test_zero_baseline_and_ratio_are_hand_computed.
   plain, _ = losses.masked_l2(pred, target, weight, hidden, DIMS)
   np.testing.assert_allclose(plain, (0.25 + 2 * 8.5) / 3)  # 1 position and 2 shape elements counted.
+  # A part with nothing counted in the batch weighs nothing: the loss is the other part's.
+  no_position = weight.at[..., 0].set(0.0)
+  loss, m = losses.masked_l2(pred, target, no_position, hidden, DIMS, balance_parts=True)
+  assert float(m['loss_position']) == 0.0
+  np.testing.assert_allclose(loss, m['loss_shape'])
