@@ -74,6 +74,7 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.init_from = ''  # Orbax checkpoint dir or workdir whose params initialise the model (resume from workdir wins).
   c.eval_every_steps = 0  # Periodic evaluation (classification tasks); 0 = only at the end. Pretraining has none.
   c.viz_every_steps = 0  # TensorBoard pictures of the task (pretraining: target vs predicted trajectories); 0 = off.
+  c.next_commands = ()  # Shell commands the closing summary suggests ('{workdir}' = this run's workdir); demos.
 
   c.data = ml_collections.ConfigDict()
   c.data.train_files = ''  # Glob of TFRecord shards written by data_prep (comma-separate several globs).
@@ -158,6 +159,7 @@ def pretrain_config_from_dict(saved: dict[str, Any]) -> ml_collections.ConfigDic
   ignored; lists become tuples where the default is a tuple.
   """
   c = pretrain_base()
+  saved = _upgrade_saved_target(saved)
 
   def apply(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
     for key, value in values.items():
@@ -171,6 +173,22 @@ def pretrain_config_from_dict(saved: dict[str, Any]) -> ml_collections.ConfigDic
   with c.unlocked():
     apply(c, saved)
   return c
+
+
+def _upgrade_saved_target(saved: dict[str, Any]) -> dict[str, Any]:
+  """A `config.json` of a version before the per-part target options: its one `target.patch_norm` switch and shared
+  `norm_eps` become the `position_norm`/`shape_norm` and eps fields that reproduce the same target."""
+  target = saved.get('target')
+  if not isinstance(target, dict) or 'patch_norm' not in target or 'position_norm' in target:
+    return saved
+  target = dict(target)
+  norm = bool(target.pop('patch_norm'))
+  reference = target.get('kind') == 'trajectory_reference'
+  target['position_norm'] = ('per_step' if reference else 'joint') if norm else 'none'
+  target['shape_norm'] = 'joint' if norm else 'none'
+  if 'norm_eps' in target:
+    target['position_eps'] = target['shape_eps'] = float(target['norm_eps'])
+  return {**saved, 'target': target}
 
 
 def epochs_to_steps(epochs: float, num_videos: int, batch_size: int) -> int:
@@ -200,6 +218,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
          'an integer >= 0 (0 = evaluate only at the end)')
   _check(isinstance(c.viz_every_steps, int) and c.viz_every_steps >= 0, 'viz_every_steps', c.viz_every_steps,
          'an integer >= 0 (0 = no pictures)')
+  _check(all(isinstance(x, str) for x in c.next_commands), 'next_commands', c.next_commands, 'a tuple of strings')
   d = c.data
   _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'a positive integer')
   _check(d.num_frames > 0, 'data.num_frames', d.num_frames, 'a positive integer')
@@ -438,47 +457,4 @@ def classification_config(arg: str | None, *, task: str, num_train_videos: int, 
     c.eval.update(batch_size=8, test_temporal_views=2, test_spatial_views=3)
     c.total_steps, c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 4, 1, 2, 2
     c.optim.warmup_steps = 1
-  return c
-
-
-def classification_demo(task: str, arg: str | None) -> ml_collections.ConfigDict:
-  """Fine-tuning / linear probing of the demo's tiny pretrained encoder on the synthetic motion classes (CPU).
-
-  The synthetic videos are drawn with seed 1, so none of them was seen by the pretraining demo (seed 0), and with a
-  static camera (`synthetic_max_pan=0`): under the pretraining demo's random pan the class is the object's motion
-  relative to a moving textured background, which the 2-block, 64-wide encoder does not learn from a CPU's worth of
-  data (it stays at chance even from 1,200 videos; docs/finetune.md). It needs many videos: 1,200 (896 train /
-  304 val) reach ~60% top-1 where 240 stay at chance. Frame stride 4 (8 frames over 32 of the 40) doubles the motion
-  each tubelet sees. Flip is off: a mirrored clip of `translate_left` is a `translate_right` (and cw <-> ccw), as for
-  SSV2. Tuned for the tiny encoder, NOT the paper recipe: RandAugment, mixup/cutmix and random erasing are off and the
-  crop keeps >= half the frame (with them the tiny model stayed at chance), lr 5e-4 (finetune) / 3e-3 without weight
-  decay (linear probe) after the batch/256 scaling.
-  """
-  a = parse_arg(arg, num_videos=1200, steps=2400)
-  c = classification_base(task)
-  c.data.prepare_if_missing = True
-  c.data.synthetic_num_videos = a.num_videos
-  c.data.synthetic_size = 96
-  c.data.synthetic_frames = 40
-  c.data.synthetic_seed = 1
-  c.data.synthetic_max_pan = 0.0
-  c.data.prep_short_side = 0  # Keep the synthetic videos' native 96 px.
-  c.data.update(num_frames=8, frame_stride=4, sampling='dense', res=64, batch_size=16, repeated_aug=1,
-                shuffle_buffer=256, flip=False)
-  c.aug.update(crop_area=(0.5, 1.0), randaug_num_ops=0, erase_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
-  c.model.encoder = 'mu'  # Must match the pretraining demo's encoder.
-  c.model.num_classes = 8
-  c.eval.update(batch_size=32, test_temporal_views=2, test_spatial_views=3)
-  c.optim.base_lr = 5e-4 * 256 / c.data.batch_size  # 5e-4 after the batch/256 scaling.
-  c.optim.warmup_steps = min(40, a.steps // 5)
-  c.total_steps = a.steps
-  c.log_every_steps = 100
-  c.eval_every_steps = 600
-  c.checkpoint_every_steps = 600
-  c.keep_checkpoints = 1
-  if task == 'linear_probe':
-    c.model.drop_path = 0.0
-    c.optim.layer_decay = 1.0
-    c.optim.base_lr = 3e-3 * 256 / c.data.batch_size
-    c.optim.weight_decay = 0.0
   return c

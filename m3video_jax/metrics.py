@@ -98,7 +98,8 @@ class MetricWriter:
   def format_line(self, step: int, s: Mapping[str, float]) -> str:
     """`step | loss | <part> <loss> (vs zero <r>, moving <r>, static <r>) | ... | moving | valid | lr | steps/s | ETA`.
 
-    `r` = the part's loss over its zero-prediction loss: overall, on the hidden tokens that move, on those that do not."""
+    `r` = the part's loss over its zero-prediction loss: overall, on the hidden tokens that move, on those that
+    do not."""
     parts = [f'step {step}/{self._total}', f'loss {s.get("train/loss", math.nan):.4f}']
     for k in sorted(s):
       if not k.startswith('train/loss_'):
@@ -123,7 +124,7 @@ class MetricWriter:
       rate = s['perf/steps_per_sec']
       eta = (self._total - step) / rate if rate > 0 else math.inf
       parts.append(f'{rate:.2f} steps/s')
-      parts.append(f'ETA {_format_seconds(eta)}')
+      parts.append(f'ETA {format_seconds(eta)}')
     return ' | '.join(parts)
 
   def close(self) -> None:
@@ -158,7 +159,7 @@ def _format_ratio(r: float) -> str:
   return 'n/a' if not math.isfinite(r) else f'{r:.3f}'
 
 
-def _format_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
   if not math.isfinite(s):
     return '?'
   s = int(s)

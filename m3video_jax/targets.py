@@ -103,6 +103,30 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def describe(cfg: ml_collections.ConfigDict) -> str:
+  """One line saying what the target is, for logs: kind, parts, normalisation, part weighting."""
+  if cfg.kind in ('pixel', 'hog'):
+    return {'pixel': 'pixel (VideoMAE normalised pixels)', 'hog': 'hog (MaskFeat tubelet HOG)'}[cfg.kind]
+  reference = cfg.kind == 'trajectory_reference'
+  norms = {'joint': 'joint patch norm', 'per_component': 'per-component norm', 'per_step': 'per-step norm',
+           'none': f'px / {REFERENCE_DISP_SCALE if reference else cfg.position_scale:g}'}
+  parts = []
+  if cfg.position:
+    eps = '' if cfg.position_norm == 'none' else f', eps {cfg.norm_eps if reference else cfg.position_eps:g}'
+    floor = f', noise floor {cfg.noise_floor}' if cfg.noise_floor != 'none' else ''
+    parts.append(f'position ({norms[cfg.position_norm]}{eps}{floor})')
+  if cfg.shape:
+    parts.append('shape (' + ('static tubelet HOG' if reference else
+                              f'trajectory HOG, {norms[cfg.shape_norm] if cfg.shape_norm == "joint" else "raw"}')
+                 + ')')
+  paper = (cfg.kind == 'trajectory' and cfg.position_norm == 'joint' and cfg.shape_norm == 'joint'
+           and cfg.noise_floor == 'none' and not cfg.balance_parts and cfg.position and cfg.shape)
+  weighting = ', parts weighted equally' if cfg.balance_parts and len(parts) > 1 else ''
+  note = (' (paper-faithful normalisation and weighting)' if paper else
+          ' (a variant of the paper\'s target, docs/results.md)' if cfg.kind == 'trajectory' else '')
+  return f'{cfg.kind} L={cfg.traj_len}: {" + ".join(parts)}{weighting}{note}'
+
+
 def _check(ok: bool, field: str, value: Any, expected: str) -> None:
   if not ok:
     raise ValueError(f'target.{field}={value!r} is invalid: expected {expected}')
@@ -122,6 +146,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _check(cfg.noise_floor in NOISE_FLOORS, 'noise_floor', cfg.noise_floor, f'one of {NOISE_FLOORS}')
   for name in ('position_eps', 'shape_eps', 'position_scale'):
     _check(isinstance(cfg[name], float) and cfg[name] > 0, name, cfg[name], 'a float > 0')
+  if cfg.kind in ('trajectory', 'trajectory_reference') and not cfg.position:
+    _check(cfg.noise_floor == 'none', 'noise_floor', cfg.noise_floor,
+           "'none' when target.position=False (the floor acts on the position part only)")
   if cfg.kind == 'trajectory_reference':
     _check(cfg.position_norm in ('per_step', 'none'), 'position_norm', cfg.position_norm,
            "'per_step' (the reference's PatchStd) or 'none' for target.kind='trajectory_reference'")

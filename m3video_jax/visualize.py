@@ -78,7 +78,7 @@ def render(*, video: np.ndarray, model_video: np.ndarray, hidden: np.ndarray, ta
       k = disp.shape[1]
       return drawing.draw_trajectories(base, xs[sel].reshape(-1), ys[sel].reshape(-1),
                                        gain * disp[sel].reshape(len(sel) * k, -1, 2), valid[sel].reshape(-1),
-                                       scale=scale, thickness=max(1, scale // 2))
+                                       scale=scale, thickness=max(1, scale // 2), min_path=0.5 * gain)
 
     cols = [('input', drawing.upscale(shaded, scale)), ('target', draw(target_disp, light))]
     if pred_disp is not None:
@@ -115,6 +115,24 @@ def _eval_clip(config, serialized: bytes) -> dict[str, np.ndarray]:
   fn = pipeline.make_clip_fn(config, pipeline.ClipSpec.from_config(config), train=False)
   clip = fn(tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(serialized))
   return {k: np.asarray(v)[None] for k, v in clip.items()}
+
+
+def write_record_picture(task, params: Any, serialized: bytes, path: str, *, seed: int = 0, scale: int = 4,
+                         gain: float = 1.0, step: int | None = None) -> str:
+  """Renders the evaluation clip of one serialized record (`prediction_picture`) and writes it to `path`."""
+  from m3video_jax.data import schema
+
+  meta = schema.decode(serialized, decode_frames=False)
+  need = task.config.target.traj_len
+  if meta['traj_len'] < need:
+    raise ValueError(f'record {meta["video_id"]!r} stores trajectories of L={meta["traj_len"]} steps; the '
+                     f'checkpoint\'s target.traj_len={need} needs shards prepared with --traj_len >= {need}')
+  title = (f'{meta["video_id"]} ({meta["label_name"] or "unlabelled"})' + (f', step {step}' if step is not None else '')
+           + f', target {task.config.target.kind}')
+  image = prediction_picture(task, params, _eval_clip(task.config, serialized), seed=seed, scale=scale, gain=gain,
+                             title=title)
+  drawing.write_image(path, image)
+  return path
 
 
 def main(argv=None) -> int:
@@ -159,10 +177,7 @@ def main(argv=None) -> int:
       raise KeyError(f'--video_id={args.video_id!r} is in none of the shards matching {args.shards!r} (list the ids '
                      'with `python -m data_prep.visualize --shards=... --list`)')
     shard, raw, meta = rec
-    batch = _eval_clip(config, raw)
-    title = f'{meta["video_id"]} ({meta["label_name"] or "unlabelled"}), step {step}, target {config.target.kind}'
-    image = prediction_picture(task, params, batch, seed=args.seed, scale=args.scale, gain=args.gain, title=title)
-    drawing.write_image(args.output, image)
+    write_record_picture(task, params, raw, args.output, seed=args.seed, scale=args.scale, gain=args.gain, step=step)
   except (FileNotFoundError, KeyError, ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from m3video_jax import config_lib
 from m3video_jax import hog
 from m3video_jax import losses
 from m3video_jax import masking
@@ -370,3 +371,22 @@ def test_position_statistics_invert_the_target():
 def test_validate_names_the_bad_target_option(overrides, field):
   with pytest.raises(ValueError, match=field):
     targets.validate(_cfg(**overrides))
+
+
+def test_describe_names_the_paper_target_and_the_variants():
+  assert 'paper-faithful' in targets.describe(_cfg())
+  variant = targets.describe(_cfg(position_norm='none', position_scale=0.4, balance_parts=True))
+  assert 'px / 0.4' in variant and 'parts weighted equally' in variant and 'a variant' in variant
+  assert targets.describe(_cfg(kind='pixel')).startswith('pixel')
+
+
+@pytest.mark.parametrize('kind,patch_norm,expected', [('trajectory', True, 'joint'), ('trajectory', False, 'none'),
+                                                      ('trajectory_reference', True, 'per_step'),
+                                                      ('trajectory_reference', False, 'none')])
+def test_config_json_of_the_single_patch_norm_switch_is_read_as_the_same_target(kind, patch_norm, expected):
+  saved = {'target': {'kind': kind, 'traj_len': 4, 'patch_norm': patch_norm, 'norm_eps': 0.05}}
+  config = config_lib.pretrain_config_from_dict(saved)
+  t = config.target
+  assert (t.position_norm, t.shape_norm) == (expected, 'joint' if patch_norm else 'none')
+  assert t.position_eps == t.shape_eps == t.norm_eps == 0.05 and t.position_scale == 1.0
+  targets.validate(t)
