@@ -1,19 +1,19 @@
-"""Demo: fine-tune the pretraining demo's tiny encoder on the synthetic motion classes, on a CPU, in minutes.
+"""Demo: fine-tune the pretraining demo's encoder on the synthetic motion classes, on a CPU, in minutes.
 
 Run:  python -m m3video_jax.main --config=configs/demo.py --workdir=/tmp/m3video_demo  # pretrain first
-      python -m m3video_jax.main --config=configs/finetune_demo.py --workdir=/tmp/m3video_finetune_demo \
+      python -m m3video_jax.main --config=configs/finetune_demo.py --workdir=/tmp/m3video_demo_finetune \
           --config.init_from=/tmp/m3video_demo
 
-When `<workdir>/data` holds no prepared shards, it first writes 1,200 synthetic videos (seed 1, none seen in
-pretraining; static camera; 8 motion classes, stratified 75/25 train/val split: 896 / 304) and runs data prep on both
-splits (~1.5 min). It trains 2,400 steps (~2 min on 2 cores), then logs the 2 x 3-view test top-1/top-5 on the
-held-out split and writes them to `<workdir>/eval_results.json` (chance: 12.5 %; measured ~61 %, docs/finetune.md).
-Without `init_from` the encoder trains from scratch (it does as well: the tiny demo pretraining adds nothing
-measurable here). The recipe is scaled down for the tiny model (see `config_lib.classification_demo`).
-Args: num_videos=N, steps=N.
+When `<workdir>/data` holds no prepared shards, it first writes 800 synthetic videos of another seed (none seen in
+pretraining; the pretraining demo's kind of video) and prepares their stratified train / held-out split (600 / 200
+videos, frames only). It trains 1,000 steps, then logs the 2 x 3-view test top-1/top-5 on the held-out videos and
+writes them to `<workdir>/eval_results.json` (chance 12.5 %). Without `init_from` the encoder trains from scratch.
+The recipe is scaled down for the tiny encoder (configs/motion_mini.py, docs/finetune.md). Args: steps=N.
 """
+from configs import motion_mini
 from m3video_jax import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.classification_demo('finetune', arg)
+  a = config_lib.parse_arg(arg, steps=1000)
+  return motion_mini.get_config(f'task=finetune,steps={a.steps}')

@@ -14,7 +14,8 @@ Args:
           eps 1e-6, every element weighted equally).
   seed    model/mask/augmentation seed (the videos are fixed: data.synthetic_seed).
   static  the paper §3.1 toy experiment: the model sees one frame of each clip repeated; targets from the real clip.
-  task    pretrain | finetune.
+  task    pretrain | finetune | linear_probe (the training-loop probe of configs/linear_probe_demo.py; the driver's
+          Table 1 uses the faster feature probe of m3video_jax/probe.py).
   steps   optimiser steps (default: 6,000 pretraining, 1,000 fine-tuning).
   smoke   a few videos and steps (CI), same code path.
 
@@ -91,8 +92,8 @@ def _pretrain(a):
   return c
 
 
-def _finetune(a):
-  c = config_lib.classification_base('finetune')
+def _classify(a):
+  c = config_lib.classification_base(a.task)
   _data(c, a)
   c.seed = a.seed
   c.data.synthetic_seed = 1
@@ -110,6 +111,11 @@ def _finetune(a):
   c.eval_every_steps = 0
   c.checkpoint_every_steps = c.total_steps
   c.keep_checkpoints = 1
+  if a.task == 'linear_probe':  # Frozen encoder in eval mode; only the head trains (a larger lr, no weight decay).
+    c.model.drop_path = 0.0
+    c.optim.layer_decay = 1.0
+    c.optim.base_lr = 3e-3 * 256 / c.data.batch_size
+    c.optim.weight_decay = 0.0
   if a.smoke:
     c.total_steps = a.steps or 4
     c.optim.warmup_steps = 1
@@ -123,6 +129,6 @@ def get_config(arg=None):
                            smoke=False)
   if a.task == 'pretrain':
     return _pretrain(a)
-  if a.task == 'finetune':
-    return _finetune(a)
-  raise ValueError(f"config arg task={a.task!r} is invalid: expected 'pretrain' or 'finetune'")
+  if a.task in ('finetune', 'linear_probe'):
+    return _classify(a)
+  raise ValueError(f"config arg task={a.task!r} is invalid: expected 'pretrain', 'finetune' or 'linear_probe'")

@@ -52,6 +52,20 @@ def per_video(features: np.ndarray, labels: np.ndarray, video_index: np.ndarray)
   return x, y
 
 
+def dataset_features(config, eval_files: str, encoder_params: Any, *,
+                     num_temporal: int = 2) -> tuple[np.ndarray, np.ndarray]:
+  """Per-video features and labels of every record of `eval_files`, as the classification evaluation sees them
+  (`num_temporal` clips per video, centre crop; `config` is a classification config with the encoder's
+  `model.encoder`/`model.patch_size` and the clip's `data.*`)."""
+  from m3video_jax.data import classification  # TF only here.
+
+  with config.unlocked():
+    config.data.eval_files = eval_files
+  ds, info = classification.make_eval_dataset(config, num_temporal=num_temporal, num_spatial=1)
+  batches = classification.padded_batches(ds, info['local_batch'], info['num_batches'])
+  return per_video(*pooled_features(encoder_params, config.model.encoder, tuple(config.model.patch_size), batches))
+
+
 def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *, steps: int = 600,
                 lr: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
   """Multinomial logistic regression on standardised features; returns (W `[D, C]`, b `[C]`)."""

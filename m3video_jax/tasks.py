@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
+import math
+import os
 from typing import Any, Callable
 
 import jax
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m3video_jax import augment
+from m3video_jax import config_lib
 from m3video_jax import evaluate as evaluate_lib
 from m3video_jax import losses
 from m3video_jax import masking
@@ -163,6 +167,43 @@ class PretrainTask:
     return {'viz/trajectories': visualize.prediction_picture(self, params, host_batch, seed=self.config.seed,
                                                              title=title)}
 
+  def summary_lines(self, metrics: dict[str, float]) -> list[str]:
+    """The closing summary's lines about what was learned (from the last logging interval's metrics)."""
+    lines = [f'target: {targets.describe(self.config.target)}']
+    for part in self.part_dims:
+      ratio = metrics.get(f'train/{part}_vs_zero')
+      if ratio is None:
+        continue
+      split = [f'{label} tokens {_ratio_text(metrics.get(f"train/{part}_{key}_vs_zero"))}'
+               for label, key in (('moving', 'moving'), ('still', 'static'))]
+      t = self.config.target
+      raw_hog = (part == 'hog' and not t.hog_norm) or (part == 'shape' and (
+          t.kind == 'trajectory_reference' or t.shape_norm == 'none'))
+      meaning = ('a non-negative target: a constant beats zero, compare with data.static_input=True' if raw_hog
+                 else '1.00 = nothing learned from the input')
+      lines.append(f'{part}: loss {metrics[f"train/loss_{part}"]:.4f} = {_ratio_text(ratio)} of the loss of '
+                   f'predicting zero ({", ".join(split)}; {meaning})')
+    return lines
+
+  def closing_outputs(self, params: Any, workdir: str) -> dict[str, str]:
+    """Files written at the end of a run. Demo/experiment configs (`data.prepare_if_missing`): a picture of one
+    held-out clip (`prediction.png`: target vs predicted trajectories, `m3video_jax.visualize`)."""
+    if not self.config.data.prepare_if_missing:
+      return {}
+    from m3video_jax import visualize
+    from m3video_jax.data import demo_data
+
+    serialized = demo_data.held_out_record(self.config, workdir)
+    if serialized is None:
+      return {}
+    path = os.path.join(workdir, 'prediction.png')
+    visualize.write_record_picture(self, params, serialized, path, seed=self.config.seed, gain=2.0)
+    return {'picture of a held-out clip (target vs predicted trajectories)': path}
+
+  def result_line(self, workdir: str) -> str | None:
+    del workdir  # What pretraining learned is in `summary_lines`.
+    return None
+
   def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     out = self.forward(params, batch, rng, train=True)
     return losses.masked_l2(out['pred'], out['target'], out['weight'], out['hidden'], self.part_dims,
@@ -217,6 +258,27 @@ class FinetuneTask:
     del params, host_batch, step  # Classification draws nothing.
     return {}
 
+  def summary_lines(self, metrics: dict[str, float]) -> list[str]:
+    del metrics  # The result is the closing summary's last line (`result_line`).
+    return []
+
+  def result_line(self, workdir: str) -> str | None:
+    """The multi-view test top-1 against chance and what the encoder was, from `eval_results.json`."""
+    path = os.path.join(workdir, evaluate_lib.RESULTS_FILE)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      r = json.load(f)
+    chance = 100.0 / self.config.model.num_classes
+    return (f'{self.config.task} result: test top-1 {r["top1"]:.1f} % on {int(r["num_videos"])} held-out videos '
+            f'({r["temporal_views"]}x{r["spatial_views"]} views; chance {chance:.1f} %, so '
+            f'{r["top1"] - chance:+.1f} points), top-5 {r["top5"]:.1f} %; encoder: {_encoder_origin(self.config)}')
+
+  def closing_outputs(self, params: Any, workdir: str) -> dict[str, str]:
+    del params
+    path = os.path.join(workdir, evaluate_lib.RESULTS_FILE)
+    return {'test results': path} if os.path.exists(path) else {}
+
   def make_train_iterator(self, start_step: int):
     from m3video_jax.data import classification  # TF is imported only when the real pipeline is used.
     return classification.train_iterator(self.config, process_index=jax.process_index(),
@@ -244,6 +306,27 @@ class FinetuneTask:
 class LinearProbeTask(FinetuneTask):
   """Linear probing: frozen encoder (eval mode, no drop path, no gradient); only `head` is updated (see optim.py)."""
   freeze_encoder = True
+
+
+def _encoder_origin(config) -> str:
+  """'random init' or the `init_from` run and, when its config.json is found, its pretraining target."""
+  if not config.init_from:
+    return 'random init'
+  for d in (config.init_from, os.path.dirname(config.init_from.rstrip('/')),
+            os.path.dirname(os.path.dirname(config.init_from.rstrip('/')))):
+    path = os.path.join(d, 'config.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f)
+      if saved.get('task') == 'pretrain' and 'target' in saved:
+        target = config_lib.pretrain_config_from_dict(saved).target
+        return f'{config.init_from} (pretrained on target {targets.describe(target)})'
+      break
+  return config.init_from
+
+
+def _ratio_text(r: float | None) -> str:
+  return 'n/a' if r is None or not math.isfinite(r) else f'{r:.2f}'
 
 
 def get_task(config) -> PretrainTask | FinetuneTask:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import subprocess
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -124,6 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The metrics of the last logged interval.
   """
+  t_start = time.perf_counter()
   config_lib.validate(config, num_devices=jax.device_count())
   jax.config.update('jax_threefry_partitionable', True)
   workdir = os.path.abspath(workdir)
@@ -201,4 +204,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     manager.wait_until_finished()
     manager.close()
     writer.close()
+  if jax.process_index() == 0:
+    outputs = {}
+    if start_step < config.total_steps and jax.process_count() == 1:  # Pictures jit on params of one process.
+      try:
+        outputs = task.closing_outputs(state.params, workdir)
+      except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:  # The run itself is done.
+        logging.warning('closing picture not written (%s: %s); the checkpoints are complete', type(e).__name__, e)
+    for line in closing_summary(config, task, workdir, last, start_step, time.perf_counter() - t_start, outputs):
+      logging.info(line)
   return last
+
+
+def closing_summary(config, task, workdir: str, last: dict[str, float], start_step: int, seconds: float,
+                    outputs: dict[str, str]) -> list[str]:
+  """What a finished run tells its user: what was learned, where everything was written, what to run next."""
+  if start_step >= config.total_steps:
+    head = f'run already complete (checkpoint at step {start_step}, total_steps {config.total_steps}) in {workdir}; ' \
+           'nothing trained'
+  else:
+    head = (f'run complete: steps {start_step + 1}..{config.total_steps} in {metrics_lib.format_seconds(seconds)}'
+            f' (data prep included)')
+  lines = [head] + ([f'  {line}' for line in task.summary_lines(last)] if last else [])
+  lines += [f'  checkpoints: {checkpointing.checkpoint_dir(workdir)}',
+            f'  TensorBoard events and {metrics_lib.METRICS_FILE}: {workdir} (tensorboard --logdir {workdir})',
+            f'  config: {os.path.join(workdir, "config.json")}']
+  lines += [f'  {name}: {path}' for name, path in outputs.items()]
+  if config.next_commands:
+    lines.append('  next:')
+    lines += [f'    {command.format(workdir=workdir)}' for command in config.next_commands]
+  result = task.result_line(workdir)
+  return lines + ([result] if result else [])

@@ -46,3 +46,43 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
                   f'--short_side={d.prep_short_side}', f'--flow={d.prep_flow}',
                   f'--camera_motion={d.prep_camera_motion}', *extract_args], check=True)
   return pattern
+
+
+def held_out_record(config, workdir: str) -> bytes | None:
+  """One prepared record of a video the run did not train on, for the closing picture of a demo run: the first video
+  of the synthetic videos' `val.csv` whose class is a translation (the motion easiest to check by eye), else its first
+  video; prepared once, like the training data, into `<data dir>/tfrecords_picture`.
+
+  Returns:
+    The serialized record, or None when the videos have no `val.csv` (nothing held out).
+  """
+  root = data_dir(config, workdir)
+  videos_dir, shards_dir = os.path.join(root, 'videos'), os.path.join(root, 'tfrecords_picture')
+  val_csv = os.path.join(videos_dir, 'val.csv')
+  if not os.path.exists(val_csv):
+    return None
+  if not os.path.exists(os.path.join(shards_dir, 'manifest.json')):
+    with open(val_csv) as f:
+      header, *videos = f.read().splitlines() or ['']
+    if not videos:
+      return None
+    rows = [header, next((r for r in videos if '_translate_' in r), videos[0])]
+    os.makedirs(shards_dir, exist_ok=True)
+    one = os.path.join(shards_dir, 'held_out.csv')
+    with open(one, 'w') as f:
+      f.write('\n'.join(rows) + '\n')
+    d = config.data
+    subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={one}', f'--data_root={videos_dir}',
+                    f'--output_dir={shards_dir}', '--prefix=picture',
+                    f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
+                    f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}',
+                    f'--traj_len={config.target.traj_len}', '--progress_interval_s=0'], check=True,
+                   stdout=subprocess.DEVNULL)
+  import glob
+
+  import tensorflow as tf  # The caller's input pipeline has loaded it already.
+
+  for shard in sorted(glob.glob(os.path.join(shards_dir, 'picture-*.tfrecord'))):
+    for raw in tf.data.TFRecordDataset(shard).take(1):
+      return raw.numpy()
+  return None
