@@ -223,8 +223,8 @@ def closing_summary(config, task, workdir: str, last: dict[str, float], start_st
     head = f'run already complete (checkpoint at step {start_step}, total_steps {config.total_steps}) in {workdir}; ' \
            'nothing trained'
   else:
-    head = (f'run complete: steps {start_step + 1}..{config.total_steps} in {metrics_lib.format_seconds(seconds)}'
-            f' (data prep included)')
+    prep = ' (data prep included)' if config.data.get('prepare_if_missing') else ''
+    head = f'run complete: steps {start_step + 1}..{config.total_steps} in {metrics_lib.format_seconds(seconds)}{prep}'
   lines = [head] + ([f'  {line}' for line in task.summary_lines(last)] if last else [])
   lines += [f'  checkpoints: {checkpointing.checkpoint_dir(workdir)}',
             f'  TensorBoard events and {metrics_lib.METRICS_FILE}: {workdir} (tensorboard --logdir {workdir})',
