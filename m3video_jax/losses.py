@@ -1,5 +1,5 @@
-"""Pretraining loss: masked L2 over the hidden tokens, excluding elements of out-of-frame trajectories (DESIGN §2.6),
-and the learning diagnostics computed beside it in the same jitted step.
+"""Pretraining loss: masked L2 over the hidden tokens, excluding elements of out-of-frame trajectories (`traj_valid`,
+docs/data_prep.md), and the learning diagnostics computed beside it in the same jitted step.
 
 Averaging, exactly: with `e = (pred - target)^2` on the hidden tokens and `w` the 0/1 weight of each element,
   loss          = sum(w * e) / sum(w)                          over all hidden tokens of the batch and all D elements,
