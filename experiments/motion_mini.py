@@ -187,7 +187,8 @@ def write_markdown(results: dict, path: str) -> None:
            '## Fig. 3: final loss / zero-prediction loss of the target part', '',
            '| target | input | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean ± std |',
            '|---|---|' + '---|' * (len(seeds) + 1)]
-  fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'  # noqa: E731  (a ratio is None when its zero loss was 0)
+  from m3video_jax.metrics import format_ratio as fmt  # 'n/a' for a ratio whose zero loss was 0 (None).
+
   for row in results['fig3_final']:
     lines.append(f'| {row["target"]} | {row["input"]} | ' + ' | '.join(fmt(v) for v in row['per_seed'])
                  + f' | {fmt(row["mean"])} ± {fmt(row["std"])} |')

@@ -110,7 +110,7 @@ class MetricWriter:
       text = f'{part} {s[k]:.4f}'
       ratios = [(label, s.get(f'train/{part}{suffix}{_VS_ZERO}'))
                 for label, suffix in (('vs zero', ''), ('moving', '_moving'), ('static', '_static'))]
-      shown = [f'{label} {_format_ratio(r)}' for label, r in ratios if r is not None]
+      shown = [f'{label} {format_ratio(r)}' for label, r in ratios if r is not None]
       if shown:
         text += f' ({", ".join(shown)})'
       parts.append(text)
@@ -155,8 +155,9 @@ def read_jsonl(workdir: str) -> list[dict[str, Any]]:
   return [by_step[k] for k in sorted(by_step)]
 
 
-def _format_ratio(r: float) -> str:
-  return 'n/a' if not math.isfinite(r) else f'{r:.3f}'
+def format_ratio(r: float | None, digits: int = 3) -> str:
+  """A loss ratio for text; 'n/a' when it is undefined (None or NaN: the zero loss was 0)."""
+  return 'n/a' if r is None or not math.isfinite(r) else f'{r:.{digits}f}'
 
 
 def format_seconds(s: float) -> str:

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from m3video_jax import config_lib
 from m3video_jax import evaluate as evaluate_lib
 from m3video_jax import losses
 from m3video_jax import masking
+from m3video_jax import metrics as metrics_lib
 from m3video_jax import targets
 from m3video_jax.models import classifier
 from m3video_jax.models import m3video
@@ -174,15 +174,15 @@ class PretrainTask:
       ratio = metrics.get(f'train/{part}_vs_zero')
       if ratio is None:
         continue
-      split = [f'{label} tokens {_ratio_text(metrics.get(f"train/{part}_{key}_vs_zero"))}'
+      split = [f'{label} tokens {metrics_lib.format_ratio(metrics.get(f"train/{part}_{key}_vs_zero"), 2)}'
                for label, key in (('moving', 'moving'), ('still', 'static'))]
       t = self.config.target
       raw_hog = (part == 'hog' and not t.hog_norm) or (part == 'shape' and (
           t.kind == 'trajectory_reference' or t.shape_norm == 'none'))
       meaning = ('a non-negative target: a constant beats zero, compare with data.static_input=True' if raw_hog
                  else '1.00 = nothing learned from the input')
-      lines.append(f'{part}: loss {metrics[f"train/loss_{part}"]:.4f} = {_ratio_text(ratio)} of the loss of '
-                   f'predicting zero ({", ".join(split)}; {meaning})')
+      lines.append(f'{part}: loss {metrics[f"train/loss_{part}"]:.4f} = {metrics_lib.format_ratio(ratio, 2)} of the '
+                   f'loss of predicting zero ({", ".join(split)}; {meaning})')
     return lines
 
   def closing_outputs(self, params: Any, workdir: str) -> dict[str, str]:
@@ -312,21 +312,17 @@ def _encoder_origin(config) -> str:
   """'random init' or the `init_from` run and, when its config.json is found, its pretraining target."""
   if not config.init_from:
     return 'random init'
-  for d in (config.init_from, os.path.dirname(config.init_from.rstrip('/')),
-            os.path.dirname(os.path.dirname(config.init_from.rstrip('/')))):
-    path = os.path.join(d, 'config.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        saved = json.load(f)
-      if saved.get('task') == 'pretrain' and 'target' in saved:
-        target = config_lib.pretrain_config_from_dict(saved).target
-        return f'{config.init_from} (pretrained on target {targets.describe(target)})'
-      break
+  from m3video_jax import checkpointing
+  from m3video_jax import import_weights
+
+  try:
+    saved = import_weights.read_run_config(checkpointing.resolve_checkpoint(config.init_from)[0])
+  except FileNotFoundError:  # Not an orbax checkpoint of ours (e.g. an imported PyTorch file).
+    saved = None
+  if saved and saved.get('task') == 'pretrain' and 'target' in saved:
+    target = config_lib.pretrain_config_from_dict(saved).target
+    return f'{config.init_from} (pretrained on target {targets.describe(target)})'
   return config.init_from
-
-
-def _ratio_text(r: float | None) -> str:
-  return 'n/a' if r is None or not math.isfinite(r) else f'{r:.2f}'
 
 
 def get_task(config) -> PretrainTask | FinetuneTask:

@@ -20,7 +20,6 @@ From the CLI the clip is the pipeline's evaluation clip of the record (centre st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -151,16 +150,17 @@ def main(argv=None) -> int:
   from data_prep import visualize as prep_visualize
   from m3video_jax import checkpointing
   from m3video_jax import config_lib
+  from m3video_jax import import_weights
   from m3video_jax import tasks
 
   try:
     ckpt_dir, step = checkpointing.resolve_checkpoint(args.checkpoint, args.step)
     config_path = os.path.join(os.path.dirname(ckpt_dir), 'config.json')
-    if not os.path.exists(config_path):
+    saved = import_weights.read_run_config(ckpt_dir)
+    if saved is None:
       raise FileNotFoundError(f'{config_path} does not exist: --checkpoint must be a pretraining workdir (its '
                               'config.json says how the model and its targets were built)')
-    with open(config_path) as f:
-      config = config_lib.pretrain_config_from_dict(json.load(f))
+    config = config_lib.pretrain_config_from_dict(saved)
     task = tasks.get_task(config)
     if not isinstance(task, tasks.PretrainTask):
       raise ValueError(f'{config_path} is a {config.task!r} run; the visualisation needs a pretraining checkpoint')

@@ -41,11 +41,19 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
                     f'--num_objects={d.synthetic_num_objects}', f'--object_scale={d.synthetic_object_scale}'],
                    check=True)
   logging.info('demo: extracting the %s split into %s', split, shards_dir)
-  subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--output_dir={shards_dir}',
-                  f'--prefix={split}', f'--label_map={os.path.join(videos_dir, "label_map.json")}',
-                  f'--short_side={d.prep_short_side}', f'--flow={d.prep_flow}',
-                  f'--camera_motion={d.prep_camera_motion}', *extract_args], check=True)
+  _extract(config, csv, videos_dir, shards_dir, split, *extract_args)
   return pattern
+
+
+def _extract(config, csv: str, videos_dir: str, shards_dir: str, prefix: str, *extra: str, **run_kwargs) -> None:
+  """Runs `data_prep.extract` on `csv` (paths relative to `videos_dir`) with the config's prep settings; `extra`
+  flags win over them."""
+  d = config.data
+  subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--data_root={videos_dir}',
+                  f'--output_dir={shards_dir}', f'--prefix={prefix}',
+                  f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
+                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}', *extra], check=True,
+                 **run_kwargs)
 
 
 def held_out_record(config, workdir: str) -> bytes | None:
@@ -71,13 +79,8 @@ def held_out_record(config, workdir: str) -> bytes | None:
     one = os.path.join(shards_dir, 'held_out.csv')
     with open(one, 'w') as f:
       f.write('\n'.join(rows) + '\n')
-    d = config.data
-    subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={one}', f'--data_root={videos_dir}',
-                    f'--output_dir={shards_dir}', '--prefix=picture',
-                    f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
-                    f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}',
-                    f'--traj_len={config.target.traj_len}', '--progress_interval_s=0'], check=True,
-                   stdout=subprocess.DEVNULL)
+    _extract(config, one, videos_dir, shards_dir, 'picture', f'--traj_len={config.target.traj_len}',
+             '--progress_interval_s=0', stdout=subprocess.DEVNULL)
   import glob
 
   import tensorflow as tf  # The caller's input pipeline has loaded it already.
