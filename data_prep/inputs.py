@@ -7,6 +7,11 @@
 * Directory: every video file below it; a video in sub-folder `<class>/...` gets label `<class>` (classes sorted by
   name); videos directly in the directory are unlabelled (-1).
 * Glob (`*`, `?`, `[`): the matching video files, unlabelled.
+
+Local paths are made canonical (absolute, normalised: `videos/x.mp4`, `./videos/x.mp4` and `/abs/videos/x.mp4` are one
+input with one id), directories are walked following symlinks but entering each real directory once (a link loop such
+as `B/loop -> ..` adds nothing), and two paths that resolve to the same real file are one input (the first in sorted
+order is kept). Remote URLs are used as given.
 """
 from __future__ import annotations
 
@@ -69,10 +74,20 @@ def _read_text(path: str) -> str:
     return f.read()
 
 
+def canonical(path: str) -> str:
+  """The spelling of a local path used everywhere (absolute, normalised, symlinks kept); URLs unchanged."""
+  return path if _is_remote(path) else os.path.normpath(os.path.abspath(path))
+
+
+def _real(path: str) -> str:
+  """The file a path names (symlinks resolved): the de-duplication key."""
+  return path if _is_remote(path) else os.path.realpath(path)
+
+
 def _join(root: str, path: str) -> str:
   if _is_remote(path) or os.path.isabs(path) or not root:
-    return path
-  return root.rstrip('/') + '/' + path if _is_remote(root) else os.path.join(root, path)
+    return canonical(path)
+  return root.rstrip('/') + '/' + path if _is_remote(root) else canonical(os.path.join(root, path))
 
 
 def has_video_extension(path: str) -> bool:
@@ -143,7 +158,14 @@ def _walk(root: str) -> list[str]:
     for dirpath, _, files in _gfile().walk(root):
       out += [dirpath.rstrip('/') + '/' + f for f in files]
   else:
-    for dirpath, _, files in os.walk(root, followlinks=True):
+    seen_dirs = set()
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+      real = os.path.realpath(dirpath)
+      if real in seen_dirs:  # A symlink back into a directory already walked (a loop, or a second link to it).
+        dirnames[:] = []
+        continue
+      seen_dirs.add(real)
+      dirnames.sort()  # Deterministic: which spelling of a linked directory is walked first does not depend on the OS.
       out += [os.path.join(dirpath, f) for f in files]
   return out
 
@@ -151,7 +173,7 @@ def _walk(root: str) -> list[str]:
 def read_directory(root: str, label_map: dict[str, int] | None = None) -> InputList:
   """Lists the video files below `root`; the first sub-folder level names the class."""
   videos_by_class: list[tuple[str, str]] = []
-  root_clean = root.rstrip('/')
+  root_clean = root.rstrip('/') if _is_remote(root) else canonical(root)
   for path in _walk(root_clean):
     if not has_video_extension(path):
       continue
@@ -164,13 +186,18 @@ def read_directory(root: str, label_map: dict[str, int] | None = None) -> InputL
 
 
 def read_glob(pattern: str) -> InputList:
-  paths = _gfile().glob(pattern) if _is_remote(pattern) else glob_lib.glob(pattern, recursive=True)
+  if _is_remote(pattern):
+    paths = _gfile().glob(pattern)
+  else:
+    paths = [canonical(p) for p in glob_lib.glob(pattern, recursive=True) if os.path.isfile(p)]
   return InputList([VideoInput(p) for p in paths if has_video_extension(p)], {})
 
 
 def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None,
                 label_map_path: str | None = None) -> InputList:
   """Lists the videos of `spec` (a list file, a directory, a glob, or a sequence of those), sorted by path, deduplicated.
+
+  Local paths are canonical (`canonical`); one entry per real file (symlinks resolved).
 
   Raises:
     ValueError: if `spec` matches nothing of the three kinds, or the same path appears with two different labels.
@@ -189,7 +216,7 @@ def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None,
         raise ValueError(f'--input list file {s} does not exist')
       found = read_list_file(s, data_root, label_map)
     elif has_video_extension(s):
-      found = InputList([VideoInput(s)], {})
+      found = InputList([VideoInput(canonical(s))], {})
     else:
       raise ValueError(f'--input={s!r} is not a directory, a glob, a list file ({", ".join(LIST_EXTENSIONS)}) '
                        'or a video file')
@@ -198,12 +225,13 @@ def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None,
         raise ValueError(f'class {name!r} has index {merged_map[name]} in one input and {idx} in another; '
                          'pass --label_map to fix the mapping')
     videos += found.videos
-  by_path: dict[str, VideoInput] = {}
-  for v in videos:
-    old = by_path.setdefault(v.path, v)
+  by_file: dict[str, VideoInput] = {}
+  for v in sorted(videos, key=lambda v: v.path):
+    old = by_file.setdefault(_real(v.path), v)
     if old.label != v.label:
-      raise ValueError(f'{v.path} is listed with labels {old.label} and {v.label}')
-  return InputList(sorted(by_path.values(), key=lambda v: v.path), merged_map)
+      what = v.path if old.path == v.path else f'{old.path} and {v.path} (the same file)'
+      raise ValueError(f'{what} is listed with labels {old.label} and {v.label}; give each video one label')
+  return InputList(sorted(by_file.values(), key=lambda v: v.path), merged_map)
 
 
 def _isdir(path: str) -> bool:

@@ -55,3 +55,41 @@ def test_glob_and_errors(tmp_path):
   (tmp_path / 'dup.csv').write_text('a.mp4,1\na.mp4,2\n')
   with pytest.raises(ValueError, match='labels 1 and 2'):
     inputs.list_inputs(str(tmp_path / 'dup.csv'))
+
+
+@pytest.mark.timeout(60)
+def test_symlink_loop_in_a_directory_adds_nothing(tmp_path):
+  """`B/loop -> ..` used to turn 2 videos into 82 inputs (copies of A/a.mp4 labelled B)."""
+  for rel in ('A/a.mp4', 'B/b.mp4'):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_bytes(b'x')
+  (tmp_path / 'B' / 'loop').symlink_to('..')
+  (tmp_path / 'B' / 'self').symlink_to('.')
+  got = inputs.list_inputs(str(tmp_path))
+  assert [(v.path, v.label_name) for v in got.videos] == [(str(tmp_path / 'A/a.mp4'), 'A'),
+                                                          (str(tmp_path / 'B/b.mp4'), 'B')]
+
+
+def test_a_linked_file_is_one_input_and_two_labels_for_one_file_are_refused(tmp_path):
+  (tmp_path / 'store').mkdir()
+  (tmp_path / 'store' / 'blob.mp4').write_bytes(b'x')
+  (tmp_path / 'data' / 'walk').mkdir(parents=True)
+  (tmp_path / 'data' / 'walk' / 'v.mp4').symlink_to(tmp_path / 'store' / 'blob.mp4')
+  (tmp_path / 'list.txt').write_text(f'{tmp_path}/store/blob.mp4\ndata/walk/v.mp4\n')
+  got = inputs.list_inputs(str(tmp_path / 'list.txt'))
+  assert [v.path for v in got.videos] == [str(tmp_path / 'data/walk/v.mp4')]  # One input; the link's own name.
+  (tmp_path / 'data' / 'run').symlink_to(tmp_path / 'store', target_is_directory=True)
+  with pytest.raises(ValueError, match=r'run/blob.mp4 and .*walk/v.mp4 \(the same file\) is listed with labels 0 and 1'):
+    inputs.list_inputs(str(tmp_path / 'data'))
+
+
+def test_spellings_of_one_path_are_one_canonical_input(tmp_path, monkeypatch):
+  """`videos/x.mp4`, `./videos/x.mp4` and `/abs/videos/x.mp4` used to be 3 records with 3 ids."""
+  (tmp_path / 'videos').mkdir()
+  (tmp_path / 'videos' / 'x.mp4').write_bytes(b'x')
+  monkeypatch.chdir(tmp_path)
+  got = inputs.list_inputs(['videos/x.mp4', './videos/x.mp4', str(tmp_path / 'videos' / 'x.mp4'),
+                            'videos/../videos/x.mp4'])
+  assert [v.path for v in got.videos] == [str(tmp_path / 'videos' / 'x.mp4')]
+  (tmp_path / 'l.csv').write_text('./videos/x.mp4,1\nvideos//x.mp4,1\n')
+  assert [v.path for v in inputs.list_inputs('l.csv').videos] == [str(tmp_path / 'videos' / 'x.mp4')]
