@@ -25,7 +25,7 @@ Each video is decoded with `data_prep.video_io` (short side resized to `--res`, 
 every `--stride` frames and cut into consecutive, non-overlapping clips of `--num_frames` sampled frames (clip `k`
 covers source frames `[k * num_frames * stride, (k + 1) * num_frames * stride)`; the last, partial clip is padded with
 its last frame, as the reference pads short videos). `<output_dir>/<path relative to the inputs' common folder>.npy`
-holds `[num_clips, D]` (`--pool=mean`) or `[num_clips, N, D]` (`--pool=tokens`) float32; `index.csv` lists video,
+(the video's extension is kept, `x.mp4.npy`, where two videos differ only in it; never outside `--output_dir`) holds `[num_clips, D]` (`--pool=mean`) or `[num_clips, N, D]` (`--pool=tokens`) float32; `index.csv` lists video,
 feature file, clips, decoded frames and fps; unreadable videos are skipped and listed in `failures.csv`. Existing
 `.npy` files are kept unless `--overwrite`. Defaults of `--num_frames/--stride/--res` come from the checkpoint's
 config (`data.num_frames`, `data.frame_stride`, `data.res`), else 16 / 4 / 224.
@@ -207,17 +207,39 @@ def video_features(encoder: Encoder, path: str, *, num_frames: int, stride: int,
 
 
 def output_names(paths: Sequence[str], root: str | None = None) -> list[str]:
-  """Feature file names: each video's path relative to `root` (an input directory) or else to the videos' common
-  folder, with `.npy` for its extension (`root/a/b.mp4` -> `a/b.npy`; class sub-folders are kept)."""
+  """Feature file names, one per video, each a relative path without `..` (so it stays inside the output directory).
+
+  A name is the video's path relative to `root` (an input directory) or else to the videos' common folder, with
+  `.npy` for its extension (`root/a/b.mp4` -> `a/b.npy`; class sub-folders are kept). Local paths are made canonical
+  first (`x/../y.mp4` is `y.mp4`). Videos whose names would collide because they differ only in their extension keep
+  it (`dup.mp4` and `dup.avi` -> `dup.mp4.npy` and `dup.avi.npy`).
+
+  Raises:
+    ValueError: for a video listed twice, or one that is not below `root`.
+  """
+  from data_prep import inputs as inputs_lib
+
+  paths = [inputs_lib.canonical(p) for p in paths]
+  repeated = sorted({p for p in paths if paths.count(p) > 1})
+  if repeated:
+    raise ValueError(f'videos listed more than once: {repeated[:5]}')
   if root is not None:
-    common = root.rstrip('/') + '/'
-    if not all(p.startswith(common) for p in paths):
-      raise ValueError(f'not every video is below root={root}')
+    common = inputs_lib.canonical(root).rstrip('/') + '/'
+    outside = [p for p in paths if not p.startswith(common)]
+    if outside:
+      raise ValueError(f'not every video is below root={root}: {outside[:5]}')
   else:
     dirs = [p.rsplit('/', 1)[0] + '/' if '/' in p else '' for p in paths]
     common = os.path.commonprefix(dirs)
     common = common[:common.rfind('/') + 1]
-  return [os.path.splitext(p[len(common):])[0] + '.npy' for p in paths]
+  rel = [p[len(common):] for p in paths]
+  stems = [os.path.splitext(r)[0] for r in rel]
+  names = [(r if stems.count(s) > 1 else s) + '.npy' for r, s in zip(rel, stems)]
+  for name in names:
+    parts = name.split('/')
+    if name.startswith('/') or '..' in parts or '' in parts:
+      raise ValueError(f'feature file name {name!r} would leave the output directory')  # Only URLs are not normalised.
+  return names
 
 
 def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_frames: int, stride: int, res: int,
@@ -241,8 +263,8 @@ def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_fra
 
   from data_prep import video_io
 
-  os.makedirs(output_dir, exist_ok=True)
   names = output_names(inputs, root)
+  os.makedirs(output_dir, exist_ok=True)
   rows, failures, counts = [], [], {'done': 0, 'skipped': 0, 'failed': 0}
   bar = tqdm(list(zip(inputs, names)), unit='video', disable=not show_progress, desc='features')
   for path, name in bar:

@@ -109,6 +109,38 @@ def test_output_names_keep_the_folders_below_the_root():
   assert features.output_names(['/d/v/a/x.mp4']) == ['x.npy']
 
 
+def test_output_names_stay_inside_the_output_dir_and_never_collide():
+  # A list file's '../esc/x.mp4' used to become '<output_dir>/../esc/x.npy'.
+  assert features.output_names(['/d/list/a.mp4', '/d/list/../esc/x.mp4']) == ['list/a.npy', 'esc/x.npy']
+  assert features.output_names(['/d/v/./a/../b.mp4'], root='/d/v/') == ['b.npy']
+  # Names that differ only by extension used to map to one file.
+  assert features.output_names(['/d/dup.mp4', '/d/dup.avi', '/d/other.mp4']) == ['dup.mp4.npy', 'dup.avi.npy',
+                                                                                 'other.npy']
+  with pytest.raises(ValueError, match='more than once'):
+    features.output_names(['/d/a.mp4', '/d/./a.mp4'])
+  with pytest.raises(ValueError, match='not every video is below root'):
+    features.output_names(['/d/v/../w/a.mp4'], root='/d/v')
+
+
+def test_extract_of_a_list_with_dot_dot_and_extension_twins_writes_every_video_inside(tmp_path):
+  from data_prep import inputs as inputs_lib
+  from data_prep import synthetic
+
+  encoder = features.Encoder({'encoder': mu_encoder()})
+  for rel in ('lists/in/dup.mp4', 'lists/in/dup.avi', 'esc/x.mp4'):
+    os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+    synthetic.write_mp4(str(tmp_path / rel), clip((4, 32, 32, 3)))
+  (tmp_path / 'lists' / 'videos.txt').write_text('in/dup.mp4\nin/dup.avi\n../esc/x.mp4\n')
+  videos = [v.path for v in inputs_lib.list_inputs(str(tmp_path / 'lists' / 'videos.txt')).videos]
+  out = tmp_path / 'run' / 'feats'
+  counts = features.extract(encoder, videos, str(out), num_frames=2, stride=1, res=32, show_progress=False)
+  assert counts == {'done': 3, 'skipped': 0, 'failed': 0}  # The second twin was 'already present' in a fresh dir.
+  written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*.npy'))
+  assert written == ['run/feats/esc/x.npy', 'run/feats/lists/in/dup.avi.npy', 'run/feats/lists/in/dup.mp4.npy']
+  index = list(csv.DictReader(open(out / 'index.csv')))
+  assert sorted(r['features'] for r in index) == ['esc/x.npy', 'lists/in/dup.avi.npy', 'lists/in/dup.mp4.npy']
+
+
 def test_extract_writes_one_npy_per_video_an_index_and_failures(tmp_path):
   from data_prep import synthetic
 
