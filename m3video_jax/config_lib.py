@@ -84,7 +84,10 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.data.res = 224
   c.data.flip = False
   c.data.shuffle_buffer = 1_024
-  c.data.skip_corrupt = False  # True: skip and count unreadable records instead of stopping with an error.
+  # True: train without damaged shards (found at start: wrong size, not TFRecord, unreadable) and skip and count
+  # records that fail to read or decode, instead of stopping with an error naming the shard and record. A record
+  # damaged inside a shard also loses the rest of that shard for the epoch (TFRecord reading cannot resync).
+  c.data.skip_corrupt = False
   c.data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
   c.data.prefetch_batches = 2
   c.data.mean = IMAGENET_MEAN

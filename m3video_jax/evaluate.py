@@ -98,7 +98,7 @@ def evaluate_params(config, predict_probs: PredictFn, params: Any, mesh, *, num_
   num_batches = info['num_batches']
   if jax.process_count() > 1:  # Every process runs the same number of (global) steps.
     num_batches = int(np.max(multihost_utils.process_allgather(np.array([num_batches]))))
-  batches = classification.padded_batches(ds, info['local_batch'], num_batches)
+  batches = classification.padded_batches(ds, info['local_batch'], num_batches, info['shards'])
   scores, labels, views = video_scores(predict_probs, params, batches, num_videos=info['num_videos'],
                                        num_classes=config.model.num_classes, mesh=mesh)
   expected = num_temporal * num_spatial

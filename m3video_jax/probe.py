@@ -62,7 +62,7 @@ def dataset_features(config, eval_files: str, encoder_params: Any, *,
   with config.unlocked():
     config.data.eval_files = eval_files
   ds, info = classification.make_eval_dataset(config, num_temporal=num_temporal, num_spatial=1)
-  batches = classification.padded_batches(ds, info['local_batch'], info['num_batches'])
+  batches = classification.padded_batches(ds, info['local_batch'], info['num_batches'], info['shards'])
   return per_video(*pooled_features(encoder_params, config.model.encoder, tuple(config.model.patch_size), batches))
 
 

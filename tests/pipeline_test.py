@@ -243,6 +243,61 @@ def test_skip_corrupt_counts_skipped_records(tmp_path):
   assert all(1 not in x['label'] for x in batches)
 
 
+def damage(path, how):
+  data = open(path, 'rb').read()
+  if how == 'crc':  # 16 bytes flipped in the middle of the file: record 1 of 3 fails its CRC.
+    mid = len(data) // 2
+    data = data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 16]) + data[mid + 16:]
+  else:  # Cut in half (a partial copy).
+    data = data[:len(data) // 2]
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def write_manifest(directory, paths, per_shard=3):
+  import json
+  with open(os.path.join(directory, 'manifest.json'), 'w') as f:
+    json.dump({'shards': [{'file': os.path.basename(p), 'records': per_shard, 'bytes': os.path.getsize(p)}
+                          for p in paths]}, f)
+
+
+@pytest.mark.parametrize('manifest', [True, False])
+@pytest.mark.parametrize('how', ['crc', 'truncate', 'not_a_tfrecord'])
+def test_damaged_shards_are_named_or_skipped(tmp_path, how, manifest):
+  """A CRC-corrupt or truncated shard, or a non-TFRecord file matched by the glob, used to stop training with a raw
+  `DataLossError: corrupted record at 12` naming no file."""
+  paths = write_shards(str(tmp_path))
+  if manifest:
+    write_manifest(str(tmp_path), paths)
+  if how == 'not_a_tfrecord':
+    bad = str(tmp_path / 'notes.tfrecord')
+    with open(bad, 'w') as f:
+      f.write('{"shards": []}\n')
+  else:
+    bad = paths[1]
+    damage(bad, how)
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2)
+  config.data.res = 32
+  # Found at start from the size, the header or by counting (no manifest); a CRC error under a manifest when read.
+  expected = os.path.basename(bad) + (r' .*\(record 1\): corrupted record' if how == 'crc' else
+                                      r' has \d+ bytes, but the manifest' if manifest and how == 'truncate' else
+                                      r' has an unreadable record \(record 1\): truncated record' if how == 'truncate'
+                                      else ' does not start with a TFRecord header')
+  with pytest.raises(pipeline.CorruptRecordError, match=expected) as info:
+    take(pipeline.TrainIterator(config), 6)
+  assert 'function_node' not in str(info.value) and '[Op:' not in str(info.value)
+  with config.unlocked():
+    config.data.skip_corrupt = True
+  it = pipeline.TrainIterator(config)
+  labels = np.concatenate([x['label'] for x in take(it, 6)])
+  if how == 'crc' and manifest:  # Read past record 0 of the shard: the rest of that shard is skipped and counted.
+    assert it.num_skipped > 0 and not {4, 5} & set(labels.tolist())
+  elif how == 'not_a_tfrecord':
+    assert it.info['shards'] == paths and sorted(set(labels.tolist())) == list(range(6))
+  else:  # The damaged shard is dropped before the stream starts: only shard 0's records.
+    assert it.info['shards'] == paths[:1] and set(labels.tolist()) == {0, 1, 2} and it.num_skipped == 0
+
+
 def test_missing_files_and_short_trajectories_give_clear_errors(tmp_path):
   config = clip_config(train_files=str(tmp_path / 'nothing-*.tfrecord'))
   with pytest.raises(FileNotFoundError, match='matches no file'):

@@ -159,7 +159,8 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   local_batch = d.batch_size // process_count
   local_videos = local_batch // d.repeated_aug
   shards = pipeline.process_shards(shards or pipeline.list_shards(d.train_files), process_index, process_count)
-  epoch_records = sum(pipeline.record_counts(shards))
+  shards, counts = pipeline.usable_shards(shards, d.skip_corrupt)
+  epoch_records = sum(counts)
   if epoch_records < local_videos:
     raise ValueError(f'this process has {epoch_records} records in {len(shards)} shards, fewer than one local batch '
                      f'of {local_videos} videos; lower config.data.batch_size or add data')
@@ -204,7 +205,8 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
   if config.eval.batch_size % process_count:
     raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible by {process_count} processes')
   local_batch = config.eval.batch_size // process_count
-  num_videos = sum(pipeline.record_counts(shards))
+  shards, counts = pipeline.usable_shards(shards, False, 'config.data.eval_files')  # Evaluation never drops data.
+  num_videos = sum(counts)
   views = num_temporal * num_spatial
   ds = tf.data.TFRecordDataset(shards).enumerate()
   ds = ds.flat_map(lambda i, r: tf.data.Dataset.range(views).map(lambda v: (i, v, r)))
@@ -218,15 +220,22 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
   return ds, info
 
 
-def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int) -> Iterator[dict[str, np.ndarray]]:
+def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int,
+                   shards: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Numpy batches of exactly `local_batch` rows with a `_mask` (False on padding), `num_batches` of them.
 
   `num_batches` may exceed the dataset's (other processes may have more eval data): the rest are all padding.
+  A read error names the damaged record of `shards` (the dataset's shards, `info['shards']`).
   """
   template = None
   it = ds.as_numpy_iterator()
   for _ in range(num_batches):
-    batch = next(it, None)
+    try:
+      batch = next(it, None)
+    except tf.errors.OpError as e:
+      where = (pipeline.find_damaged_record(shards) if shards else None) or pipeline.tf_error_text(e)
+      raise pipeline.CorruptRecordError(f'reading the eval shards failed at {where}; a damaged shard is rewritten by '
+                                        'deleting it and re-running the same data_prep command (it resumes)') from e
     if batch is None:
       if template is None:
         raise ValueError('this process has no eval data to shape the padding batches from')

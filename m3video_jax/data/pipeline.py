@@ -21,6 +21,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import struct
 from typing import Any, Iterator
 
 import numpy as np
@@ -64,22 +66,115 @@ def process_shards(shards: list[str], process_index: int, process_count: int) ->
   return mine
 
 
-def record_counts(shards: list[str]) -> list[int]:
-  """Records per shard, from the data_prep manifest beside the shards when present, else by counting."""
-  counts: dict[str, int] = {}
+def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
+  """`{shard path: {'records': n, 'bytes': size}}` from the data_prep manifests beside the shards (where present)."""
+  entries: dict[str, dict[str, int]] = {}
   for d in sorted({os.path.dirname(s) for s in shards}):
     path = os.path.join(d, 'manifest.json')
-    if tf.io.gfile.exists(path):
+    if not tf.io.gfile.exists(path):
+      continue
+    try:
       with tf.io.gfile.GFile(path) as f:
         manifest = json.load(f)
       for entry in manifest.get('shards', []):
-        counts[os.path.join(d, entry['file'])] = int(entry['records'])
-  out = []
-  for s in shards:
-    if s not in counts:
-      counts[s] = int(tf.data.TFRecordDataset(s).reduce(np.int64(0), lambda n, _: n + 1))
-    out.append(counts[s])
-  return out
+        entries[os.path.join(d, entry['file'])] = {'records': int(entry['records']), 'bytes': int(entry['bytes'])}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise CorruptRecordError(f'{path} is not a readable data_prep manifest ({type(e).__name__}: {e}); re-run the '
+                               'data_prep command that wrote it (it resumes and rewrites the manifest)') from e
+  return entries
+
+
+def _masked_crc32c(data: bytes) -> int:
+  import google_crc32c  # A dependency (Beam's TFRecord writer needs it too).
+
+  crc = google_crc32c.value(data)
+  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def shard_problem(path: str, expected_bytes: int | None = None) -> str | None:
+  """Why `path` is not a readable TFRecord shard, from its size and its first record's header; None if it looks fine.
+
+  Cheap (one stat and a 12-byte read): it catches a file that is not a TFRecord file (e.g. `manifest.json` matched by a
+  glob), an empty or truncated copy (size differs from the manifest's) and a damaged first header. A record damaged
+  further in is found when it is read (`find_damaged_record`).
+  """
+  try:
+    size = tf.io.gfile.stat(path).length
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      header = f.read(12)
+  except tf.errors.OpError as e:
+    return f'cannot be read ({tf_error_text(e)})'
+  if expected_bytes is not None and size != expected_bytes:
+    return f'has {size} bytes, but the manifest beside it records {expected_bytes} (truncated or replaced)'
+  if size == 0:
+    return 'is empty'
+  if len(header) < 12 or struct.unpack('<I', header[8:12])[0] != _masked_crc32c(header[:8]):
+    return 'does not start with a TFRecord header (not a TFRecord file, or damaged)'
+  length = struct.unpack('<Q', header[:8])[0]
+  if 12 + length + 4 > size:
+    return f'is truncated: its first record needs {12 + length + 4} bytes, the file has {size}'
+  return None
+
+
+def usable_shards(shards: list[str], skip_corrupt: bool,
+                  what: str = 'config.data.train_files') -> tuple[list[str], list[int]]:
+  """The shards that can be read and their record counts; with `skip_corrupt` the others are dropped with a warning.
+
+  Every shard gets the cheap `shard_problem` check; a shard without a manifest entry is counted by reading it, which
+  checks every record. (Shards with a manifest entry are not read here: a record damaged inside one is found when the
+  stream reaches it.) Dropping a shard here, before the stream is built, keeps the stream exactly resumable.
+
+  Returns:
+    (usable shards, records per usable shard).
+
+  Raises:
+    CorruptRecordError: naming the damaged shards (unless `skip_corrupt`), or when no usable shard is left.
+  """
+  from concurrent import futures
+
+  entries = _manifest_entries(shards)
+
+  def check(shard):
+    problem = shard_problem(shard, entries.get(shard, {}).get('bytes'))
+    if problem or shard in entries:
+      return problem, entries.get(shard, {}).get('records', 0)
+    damaged = find_damaged_record([shard])
+    if damaged:
+      return f'has an unreadable record {damaged[len(shard) + 1:]}', 0
+    return None, int(tf.data.TFRecordDataset(shard).reduce(np.int64(0), lambda n, _: n + 1))
+
+  with futures.ThreadPoolExecutor(min(16, len(shards))) as pool:  # Small reads; parallel for remote stores.
+    checked = list(pool.map(check, shards))
+  bad = [f'{s} {p}' for s, (p, _) in zip(shards, checked) if p]
+  fix = ('Rewrite a damaged shard by deleting it and re-running the same data_prep command (it resumes)'
+         + (', or set config.data.skip_corrupt=True to train without it' if what.endswith('train_files') else ''))
+  if bad and not skip_corrupt:
+    raise CorruptRecordError(f'{len(bad)} of the {len(shards)} shards of {what} cannot be used: ' + '; '.join(bad[:5])
+                             + ('; ...' if len(bad) > 5 else '') + f'. {fix}')
+  for line in bad:
+    logging.warning('skipping shard %s (config.data.skip_corrupt=True)', line)
+  kept = [(s, n) for s, (p, n) in zip(shards, checked) if not p]
+  if not kept:
+    raise CorruptRecordError(f'none of the {len(shards)} shards of {what} can be used: ' + '; '.join(bad[:5]))
+  return [s for s, _ in kept], [n for _, n in kept]
+
+
+def tf_error_text(e: tf.errors.OpError) -> str:
+  """The cause in a TF error message, without the function-node prefix and the op suffix."""
+  text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', e.message.strip())
+  return re.sub(r'\s*\[Op:\w+\].*$', '', text, flags=re.S).strip()
+
+
+def find_damaged_record(shards: list[str]) -> str | None:
+  """Reads every record of `shards` (CRC-checked) and names the first that cannot be read: `<shard> (record k): why`."""
+  for shard in shards:
+    k = 0
+    try:
+      for _ in tf.data.TFRecordDataset(shard):
+        k += 1
+    except tf.errors.OpError as e:
+      return f'{shard} (record {k}): {tf_error_text(e)}'
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +311,8 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
     raise ValueError(f'config.data.batch_size={d.batch_size} is not divisible by {process_count} processes')
   local_batch = d.batch_size // process_count
   shards = process_shards(shards or list_shards(d.train_files), process_index, process_count)
+  shards, counts = usable_shards(shards, d.skip_corrupt)
   check_stored_records(shards, spec)
-  counts = record_counts(shards)
   epoch_records = sum(counts)
   if not epoch_records:
     raise ValueError(f'the {len(shards)} shards of this process hold no record: {shards[:5]}')
@@ -241,20 +336,26 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
 
 
 def locate_record(shards: list[str], seed: int, shuffle_buffer: int, record_id: int, epoch_records: int) -> str:
-  """Replays the (cheap, undecoded) record stream to find the shard and record of stream position `record_id`."""
+  """Names the shard and record at stream position `record_id`: `<shard> (record k)`, `... : why` for an unreadable one.
+
+  Replays the (cheap, undecoded) record stream to get the record's bytes, then finds them in the shards. When the
+  replay itself fails (a damaged shard), the shards are read one by one to find the damaged record.
+  """
   epoch = record_id // epoch_records
   ds = record_stream(shards, seed, epoch, shuffle_buffer, min(len(shards), 16))
   ds = ds.enumerate(start=epoch * epoch_records)
   by_content = None
-  for _, (_, rec) in ds.skip(record_id - epoch * epoch_records).take(1):
-    by_content = rec.numpy()
-  if by_content is None:
-    return 'an unknown shard'
-  for shard in shards:
-    for k, rec in enumerate(tf.data.TFRecordDataset(shard)):
-      if rec.numpy() == by_content:
-        return f'{shard} (record {k})'
-  return 'an unknown shard'
+  try:
+    for _, (_, rec) in ds.skip(record_id - epoch * epoch_records).take(1):
+      by_content = rec.numpy()
+    if by_content is not None:
+      for shard in shards:
+        for k, rec in enumerate(tf.data.TFRecordDataset(shard)):
+          if rec.numpy() == by_content:
+            return f'{shard} (record {k})'
+  except tf.errors.OpError:
+    pass
+  return find_damaged_record(shards) or 'an unknown shard'
 
 
 class TrainIterator:
@@ -281,10 +382,10 @@ class TrainIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     try:
       batch = next(self._it)
-    except tf.errors.OpError as e:  # Unreadable shard (e.g. truncated file): TF does not say which one.
-      raise CorruptRecordError(f'reading the training shards failed: {e.message.strip()}. This process reads '
-                               f'{len(self.info["shards"])} shards: {self.info["shards"]}; a truncated or damaged shard is '
-                               'rewritten by deleting it and re-running the same data_prep command (it resumes)') from e
+    except tf.errors.OpError as e:  # TF does not say which shard; read them one by one to find it.
+      where = find_damaged_record(self.info['shards']) or f'one of {self.info["shards"][:5]}: {tf_error_text(e)}'
+      raise CorruptRecordError(f'reading the training shards failed at {where}; a damaged shard is rewritten by '
+                               'deleting it and re-running the same data_prep command (it resumes)') from e
     ids = batch.pop('_id')[::self._clips_per_record]
     expected = self._next_id + np.arange(len(ids))
     if not np.array_equal(ids, expected):
@@ -293,8 +394,9 @@ class TrainIterator:
       if not self._config.data.skip_corrupt:
         where = locate_record(self.info['shards'], int(self._config.seed), self._config.data.shuffle_buffer,
                               first_missing, self.info['epoch_records'])
-        raise CorruptRecordError(f'record {where} could not be decoded into a clip (see the TensorFlow warning above '
-                                 'for the cause); fix or remove it, or set config.data.skip_corrupt=True to skip '
+        raise CorruptRecordError(f'record {where} could not be read or decoded into a clip (see the TensorFlow '
+                                 'warning above for the cause); rewrite its shard (delete it and re-run the same '
+                                 'data_prep command, which resumes), or set config.data.skip_corrupt=True to skip '
                                  'such records')
       self.num_skipped += gaps
       logging.warning('skipped %d corrupt record(s) (total %d)', gaps, self.num_skipped)
