@@ -78,7 +78,10 @@ def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.
                              non_jpeg_bytes=schema.non_jpeg_bytes(record), jpeg_bytes=jpeg, stage_seconds=seconds)
 
 
-def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeout_s: float, opencv_threads: int):
+def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeout_s: float, opencv_threads: int,
+               launcher_pid: int | None = None):
+  """The shard DoFn. `launcher_pid`: a worker process started by that process (the local runners) exits when it
+  dies, so a killed job leaves no worker writing into the output directory."""
   import apache_beam as beam
 
   class ExtractShardFn(beam.DoFn):
@@ -95,10 +98,12 @@ def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeou
     def setup(self):
       import cv2
       cv2.setNumThreads(opencv_threads)
+      from data_prep import isolated_worker
       if isolation == 'subprocess':
-        from data_prep import isolated_worker
         self._worker = isolated_worker.IsolatedWorker(timeout_s=video_timeout_s or None,
                                                       init=(cv2.setNumThreads, (opencv_threads,)))
+      if launcher_pid is not None and os.getppid() == launcher_pid:  # A local worker process of the launcher.
+        isolated_worker.exit_with_parent(on_exit=self._worker.kill if self._worker is not None else None)
 
     def _count(self, out: shards.VideoOutcome) -> None:
       if out.record is None:
@@ -181,12 +186,9 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
 
   Raises:
     TooManyFailuresError: more than `job.max_bad_fraction` of the inputs failed (outputs are still written).
-    ValueError: bad arguments, no inputs, or an output directory that holds another job's shards.
+    ValueError: bad arguments, no inputs, an unusable output directory or one that holds another job's shards.
+    shards.OutputDirInUseError: another job is running on `output_dir` (a ValueError).
   """
-  import apache_beam as beam
-  from apache_beam.options.pipeline_options import PipelineOptions
-  from data_prep import progress
-
   job = job or JobOptions()
   log = log or sys.stderr
   t_start = time.time()
@@ -194,7 +196,37 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
   if not listed.videos:
     raise ValueError(f'--input={input_spec!r} lists no video files (extensions: {inputs_lib.VIDEO_EXTENSIONS})')
   tasks = shards.plan_shards(listed.videos, job.prefix, job.videos_per_shard, job.min_shards)
-  shards.gfile().makedirs(output_dir)
+  _make_output_dir(output_dir)
+  with shards.output_dir_lock(output_dir):
+    return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start)
+
+
+def _make_output_dir(output_dir: str) -> None:
+  """Creates `output_dir`, or raises a ValueError saying why it cannot be used (a file, not writable)."""
+  if '://' in output_dir:
+    shards.gfile().makedirs(output_dir)
+    return
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise ValueError(f'--output_dir={output_dir} is a file, not a directory')
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--output_dir={output_dir} cannot be created: {e.strerror}') from None
+  probe = os.path.join(output_dir, f'.write-test-{os.getpid()}')
+  try:  # A real write: os.access says yes to root on a read-only mount.
+    with open(probe, 'wb'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'--output_dir={output_dir} is not writable: {e.strerror}') from None
+
+
+def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start) -> dict[str, Any]:
+  """`run` once the output directory's lock is held."""
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from data_prep import progress
+
   shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
   if listed.label_map:
     shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
@@ -215,7 +247,7 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
            | 'ShardTasks' >> beam.Create(pending)
            | 'Distribute' >> beam.Reshuffle()
            | 'ExtractShard' >> beam.ParDo(_make_dofn(config, output_dir, job.isolation, job.video_timeout_s,
-                                                     job.opencv_threads)))
+                                                     job.opencv_threads, launcher_pid=os.getpid())))
       result = pipeline.run()
       result.wait_until_finish()
     finally:

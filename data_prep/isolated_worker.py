@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -170,8 +171,31 @@ class IsolatedWorker:
     self.close()
 
 
+def exit_with_parent(interval_s: float = 0.5, on_exit: Callable[[], Any] | None = None) -> threading.Thread:
+  """Ends this process (exit code 3) within `interval_s` of its parent's death (when it is re-parented).
+
+  A worker must not outlive the job that started it: after a SIGKILL of the launcher it would keep writing into an
+  output directory that a re-run is already cleaning up. `on_exit` runs first (e.g. to kill a child of ours).
+  """
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(interval_s)
+    try:
+      if on_exit is not None:
+        on_exit()
+    finally:
+      os._exit(3)
+
+  thread = threading.Thread(target=watch, name='exit_with_parent', daemon=True)
+  thread.start()
+  return thread
+
+
 def _serve() -> None:
-  """Child main loop: read a call, run it, write the reply; exit on EOF."""
+  """Child main loop: read a call, run it, write the reply; exit on EOF or when the parent dies."""
+  exit_with_parent()
   out_fd = os.dup(1)
   os.dup2(2, 1)  # Anything printed to stdout (Python or C) now goes to stderr.
   sys.stdout = sys.stderr

@@ -71,13 +71,33 @@ class ProgressMonitor:
     return self
 
   def line(self) -> str:
+    """The progress line now; once every video is done, its rate and elapsed time stop at the last shard's end (so
+    the time the runner takes to shut down does not lower the rate)."""
     done, failed, frames = snapshot(self._output_dir, self._tasks)
+    end = time.time()
+    if done >= self._total:
+      end = self._last_result_time() or end
     return format_line(done, self._total, failed, frames, done - self._base[0], frames - self._base[1],
-                       time.time() - self._start_time)
+                       end - self._start_time)
+
+  def _last_result_time(self) -> float | None:
+    """When the last shard result of this run was written (its file's modification time), or None."""
+    g = shards.gfile()
+    times = []
+    for t in self._tasks:
+      try:
+        mtime = g.stat(shards.result_path(self._output_dir, t.name)).mtime_nsec / 1e9
+      except Exception:  # Not written (yet), or a store without modification times.
+        continue
+      if mtime >= self._start_time - 1.0:
+        times.append(mtime)
+    return max(times) if times else None
 
   def _run(self) -> None:
     while not self._stop.wait(self._interval):
       try:
+        if snapshot(self._output_dir, self._tasks)[0] >= self._total:
+          return  # All done: the launcher prints the final line once, after the runner has finished.
         print(f'[data_prep] {self.line()}', file=self._stream, flush=True)
       except Exception as e:  # Never let the display kill the job.
         print(f'[data_prep] progress unavailable: {e}', file=self._stream, flush=True)

@@ -9,6 +9,7 @@ Layout of `output_dir`:
   _work/shards/<shard>.json          per-shard result, written after the shard was renamed into place
   _work/progress/<shard>.json        videos done so far in a running shard (for the progress display)
   _work/tmp/                         shards being written (temp names; deleted at the next start)
+  _work/lock                         held (flock) by the running job; names its pid, host and start time
 
 Video i of the sorted input list goes to shard `i mod M`, so a re-run with the same inputs and config rebuilds exactly
 the same shards; a shard counts as done when its `_work/shards/<shard>.json` exists and the shard file has the size
@@ -17,11 +18,14 @@ a kill at any point leaves either no shard, or a complete shard that is redone (
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,6 +38,11 @@ WORK_DIR = '_work'
 MANIFEST = 'manifest.json'
 FAILURES = 'failures.jsonl'
 LABEL_MAP = 'label_map.json'
+LOCK = 'lock'
+
+
+class OutputDirInUseError(ValueError):
+  """Another job holds the lock of the output directory."""
 
 
 def gfile():
@@ -89,6 +98,40 @@ def fingerprint(tasks: Sequence[ShardTask], config: PrepConfig) -> str:
     for v in t.videos:
       h.update(f'\n{v.path}\t{v.label}\t{v.label_name}'.encode())
   return h.hexdigest()
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str):
+  """Holds an exclusive lock on a local `output_dir` for the job's lifetime (`_work/lock`, flock).
+
+  The OS releases the lock when the process ends however it ends (exit, exception, SIGKILL), so a stale lock never
+  blocks a re-run. Remote output directories (`gs://...`) have no lock: run one job per directory there.
+
+  Raises:
+    OutputDirInUseError: naming the holder (pid, host, start time) when another job holds the lock.
+  """
+  if '://' in output_dir:
+    yield
+    return
+  import fcntl
+
+  os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
+  path = os.path.join(output_dir, WORK_DIR, LOCK)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown'
+      raise OutputDirInUseError(f'--output_dir={output_dir} is in use by another data_prep job ({holder}); wait for '
+                                'it to finish (or stop it) and re-run this command, which then resumes, or use '
+                                'another --output_dir') from None
+    started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}, started {started}\n'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
 
 
 def write_json_atomic(path: str, data: Any) -> None:

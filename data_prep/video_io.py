@@ -24,6 +24,7 @@ NOT_A_VIDEO = 'not_a_video'  # OpenCV cannot open it or decode a single frame
 TRUNCATED = 'truncated'  # far fewer frames decode than the container announces
 TOO_SHORT = 'too_short'  # fewer than L + 1 frames
 TOO_SMALL = 'too_small'  # native width or height below the minimum
+UNSUPPORTED_SIZE = 'unsupported_size'  # the prep frame would be larger than MAX_PREP_SIDE (e.g. a 20000x16 video)
 DECODER_CRASH = 'decoder_crash'  # the decoding process died (segfault, abort, out of memory)
 TIMEOUT = 'timeout'
 ERROR = 'error'  # anything else (the message says what)
@@ -63,6 +64,9 @@ def local_path(path: str) -> Iterator[str]:
     yield local
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+MAX_PREP_SIDE = 8192  # Longest prep side accepted: beyond it a frame's flow and HOG cost and memory are unbounded.
 
 
 def prep_size(height: int, width: int, short_side: int, grid_step: int = schema.GRID_STEP) -> tuple[int, int]:
@@ -163,6 +167,11 @@ class VideoReader:
       fps = 0.0
     announced = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     h, w = prep_size(nh, nw, short_side)
+    if max(h, w) > MAX_PREP_SIDE:
+      self._cap.release()
+      raise BadVideoError(UNSUPPORTED_SIZE, f'{path} is {nw}x{nh}: at short side {short_side or "native"} its prep '
+                          f'frames would be {w}x{h}, above the {MAX_PREP_SIDE}-px limit on either side (an extreme '
+                          'aspect ratio or size); crop it, or prepare it at a smaller --short_side')
     self.info = VideoInfo(fps=fps, native_height=nh, native_width=nw, announced_frames=max(announced, 0),
                           height=h, width=w)
     self.frames_decoded = 0

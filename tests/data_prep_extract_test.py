@@ -1,4 +1,5 @@
 """The Beam extraction job end to end: round trip through schema.decode, bad inputs, resume after a kill, CLI."""
+import io
 import json
 import os
 import signal
@@ -167,6 +168,77 @@ def test_resume_redoes_only_missing_or_broken_shards(tmp_path):
   assert len(ids) == len(set(ids)) == len(good)
 
 
+def test_the_same_relative_command_resumes_from_another_working_directory(tmp_path, monkeypatch):
+  """`source_path` used to be stored relative to the working directory, so the same job run from elsewhere was refused
+  as 'other inputs'."""
+  root = tmp_path / 'data'
+  root.mkdir()
+  rng = np.random.default_rng(3)
+  for i in range(2):
+    synthetic.write_mp4(str(root / f'v{i}.mp4'), synthetic.render(synthetic.sample_spec(rng, i, 64, 64, 10)))
+  job = extract.JobOptions(min_shards=2, progress_interval_s=0)
+  monkeypatch.chdir(tmp_path)
+  first = extract.run('data', 'out', CONFIG, job, beam_args=IN_PROCESS)
+  monkeypatch.chdir(root)
+  log = io.StringIO()
+  second = extract.run(['../data/', './'], '../out', CONFIG, job, beam_args=IN_PROCESS, log=log)
+  assert '2 shards already complete, 0 to do' in log.getvalue()
+  assert second['records'] == first['records'] == 2
+  paths = {schema.decode(r, decode_frames=False)['source_path'] for s in first['shards']
+           for r in _read_records(str(tmp_path / 'out' / s['file']))}
+  assert paths == {str(root / 'v0.mp4'), str(root / 'v1.mp4')}
+
+
+def test_unusable_output_dir_is_a_one_line_error(tmp_path, capsys):
+  (tmp_path / 'list.txt').write_text('a.mp4\n')
+  (tmp_path / 'afile').write_text('x')
+  for out, why in ((tmp_path / 'afile', 'is a file, not a directory'),
+                   (tmp_path / 'afile' / 'sub', 'cannot be created: Not a directory')):
+    assert extract.main([f'--input={tmp_path / "list.txt"}', f'--output_dir={out}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f'[data_prep] error: --output_dir={out} {why}'
+
+
+def test_a_second_job_on_a_locked_output_dir_is_refused_and_touches_nothing(tmp_path):
+  root = str(tmp_path / 'data')
+  csv = _make_dataset(root, num_good=1, frames=10)[0]
+  out = str(tmp_path / 'out')
+  os.makedirs(os.path.join(out, '_work', 'tmp'))
+  in_flight = os.path.join(out, '_work', 'tmp', 'videos-00000-of-00001.tfrecord.tmp-live')
+  open(in_flight, 'wb').close()
+  job = extract.JobOptions(min_shards=1, max_bad_fraction=1.0, progress_interval_s=0)
+  with shards.output_dir_lock(out):  # Held as a running job holds it.
+    with pytest.raises(shards.OutputDirInUseError, match=rf'in use by another data_prep job \(pid {os.getpid()} on '):
+      extract.run(csv, out, CONFIG, job, beam_args=IN_PROCESS)
+    assert os.path.exists(in_flight)  # A second job used to delete the first job's in-flight temp shard.
+  manifest = extract.run(csv, out, CONFIG, job, beam_args=IN_PROCESS)  # Released: the job runs and cleans up.
+  assert manifest['records'] == 2 and not os.path.exists(in_flight)
+  with shards.output_dir_lock(out):  # Released again after the job, also after an error inside it.
+    pass
+
+
+def test_progress_stops_printing_when_done_and_the_final_rate_does_not_fall(tmp_path):
+  from data_prep import progress
+
+  out = str(tmp_path)
+  tasks = shards.plan_shards([VideoInput(f'/v{i}.mp4') for i in range(2)], 'videos', 1, 2)
+  for sub in ('shards', 'progress'):
+    os.makedirs(os.path.join(out, '_work', sub))
+  stream = io.StringIO()
+  monitor = progress.ProgressMonitor(out, tasks, interval_s=0.05, stream=stream).start()
+  time.sleep(0.3)
+  for t in tasks:
+    shards.write_json_atomic(shards.result_path(out, t.name),
+                             {'shard': t.name, 'videos': 1, 'failures': [], 'frames': 100})
+  time.sleep(0.5)
+  first = monitor.line()
+  printed = stream.getvalue().count('\n')
+  time.sleep(0.5)  # The runner shutting down.
+  assert monitor.line() == first and 'videos 2/2' in first
+  assert stream.getvalue().count('\n') == printed and 'videos 2/2' not in stream.getvalue()
+  monitor.stop()
+
+
 def test_process_video_maps_worker_crash_and_timeout_to_reasons():
 
   class Crashing:
@@ -246,3 +318,81 @@ def test_cli_killed_and_resumed(tmp_path):
          for r in _read_records(os.path.join(out, s['file']))]
   assert len(ids) == len(set(ids)) == 12
   assert not os.path.exists(os.path.join(REPO, 'out'))
+
+
+def _descendants(pid):
+  """Pids of every living descendant of `pid` (from /proc)."""
+  children = {}
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        stat = open(f'/proc/{entry}/stat').read()
+      except OSError:
+        continue
+      fields = stat[stat.rindex(')') + 2:].split()
+      if fields[0] != 'Z':
+        children.setdefault(int(fields[1]), []).append(int(entry))
+  out, todo = [], [pid]
+  while todo:
+    for child in children.get(todo.pop(), []):
+      out.append(child)
+      todo.append(child)
+  return out
+
+
+def _alive(pid):
+  try:
+    stat = open(f'/proc/{pid}/stat').read()
+  except OSError:
+    return False
+  return stat[stat.rindex(')') + 2] != 'Z'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads the process tree from /proc')
+def test_cli_second_job_is_refused_and_workers_end_with_a_killed_launcher(tmp_path):
+  """A second job on a running job's --output_dir exits at once naming the holder; after SIGKILL of the launcher
+  alone, its Beam workers and their isolated children used to keep running and writing for >= 9 s. ~40 s."""
+  root = str(tmp_path / 'data')
+  os.makedirs(root)
+  rng = np.random.default_rng(2)
+  for i in range(8):
+    synthetic.write_mp4(os.path.join(root, f'v{i:02d}.mp4'),
+                        synthetic.render(synthetic.sample_spec(rng, i % 8, 64, 64, 24)))
+  out = str(tmp_path / 'out')
+  cmd = [sys.executable, '-m', 'data_prep.extract', f'--input={root}', f'--output_dir={out}', '--short_side=128',
+         '--min_shards=8', '--progress_interval_s=0', '--direct_num_workers=2']
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True)
+  try:
+    progress_dir = os.path.join(out, '_work', 'progress')
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (os.path.isdir(progress_dir)
+                                                                   and os.listdir(progress_dir)):
+      time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    second = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f'is in use by another data_prep job (pid {proc.pid} on ' in second.stderr
+    workers = _descendants(proc.pid)
+    assert workers, 'the job has no worker processes'
+    assert len(_finished_shards(out)) < 8, 'the job finished before it could be killed; use more videos'
+    os.kill(proc.pid, signal.SIGKILL)  # The launcher alone.
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+      time.sleep(0.1)
+    assert not [p for p in workers if _alive(p)], 'worker processes outlived the launcher by 10 s'
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    for p in _descendants(proc.pid):
+      try:
+        os.kill(p, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+  done = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout + done.stderr
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  assert manifest['records'] == 8

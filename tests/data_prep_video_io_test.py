@@ -164,3 +164,46 @@ def test_isolated_worker_survives_segfault_and_timeout(tmp_path):
     np.testing.assert_array_equal(again.traj_disp, got.traj_disp)
     assert worker.restarts == 2
     print(f'worker calls took {time.perf_counter() - t0:.2f} s including 3 child starts')
+
+
+def test_extreme_aspect_ratio_is_an_unsupported_size_not_an_opencv_error(tmp_path):
+  """A 20000x16 video used to fail inside OpenCV (its prep frames would be 320000x256)."""
+  synthetic.write_y4m(str(tmp_path / 'strip.y4m'), np.zeros((8, 16, 20000, 3), np.uint8))
+  with pytest.raises(video_io.BadVideoError, match=r'20000x16: at short side 256 its prep frames would be 320000x256'):
+    video_targets.extract_video(str(tmp_path / 'strip.y4m'), PrepConfig())
+  assert _reason(str(tmp_path / 'strip.y4m')) == video_io.UNSUPPORTED_SIZE
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads the process state from /proc')
+def test_isolated_child_ends_when_its_parent_is_killed(tmp_path):
+  """A child busy on a long call must not outlive a SIGKILLed parent (it used to finish its call first)."""
+  import signal
+  import subprocess
+  import sys
+
+  pid_file = tmp_path / 'child.pid'
+  code = (f'import os, time\nfrom data_prep import isolated_worker\nw = isolated_worker.IsolatedWorker(timeout_s=None)\n'
+          f'w.call(os.getpid)\nopen({str(pid_file)!r}, "w").write(str(w._proc.pid))\nw.call(time.sleep, 120)\n')
+  parent = subprocess.Popen([sys.executable, '-c', code], env=isolated_worker._child_env())
+  try:
+    deadline = time.time() + 60
+    while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
+      time.sleep(0.05)
+    child = int(pid_file.read_text())
+    time.sleep(0.5)  # The child is inside time.sleep(120).
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and _running(child):
+      time.sleep(0.05)
+    assert not _running(child), 'the isolated child outlived its killed parent'
+  finally:
+    parent.kill()
+
+
+def _running(pid):
+  try:
+    stat = open(f'/proc/{pid}/stat').read()
+  except OSError:
+    return False
+  return stat[stat.rindex(')') + 2] != 'Z'
