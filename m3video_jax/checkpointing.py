@@ -27,19 +27,52 @@ def abstract_with_sharding(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def restore_or_init(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any,
-                    init_fn: Callable[[], Any]) -> tuple[Any, int | None]:
-  """Restores the latest checkpoint of `manager` onto `shardings`, or calls `init_fn()` when there is none.
+DAMAGED_DIR = 'checkpoints_damaged'
+
+
+def restore_or_init(workdir: str, config, abstract_state: Any, shardings: Any,
+                    init_fn: Callable[[], Any]) -> tuple[ocp.CheckpointManager, Any, int | None]:
+  """Restores the newest checkpoint in `workdir` that restores onto `shardings`, or calls `init_fn()` when none does.
+
+  A step that fails to restore (a truncated or deleted data file, missing metadata, an emptied step directory, a
+  different tree) is logged with the reason and moved aside to `<workdir>/checkpoints_damaged/<step>-<time>` (kept,
+  not deleted), and the previous step is tried with a fresh manager (a failed restore can leave a manager's view of
+  the directory wrong): a damaged newest checkpoint costs the steps since the one before it, not the run. The training
+  stream resumes exactly from the step restored.
 
   Returns:
-    (state, restored step or None).
+    (the checkpoint manager to save with, state, restored step or None).
   """
-  step = manager.latest_step()
-  if step is None:
-    return init_fn(), None
   target = abstract_with_sharding(abstract_state, shardings)
-  state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  return state, step
+  manager = make_manager(workdir, config)
+  while (step := manager.latest_step()) is not None:
+    try:
+      return manager, manager.restore(step, args=ocp.args.StandardRestore(target)), step
+    except Exception as e:  # Orbax raises many types for damaged files (zstd, tensorstore, tree, args errors).
+      text = str(e).strip()
+      reason = f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'[:300]
+      manager.close()
+      moved = _set_aside(checkpoint_dir(workdir), step)
+      if moved is None:  # Not process 0: the chief moves it; stop here rather than loop on the same step.
+        raise
+      logging.warning('checkpoint step %d in %s cannot be restored (%s); moved it to %s, trying the previous step',
+                      step, checkpoint_dir(workdir), reason, moved)
+      manager = make_manager(workdir, config)
+  return manager, init_fn(), None
+
+
+def _set_aside(ckpt_dir: str, step: int) -> str | None:
+  """Moves `<ckpt_dir>/<step>` to `<ckpt_dir>/../checkpoints_damaged/<step>-<UTC time>`; process 0 only."""
+  if jax.process_index() != 0:
+    return None
+  import datetime
+
+  src = os.path.join(ckpt_dir, str(step))
+  dst_dir = os.path.join(os.path.dirname(ckpt_dir.rstrip('/')), DAMAGED_DIR)
+  os.makedirs(dst_dir, exist_ok=True)
+  dst = os.path.join(dst_dir, f'{step}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S.%fZ}')
+  os.rename(src, dst)
+  return dst
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:

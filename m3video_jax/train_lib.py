@@ -149,8 +149,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state_shd = sharding.state_sharding(abstract, mesh)
   batch_shd = sharding.batch_sharding(mesh)
 
-  manager = checkpointing.make_manager(workdir, config)
-
   def fresh_state():
     state = jax.jit(init_fn, out_shardings=state_shd)(rng)
     if config.init_from:
@@ -160,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info('initialised params from %s', config.init_from)
     return state
 
-  state, restored = checkpointing.restore_or_init(manager, abstract, state_shd, fresh_state)
+  manager, state, restored = checkpointing.restore_or_init(workdir, config, abstract, state_shd, fresh_state)
   start_step = int(jax.device_get(state.step))
   if restored is not None:
     logging.info('resumed from %s at step %d', checkpointing.checkpoint_dir(workdir), start_step)

@@ -283,3 +283,50 @@ def test_init_from_loads_params_of_another_run(tmp_path):
     m.save(0, args=ocp.args.StandardSave({'params': partial}))
   with pytest.raises(ValueError, match=r"missing encoder params \[\"\['encoder'\]\['norm'\]"):
     train_lib.load_init_params(str(tmp_path / 'broken'), fresh)
+
+
+def _damage_checkpoint(step_dir, how):
+  item = os.path.join(step_dir, 'default')
+  if how in ('truncate_data', 'delete_data'):
+    data = max((os.path.join(d, f) for d, _, fs in os.walk(os.path.join(item, 'ocdbt.process_0', 'd')) for f in fs),
+               key=os.path.getsize)  # The file holding the parameters.
+    if how == 'delete_data':
+      os.remove(data)
+    else:
+      os.truncate(data, os.path.getsize(data) // 2)
+  elif how == 'delete_metadata':
+    os.remove(os.path.join(item, '_METADATA'))
+  else:  # Emptied step directory.
+    for entry in os.listdir(step_dir):
+      path = os.path.join(step_dir, entry)
+      if os.path.isdir(path):
+        import shutil
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step_and_resumes_exactly(tmp_path, caplog):
+  """Each of these damages used to stop every restart (zstd, event-loop, pytree-structure or `Composite` args
+  errors); now the restart logs it, moves the step aside and resumes exactly from the step before."""
+  import shutil
+
+  config = tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=1)
+  straight = run(config, tmp_path / 'straight')
+  with pytest.raises(KeyboardInterrupt):
+    run(config, tmp_path / 'killed', fail_at=6)  # Checkpoints at steps 2 and 4.
+  for how in ('truncate_data', 'delete_data', 'delete_metadata', 'empty_dir'):
+    workdir = tmp_path / how
+    shutil.copytree(tmp_path / 'killed', workdir)
+    _damage_checkpoint(str(workdir / 'checkpoints' / '4'), how)
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      resumed = run(config, workdir)
+    assert 'checkpoint step 4' in caplog.text and 'cannot be restored' in caplog.text, how
+    assert 'checkpoint step 2' not in caplog.text, how
+    # Trained from step 2 to 6 on the same data: the same final loss as the uninterrupted run.
+    assert resumed['train/loss'] == straight['train/loss'], how
+    assert resumed['train/grad_norm'] == straight['train/grad_norm'], how
+    aside = os.listdir(workdir / checkpointing.DAMAGED_DIR)
+    assert len(aside) == 1 and aside[0].startswith('4-'), how  # Kept, renamed, outside the checkpoint directory.
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4', '6'], how
