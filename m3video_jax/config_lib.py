@@ -198,9 +198,43 @@ def epochs_to_steps(epochs: float, num_videos: int, batch_size: int) -> int:
   return max(1, int(round(epochs * num_videos / batch_size)))
 
 
+class ConfigError(ValueError):
+  """A config field, or the workdir, cannot be used; the message names it, its value and what is expected."""
+
+
 def _check(ok: bool, field: str, value: Any, expected: str) -> None:
   if not ok:
-    raise ValueError(f'config.{field}={value!r} is invalid: expected {expected}')
+    raise ConfigError(f'config.{field}={value!r} is invalid: expected {expected}')
+
+
+# Tuple fields: (length or None for any non-empty length, element type, an example). Checked before any field is
+# used, so a bad override is one message naming the field, not a TypeError from a comparison.
+TUPLE_FIELDS = {
+    'model.patch_size': (3, int, '(2,16,16)'),
+    'data.mean': (3, float, '(0.485,0.456,0.406)'),
+    'data.std': (3, float, '(0.229,0.224,0.225)'),
+    'data.crop_scales': (None, float, '(1.0,0.875,0.75,0.66)'),
+    'aug.crop_area': (2, float, '(0.25,1.0)'),
+    'aug.crop_aspect': (2, float, '(0.75,1.333)'),
+}
+
+
+def _check_tuples(c: ml_collections.ConfigDict) -> None:
+  for field, (length, kind, example) in TUPLE_FIELDS.items():
+    node, present = c, True
+    for key in field.split('.'):
+      if key not in node:
+        present = False
+        break
+      node = node[key]
+    if not present:
+      continue
+    numbers = 'integers' if kind is int else 'numbers'
+    expected = (f'a tuple of {length} {numbers}' if length else f'a non-empty tuple of {numbers}') + \
+        f', e.g. --config.{field}="{example}"'
+    ok = isinstance(node, (tuple, list)) and (len(node) == length if length else len(node) >= 1)
+    ok = ok and all(isinstance(x, (int, float) if kind is float else int) and not isinstance(x, bool) for x in node)
+    _check(ok, field, tuple(node) if isinstance(node, list) else node, expected)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -215,6 +249,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   """
   c = config
   _check(c.task in TASKS, 'task', c.task, f'one of {TASKS}')
+  _check_tuples(c)
   for name in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _check(isinstance(c[name], int) and c[name] > 0, name, c[name], 'a positive integer')
   _check(isinstance(c.eval_every_steps, int) and c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps,
@@ -238,8 +273,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(d.synthetic_max_pan >= 0, 'data.synthetic_max_pan', d.synthetic_max_pan, 'a speed >= 0 (px/frame)')
   _check(d.synthetic_num_objects >= 1, 'data.synthetic_num_objects', d.synthetic_num_objects, 'an integer >= 1')
   _check(d.synthetic_object_scale > 0, 'data.synthetic_object_scale', d.synthetic_object_scale, 'a scale > 0')
-  _check(len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std), 'data.std', tuple(d.std),
-         'three positive values (and data.mean three values)')
+  _check(all(s > 0 for s in d.std), 'data.std', tuple(d.std), 'three positive values')
   if not d.prepare_if_missing:
     _check(bool(d.train_files), 'data.train_files', d.train_files,
            'a glob of TFRecord shards written by data_prep (e.g. /data/ssv2/train-*.tfrecord)')
@@ -254,8 +288,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   o = c.optim
   _check(o.base_lr > 0, 'optim.base_lr', o.base_lr, 'a positive learning rate')
   _check(0 <= o.min_lr <= o.base_lr, 'optim.min_lr', o.min_lr, f'in [0, optim.base_lr={o.base_lr}]')
-  _check(0 <= o.warmup_steps <= c.total_steps, 'optim.warmup_steps', o.warmup_steps,
-         f'in [0, total_steps={c.total_steps}]')
+  _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, 'optim.warmup_steps', o.warmup_steps,
+         'an integer >= 0 (clamped to total_steps)')
   _check(0 <= o.b1 < 1, 'optim.b1', o.b1, 'a beta in [0, 1)')
   _check(0 <= o.b2 < 1, 'optim.b2', o.b2, 'a beta in [0, 1)')
   _check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, 'a value >= 0')

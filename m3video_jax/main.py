@@ -10,6 +10,7 @@ Re-running the same command resumes from the latest checkpoint in --workdir. Mul
 """
 import logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -56,9 +57,13 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  from m3video_jax import config_lib
   from m3video_jax import train_lib
 
-  train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except config_lib.ConfigError as e:  # A bad field or workdir: one line, not a traceback.
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

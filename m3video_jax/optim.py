@@ -24,16 +24,23 @@ _NO_DECAY_NAMES = ('mask_token', 'pos_embed', 'cls_token')
 _BLOCK = re.compile(r'block_(\d+)$')
 
 
+def warmup_steps(config) -> int:
+  """`optim.warmup_steps`, clamped to `total_steps`: a short run of any config (e.g. a 5-step smoke run of a config
+  whose warmup is longer) warms up over all its steps instead of being refused. `train_lib` logs the clamp."""
+  return min(int(config.optim.warmup_steps), int(config.total_steps))
+
+
 def lr_schedule(config) -> optax.Schedule:
   """Linear warmup from 0, then cosine to `min_lr`; both ends scaled by videos per step / 256 (paper convention)."""
   o = config.optim
+  warmup = warmup_steps(config)
   videos_per_step = config.data.batch_size
   if config.task != 'pretrain':
     videos_per_step //= config.data.repeated_aug  # The reference scales by batch size, not by batch x num_sample.
   scale = videos_per_step / 256
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.base_lr * scale, warmup_steps=o.warmup_steps,
-      decay_steps=max(config.total_steps, o.warmup_steps + 1), end_value=o.min_lr * scale)
+      init_value=0.0, peak_value=o.base_lr * scale, warmup_steps=warmup,
+      decay_steps=max(config.total_steps, warmup + 1), end_value=o.min_lr * scale)
 
 
 def _names(path) -> list[str]:

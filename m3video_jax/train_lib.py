@@ -112,6 +112,20 @@ def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
       donate_argnums=(0,) if donates_state(mesh) else ())
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir`, or raises `config_lib.ConfigError` saying why it cannot be used (a file, not writable)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f'--workdir={workdir} is a file, not a directory')
+  probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+  try:  # A real write: os.access says yes to root on a read-only mount.
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'wb'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(f'--workdir={workdir} cannot be used: {e.strerror} ({e.filename})') from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        make_batch_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]] | None = None
                        ) -> dict[str, float]:
@@ -130,6 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, num_devices=jax.device_count())
   jax.config.update('jax_threefry_partitionable', True)
   workdir = os.path.abspath(workdir)
+  check_workdir(workdir)
+  if config.optim.warmup_steps > config.total_steps:
+    logging.warning('optim.warmup_steps=%d is longer than total_steps=%d: warming up over all %d steps',
+                    config.optim.warmup_steps, config.total_steps, optim.warmup_steps(config))
   if config.data.prepare_if_missing and make_batch_iterator is None:
     with config.unlocked():
       if config.task == 'pretrain':

@@ -224,6 +224,44 @@ def test_config_validation_names_field_and_allowed_values():
     pretrain_ssv2.get_config('target=flow')
 
 
+def test_tuple_fields_are_type_and_length_checked():
+  """`crop_scales=(1.0,x)` (parsed as a 1-string tuple) used to raise a raw TypeError, and a 2-value `data.mean` was
+  reported as `data.std`."""
+  with pytest.raises(config_lib.ConfigError, match=r"config.data.crop_scales=\('\(1.0,x\)',\) is invalid: expected a "
+                     r'non-empty tuple of numbers, e.g. --config.data.crop_scales="\(1.0,0.875,0.75,0.66\)"'):
+    config_lib.validate(tiny_config(**{'data.crop_scales': ('(1.0,x)',)}))
+  with pytest.raises(config_lib.ConfigError, match=r'config.data.mean=\(0.5, 0.5\) is invalid: expected a tuple of 3'):
+    config_lib.validate(tiny_config(**{'data.mean': (0.5, 0.5)}))
+  with pytest.raises(config_lib.ConfigError, match=r'config.model.patch_size=\(2, 16\) .* 3 integers'):
+    config_lib.validate(tiny_config(**{'model.patch_size': (2, 16)}))
+  with pytest.raises(config_lib.ConfigError, match=r'config.model.patch_size=\(2.0, 16, 16\) .* 3 integers'):
+    config_lib.validate(tiny_config(**{'model.patch_size': (2.0, 16, 16)}))
+  from configs import finetune_ucf101
+  ft = finetune_ucf101.get_config()
+  ft.data.train_files = ft.data.eval_files = 'x'
+  ft.aug.crop_area = (0.2, True)
+  with pytest.raises(config_lib.ConfigError, match=r'config.aug.crop_area=\(0.2, True\) .* 2 numbers'):
+    config_lib.validate(ft)
+
+
+@pytest.mark.parametrize('name', sorted(n[:-3] for n in os.listdir(os.path.join(os.path.dirname(__file__), '..',
+                                                                                   'configs'))
+                                        if n.endswith('.py') and n != '__init__.py'))
+def test_every_config_accepts_a_5_step_run(name):
+  """Tools and users shorten runs with --config.total_steps; the demo's 20-step warmup used to refuse 5 steps."""
+  import importlib
+  config = importlib.import_module(f'configs.{name}').get_config()
+  with config.unlocked():
+    config.total_steps = 5
+    config.data.train_files = config.data.train_files or '/data/x-*.tfrecord'
+    if 'eval_files' in config.data:
+      config.data.eval_files = config.data.eval_files or '/data/y-*.tfrecord'
+  config_lib.validate(config)
+  sched = optim.lr_schedule(config)
+  assert optim.warmup_steps(config) == min(config.optim.warmup_steps, 5)
+  assert all(np.isfinite(float(sched(k))) for k in range(6)) and float(sched(optim.warmup_steps(config))) > 0
+
+
 @pytest.mark.parametrize('name', ['pretrain_ssv2', 'pretrain_k400'])
 def test_paper_configs_validate_and_compile_abstractly(name):
   import importlib
@@ -330,3 +368,22 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step_and_resumes
     aside = os.listdir(workdir / checkpointing.DAMAGED_DIR)
     assert len(aside) == 1 and aside[0].startswith('4-'), how  # Kept, renamed, outside the checkpoint directory.
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4', '6'], how
+
+
+def test_unusable_workdir_and_bad_fields_are_one_line_errors(tmp_path):
+  import subprocess
+  import sys
+
+  (tmp_path / 'afile').write_text('x')
+  with pytest.raises(config_lib.ConfigError, match='is a file, not a directory'):
+    train_lib.check_workdir(str(tmp_path / 'afile'))
+  with pytest.raises(config_lib.ConfigError, match='cannot be used: Not a directory'):
+    train_lib.check_workdir(str(tmp_path / 'afile' / 'run'))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for args, message in ((['--workdir=' + str(tmp_path / 'afile')], f'error: --workdir={tmp_path / "afile"} is a file'),
+                        (['--workdir=' + str(tmp_path / 'run'), '--config.data.crop_scales=(1.0,x)'],
+                         "error: config.data.crop_scales=('(1.0,x)',) is invalid")):
+    proc = subprocess.run([sys.executable, '-m', 'm3video_jax.main', '--config=configs/demo.py', *args], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
