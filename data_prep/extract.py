@@ -30,6 +30,7 @@ from data_prep import shards
 from data_prep import video_io
 from data_prep.config import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig
 from data_prep.inputs import VideoInput
+from m3video_jax import paths
 from m3video_jax.data import schema
 
 COUNTER_NAMESPACE = 'data_prep'
@@ -196,29 +197,11 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
   if not listed.videos:
     raise ValueError(f'--input={input_spec!r} lists no video files (extensions: {inputs_lib.VIDEO_EXTENSIONS})')
   tasks = shards.plan_shards(listed.videos, job.prefix, job.videos_per_shard, job.min_shards)
-  _make_output_dir(output_dir)
-  with shards.output_dir_lock(output_dir):
-    return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start)
-
-
-def _make_output_dir(output_dir: str) -> None:
-  """Creates `output_dir`, or raises a ValueError saying why it cannot be used (a file, not writable)."""
   if '://' in output_dir:
     shards.gfile().makedirs(output_dir)
-    return
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise ValueError(f'--output_dir={output_dir} is a file, not a directory')
-  try:
-    os.makedirs(output_dir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f'--output_dir={output_dir} cannot be created: {e.strerror}') from None
-  probe = os.path.join(output_dir, f'.write-test-{os.getpid()}')
-  try:  # A real write: os.access says yes to root on a read-only mount.
-    with open(probe, 'wb'):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(f'--output_dir={output_dir} is not writable: {e.strerror}') from None
+  paths.writable_dir(output_dir, '--output_dir')
+  with shards.output_dir_lock(output_dir):
+    return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start)
 
 
 def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 import cv2
@@ -357,8 +358,14 @@ def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int 
 def main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags
+  from m3video_jax import paths
+
   f = flags.FLAGS
-  w, h = _parse_size(f.size)
+  try:
+    w, h = _parse_size(f.size)
+    paths.writable_dir(f.output_dir, '--output_dir')
+  except ValueError as e:
+    sys.exit(f'error: {e}')
   specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
                    val_fraction=f.val_fraction, max_pan=f.max_pan, num_objects=f.num_objects,
                    object_scale=f.object_scale)

@@ -323,8 +323,11 @@ def main(argv=None) -> None:
       raise app.UsageError(f'unexpected arguments: {args[1:]}')
     from data_prep import inputs as inputs_lib
 
+    from m3video_jax import paths
+
     f = flags.FLAGS
     try:
+      paths.writable_dir(f.output_dir, '--output_dir')
       encoder = load_encoder(f.checkpoint, f.step, encoder_only=f.encoder_only)
     except import_weights.USER_ERRORS as e:  # A one-line message, not a traceback, for bad inputs.
       sys.exit(f'error: {e}')

@@ -24,6 +24,7 @@ from m3video_jax import checkpointing
 from m3video_jax import config_lib
 from m3video_jax import metrics as metrics_lib
 from m3video_jax import optim
+from m3video_jax import paths
 from m3video_jax import sharding
 from m3video_jax import tasks
 from m3video_jax.data import demo_data
@@ -114,16 +115,10 @@ def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
 
 def check_workdir(workdir: str) -> None:
   """Creates `workdir`, or raises `config_lib.ConfigError` saying why it cannot be used (a file, not writable)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f'--workdir={workdir} is a file, not a directory')
-  probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-  try:  # A real write: os.access says yes to root on a read-only mount.
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'wb'):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise config_lib.ConfigError(f'--workdir={workdir} cannot be used: {e.strerror} ({e.filename})') from None
+  try:
+    paths.writable_dir(workdir, '--workdir')
+  except paths.UnusableOutputError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

@@ -377,7 +377,7 @@ def test_unusable_workdir_and_bad_fields_are_one_line_errors(tmp_path):
   (tmp_path / 'afile').write_text('x')
   with pytest.raises(config_lib.ConfigError, match='is a file, not a directory'):
     train_lib.check_workdir(str(tmp_path / 'afile'))
-  with pytest.raises(config_lib.ConfigError, match='cannot be used: Not a directory'):
+  with pytest.raises(config_lib.ConfigError, match='cannot be created: Not a directory'):
     train_lib.check_workdir(str(tmp_path / 'afile' / 'run'))
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for args, message in ((['--workdir=' + str(tmp_path / 'afile')], f'error: --workdir={tmp_path / "afile"} is a file'),
