@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -80,9 +81,9 @@ def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.
 
 
 def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeout_s: float, opencv_threads: int,
-               launcher_pid: int | None = None):
-  """The shard DoFn. `launcher_pid`: a worker process started by that process (the local runners) exits when it
-  dies, so a killed job leaves no worker writing into the output directory."""
+               launcher: tuple[str, int] | None = None):
+  """The shard DoFn. `launcher`: (host, pid) of the launching process; a worker process it started itself (the
+  local runners) exits when it dies, so a killed job leaves no worker writing into the output directory."""
   import apache_beam as beam
 
   class ExtractShardFn(beam.DoFn):
@@ -103,7 +104,7 @@ def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeou
       if isolation == 'subprocess':
         self._worker = isolated_worker.IsolatedWorker(timeout_s=video_timeout_s or None,
                                                       init=(cv2.setNumThreads, (opencv_threads,)))
-      if launcher_pid is not None and os.getppid() == launcher_pid:  # A local worker process of the launcher.
+      if launcher is not None and launcher == (socket.gethostname(), os.getppid()):  # A local worker of the launcher.
         isolated_worker.exit_with_parent(on_exit=self._worker.kill if self._worker is not None else None)
 
     def _count(self, out: shards.VideoOutcome) -> None:
@@ -230,7 +231,7 @@ def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, l
            | 'ShardTasks' >> beam.Create(pending)
            | 'Distribute' >> beam.Reshuffle()
            | 'ExtractShard' >> beam.ParDo(_make_dofn(config, output_dir, job.isolation, job.video_timeout_s,
-                                                     job.opencv_threads, launcher_pid=os.getpid())))
+                                                     job.opencv_threads, launcher=(socket.gethostname(), os.getpid()))))
       result = pipeline.run()
       result.wait_until_finish()
     finally:

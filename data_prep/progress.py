@@ -70,10 +70,10 @@ class ProgressMonitor:
       self._thread.start()
     return self
 
-  def line(self) -> str:
-    """The progress line now; once every video is done, its rate and elapsed time stop at the last shard's end (so
-    the time the runner takes to shut down does not lower the rate)."""
-    done, failed, frames = snapshot(self._output_dir, self._tasks)
+  def line(self, snap: tuple[int, int, int] | None = None) -> str:
+    """The progress line now (from `snap`, a `snapshot`, if given); once every video is done, its rate and elapsed
+    time stop at the last shard's end (so the time the runner takes to shut down does not lower the rate)."""
+    done, failed, frames = snap or snapshot(self._output_dir, self._tasks)
     end = time.time()
     if done >= self._total:
       end = self._last_result_time() or end
@@ -96,9 +96,10 @@ class ProgressMonitor:
   def _run(self) -> None:
     while not self._stop.wait(self._interval):
       try:
-        if snapshot(self._output_dir, self._tasks)[0] >= self._total:
+        snap = snapshot(self._output_dir, self._tasks)
+        if snap[0] >= self._total:
           return  # All done: the launcher prints the final line once, after the runner has finished.
-        print(f'[data_prep] {self.line()}', file=self._stream, flush=True)
+        print(f'[data_prep] {self.line(snap)}', file=self._stream, flush=True)
       except Exception as e:  # Never let the display kill the job.
         print(f'[data_prep] progress unavailable: {e}', file=self._stream, flush=True)
 

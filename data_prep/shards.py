@@ -194,8 +194,11 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
     for name in (MANIFEST, FAILURES):
       if g.exists(join(output_dir, name)):
         g.remove(join(output_dir, name))
-    if g.exists(join(output_dir, WORK_DIR)):
-      g.rmtree(join(output_dir, WORK_DIR))
+    work = join(output_dir, WORK_DIR)
+    for name in (g.listdir(work) if g.isdir(work) else []):
+      if name != LOCK:  # The running job's lock stays (deleting it would let a second job lock a new file).
+        path = join(work, name.rstrip('/'))
+        g.rmtree(path) if g.isdir(path) else g.remove(path)
   for sub in ('shards', 'progress', 'tmp'):
     g.makedirs(join(output_dir, WORK_DIR, sub))
   tmp_dir = join(output_dir, WORK_DIR, 'tmp')

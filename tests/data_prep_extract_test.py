@@ -214,7 +214,13 @@ def test_a_second_job_on_a_locked_output_dir_is_refused_and_touches_nothing(tmp_
   manifest = extract.run(csv, out, CONFIG, job, beam_args=IN_PROCESS)  # Released: the job runs and cleans up.
   assert manifest['records'] == 2 and not os.path.exists(in_flight)
   with shards.output_dir_lock(out):  # Released again after the job, also after an error inside it.
-    pass
+    # --overwrite by the lock holder clears _work but keeps the lock file it holds.
+    other = shards.plan_shards([VideoInput('/elsewhere/v.mp4')], 'videos', 1, 1)
+    shards.prepare_output_dir(out, other, PrepConfig(short_side=64, traj_len=4), overwrite=True)
+    assert not os.path.exists(shards.result_path(out, 'videos-00000-of-00001.tfrecord'))
+    with pytest.raises(shards.OutputDirInUseError):
+      with shards.output_dir_lock(out):
+        pass
 
 
 def test_progress_stops_printing_when_done_and_the_final_rate_does_not_fall(tmp_path):
