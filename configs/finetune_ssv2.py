@@ -1,4 +1,4 @@
-"""Fine-tuning on Something-Something V2 (paper Table 14; REFERENCE_NOTES §8).
+"""Fine-tuning on Something-Something V2 (paper Table 14; docs/design.md §5).
 
 ViT-B, 16 segments (TSN sampling) at 224², no flip, AdamW (0.9, 0.999), lr 1e-3 x videos/256, layer decay 0.75,
 warmup 5 epochs, 50 epochs, batch 512 videos x repeated augmentation 2, drop path 0.1, label smoothing 0.1, mixup 0.8,

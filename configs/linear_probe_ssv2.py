@@ -1,4 +1,4 @@
-"""Linear probing on Something-Something V2 (paper Table 12 / §4; REFERENCE_NOTES §8.6).
+"""Linear probing on Something-Something V2 (paper Table 12 / §4; docs/design.md §5).
 
 The pretrained ViT-B encoder is frozen and runs in eval mode (no drop path); its mean-pooled tokens go through
 `fc_norm` (kept at its init, a plain standardisation, as in the reference) and the linear `head`, the only trained

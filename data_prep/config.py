@@ -21,7 +21,8 @@ class PrepConfig:
     short_side: prep resolution: the short side is resized to this many pixels (a multiple of the grid step) and the
       long side to the nearest multiple of the grid step keeping the aspect ratio; 0 keeps the native size.
     traj_len: trajectory length `L` (flow steps per trajectory).
-    traj_start_stride: trajectories start at frames 0, s, 2s, ... (DESIGN §3: 2 keeps every tubelet start of even clips).
+    traj_start_stride: trajectories start at frames 0, s, 2s, ... (2 keeps every tubelet start of even clips;
+      docs/design.md §2).
     flow: optical-flow method, one of `FLOW_METHODS`.
     camera_motion: camera-motion removal, one of `CAMERA_MOTION_MODES`.
     flow_bound: flow is clipped to ±flow_bound px (paper: 20).

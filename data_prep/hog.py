@@ -1,4 +1,4 @@
-"""Per-frame HOG cell map (DESIGN §2.4, paper A.3): 9 unsigned-orientation bins, no block normalisation.
+"""Per-frame HOG cell map (docs/design.md §3.2, paper A.3): 9 unsigned-orientation bins, no block normalisation.
 
 Conventions: gradients are 3x3 Sobel on the grayscale frame in [0, 1] with replicated borders, `gx` along +x (right),
 `gy` along +y (down); orientation `φ = atan2(gy, gx) mod 180°`; bin `b` is centred at `b·20°` and every pixel votes its
@@ -6,7 +6,7 @@ gradient magnitude linearly into the two nearest bin centres (bin 9 ≡ bin 0). 
 `[8gy, 8gy+8) x [8gx, 8gx+8)`, i.e. the cell centred at grid point `(8gx+4, 8gy+4)`; its histogram is the *mean* of the
 votes over its 64 pixels. Pixels beyond the last full cell are ignored.
 
-A horizontal flip maps orientation φ to 180° − φ, so bin b becomes bin (9 − b) mod 9 (DESIGN §2.7).
+A horizontal flip maps orientation φ to 180° − φ, so bin b becomes bin (9 − b) mod 9 (docs/design.md §3.4).
 """
 from __future__ import annotations
 

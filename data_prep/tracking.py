@@ -1,4 +1,4 @@
-"""Dense grid tracking through the warped flow (paper eq. 6, DESIGN §2.2-2.3).
+"""Dense grid tracking through the warped flow (paper eq. 6, docs/design.md §3.1).
 
 From a start frame f, the grid point `(gy, gx)` starts at `p_0 = (8gx + 4, 8gy + 4)` and moves
 `p_{j+1} = p_j + (M * w_{f+j})(p_j)`, with `M` the 3x3 median filter of the flow and bilinear sampling at the sub-pixel

@@ -361,7 +361,7 @@ PRETRAIN_ARGS = dict(variant='B', mask_ratio=0.7, target='trajectory', traj_len=
 
 
 def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
-  """Applies the ablation switches shared by the pretraining configs (DESIGN §2.8, paper Tables 1, 3, 5, 7, 8).
+  """Applies the ablation switches shared by the pretraining configs (docs/design.md §3.5, paper Tables 1, 3, 5, 7, 8).
 
   `target` is one of `trajectory` (paper default), `trajectory_position_only`, `trajectory_shape_only`, `pixel`,
   `hog`, `trajectory_reference` (the released code's target: L=4, static RGB HOG, per-step norm, any-of-4 validity).
@@ -463,7 +463,7 @@ def classification_config(arg: str | None, *, task: str, num_train_videos: int, 
 
   Args:
     arg: config arg string: `variant=S|B|L`, `recipe=paper|reference` (paper Table 14 vs the released scripts, see
-      REFERENCE_NOTES §8.4), `repeated_aug=N`, `tiny` (CPU-sized, for tests).
+      docs/design.md §5), `repeated_aug=N`, `tiny` (CPU-sized, for tests).
     task: 'finetune' or 'linear_probe'.
     num_train_videos: epoch length.
     epochs, test_temporal_views, lr: per recipe (`lr` defaults to 1e-3 for both).

@@ -19,7 +19,7 @@ Grid point `(gy, gx)` lies in token `(gy // 2, gx // 2)` (in its tubelet's time 
 
 Target layouts (index within a token's target vector; `L = traj_len`, `K = 4`):
 
-* `trajectory` (paper-faithful, DESIGN §2.5): parts `position` then `shape` (each can be switched off).
+* `trajectory` (paper-faithful, docs/design.md §3.3): parts `position` then `shape` (each can be switched off).
     position  `K*L*2` (48 for L=6): index `k*2L + j*2 + c`, `c` = 0 for dx, 1 for dy.
     shape     `K*L*9` (216 for L=6): index `k*9L + j*9 + b`, `b` = HOG bin.
   Each part is normalised per token by `position_norm` / `shape_norm` (`x` = the part's raw values, statistics over
@@ -35,7 +35,7 @@ Target layouts (index within a token's target vector; `L = traj_len`, `K = 4`):
   `noise_floor` acts on the position part of tokens that do not move (`moving_tokens`: no valid Δp component above
   1.5 storage quanta): `zero_weight` drops those elements from the loss, `zero_target` makes their target 0.
   Weight: element of trajectory `k` = `traj_valid` of that trajectory (both parts).
-* `trajectory_reference` (the released code's target, DESIGN §2.8; use with `traj_len=4`):
+* `trajectory_reference` (the released code's target, docs/design.md §3.5; use with `traj_len=4`):
     position  `2*L*K` (32 for L=4): `dp / 20`, index `c*(L*K) + j*K + k`; with `position_norm='per_step'` (what
               `target=trajectory_reference` sets) every `(c, j)` is normalised over its K points:
               `(x - mean) / (std + norm_eps)` with the unbiased std (reference PatchStd); `none` leaves `dp / 20`.
@@ -77,7 +77,7 @@ Batch = dict[str, jax.Array]
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every target field with its default (paper-faithful trajectory target, DESIGN §2)."""
+  """Every target field with its default (paper-faithful trajectory target, docs/design.md §3)."""
   c = ml_collections.ConfigDict()
   c.kind = 'trajectory'  # One of KINDS.
   # trajectory / trajectory_reference

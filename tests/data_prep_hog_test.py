@@ -1,4 +1,5 @@
-"""HOG cell maps of data_prep: bins of oriented edges, flip symmetry (DESIGN §2.7), agreement with a plain reference."""
+"""HOG cell maps of data_prep: bins of oriented edges, flip symmetry (docs/design.md §3.4), agreement with a plain
+reference."""
 import numpy as np
 import pytest
 

@@ -136,7 +136,7 @@ def test_hf_classifier_logits_match_transformers(tmp_path):
 
 
 def reference_forward(sd, video, depth, heads, prefix=''):
-  """The reference encoder's forward pass written from its formulas (REFERENCE_NOTES §6.1) on a `mme` state dict."""
+  """The reference encoder's forward pass written from its formulas (docs/design.md §4) on a `mme` state dict."""
   import torch.nn.functional as F
 
   p = lambda name: sd[prefix + name]  # noqa: E731

@@ -23,7 +23,7 @@ def test_layer_decay_scales_are_the_reference_ones_for_vit_b():
     block = scales['encoder'][f'block_{i:02d}']
     assert set(jax.tree.leaves(block)) == {0.75 ** (12 - i)}, i
   assert scales['fc_norm']['scale'] == scales['head']['kernel'] == scales['head']['bias'] == 1.0
-  np.testing.assert_allclose(0.75 ** 13, 0.02376, atol=1e-5)  # REFERENCE_NOTES §8.2: patch embed ~ 0.0238
+  np.testing.assert_allclose(0.75 ** 13, 0.02376, atol=1e-5)  # docs/design.md §5: patch embed ~ 0.0238
 
 
 def test_layer_decay_scales_each_adamw_update():

@@ -1,7 +1,7 @@
 """Per-clip TensorFlow ops of the input pipeline: clip sampling, target assembly, multi-scale crop, flip, normalise.
 
-Frames and trajectories always go through the same crop and flip (DESIGN §2.7). Every op is a pure function of its
-inputs and an explicit stateless seed, so a clip is a deterministic function of (record, seed).
+Frames and trajectories always go through the same crop and flip (docs/design.md §3.4). Every op is a pure function of
+its inputs and an explicit stateless seed, so a clip is a deterministic function of (record, seed).
 
 Shapes: `T` clip frames, `Tt = T // pt` tubelets, `L` trajectory steps, prep grid `Gh x Gw` (8-px cells of the stored
 video), output grid `G = res // 8` per side.

@@ -18,7 +18,7 @@ Geometry (prep resolution, i.e. after data prep resized the video to its short s
   Trajectory-aligned HOG `traj_hog[i, j] = HOG(p_j)` in frame `s*i + j` is the bilinear lookup of `hog_map` at the tracked
   position (`decode` does that lookup; the input pipeline does the same in TF for the starts it needs).
 
-Encoding of the non-JPEG arrays (kept small, see the storage budget in DESIGN §3):
+Encoding of the non-JPEG arrays (kept small, see the storage budget in docs/design.md §2):
   traj_disp: int8 in units of 1/4 px (clipped to ±127 → ±31.75 px; flow is clipped to ±20 px), one zlib stream per start.
   traj_inside_steps: uint8 `[Gh, Gw]`, one zlib stream per start (almost all equal to L: compresses to ~nothing).
   hog_map: uint8 with square-root companding, `v = (q / 255)**2 * hog_scale[n]`, one zlib stream per frame.
