@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+import procs
+
 from data_prep import extract
 from data_prep import isolated_worker
 from data_prep import shards
@@ -287,20 +289,25 @@ def test_cli_default_runner_from_another_cwd(tmp_path):
   assert manifest['job']['isolation'] == 'subprocess'
 
 
-@pytest.mark.slow
-def test_cli_killed_and_resumed(tmp_path):
-  """The CLI (default local runner) killed after its first shard, then re-run: visible shards are never partial, the
-  re-run completes without duplicates. ~40 s (two job start-ups)."""
+def _cli_job(tmp_path, *, num_videos, seed, min_shards, progress_interval_s):
+  """Synthetic videos and the CLI command of a job over them (default local runner, 2 workers): (out, cmd, env)."""
   root = str(tmp_path / 'data')
   os.makedirs(root)
-  rng = np.random.default_rng(1)
-  for i in range(12):
+  rng = np.random.default_rng(seed)
+  for i in range(num_videos):
     synthetic.write_mp4(os.path.join(root, f'v{i:02d}.mp4'),
                         synthetic.render(synthetic.sample_spec(rng, i % 8, 64, 64, 24)))
   out = str(tmp_path / 'out')
   cmd = [sys.executable, '-m', 'data_prep.extract', f'--input={root}', f'--output_dir={out}', '--short_side=128',
-         '--min_shards=6', '--progress_interval_s=1', '--direct_num_workers=2']
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+         f'--min_shards={min_shards}', f'--progress_interval_s={progress_interval_s}', '--direct_num_workers=2']
+  return out, cmd, {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+
+
+@pytest.mark.slow
+def test_cli_killed_and_resumed(tmp_path):
+  """The CLI (default local runner) killed after its first shard, then re-run: visible shards are never partial, the
+  re-run completes without duplicates. ~40 s (two job start-ups)."""
+  out, cmd, env = _cli_job(tmp_path, num_videos=12, seed=1, min_shards=6, progress_interval_s=1)
   proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True)
   deadline = time.time() + 120
@@ -326,49 +333,12 @@ def test_cli_killed_and_resumed(tmp_path):
   assert not os.path.exists(os.path.join(REPO, 'out'))
 
 
-def _descendants(pid):
-  """Pids of every living descendant of `pid` (from /proc)."""
-  children = {}
-  for entry in os.listdir('/proc'):
-    if entry.isdigit():
-      try:
-        stat = open(f'/proc/{entry}/stat').read()
-      except OSError:
-        continue
-      fields = stat[stat.rindex(')') + 2:].split()
-      if fields[0] != 'Z':
-        children.setdefault(int(fields[1]), []).append(int(entry))
-  out, todo = [], [pid]
-  while todo:
-    for child in children.get(todo.pop(), []):
-      out.append(child)
-      todo.append(child)
-  return out
-
-
-def _alive(pid):
-  try:
-    stat = open(f'/proc/{pid}/stat').read()
-  except OSError:
-    return False
-  return stat[stat.rindex(')') + 2] != 'Z'
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads the process tree from /proc')
 def test_cli_second_job_is_refused_and_workers_end_with_a_killed_launcher(tmp_path):
   """A second job on a running job's --output_dir exits at once naming the holder; after SIGKILL of the launcher
   alone, its Beam workers and their isolated children used to keep running and writing for >= 9 s. ~40 s."""
-  root = str(tmp_path / 'data')
-  os.makedirs(root)
-  rng = np.random.default_rng(2)
-  for i in range(8):
-    synthetic.write_mp4(os.path.join(root, f'v{i:02d}.mp4'),
-                        synthetic.render(synthetic.sample_spec(rng, i % 8, 64, 64, 24)))
-  out = str(tmp_path / 'out')
-  cmd = [sys.executable, '-m', 'data_prep.extract', f'--input={root}', f'--output_dir={out}', '--short_side=128',
-         '--min_shards=8', '--progress_interval_s=0', '--direct_num_workers=2']
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  out, cmd, env = _cli_job(tmp_path, num_videos=8, seed=2, min_shards=8, progress_interval_s=0)
   proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True)
   try:
@@ -381,19 +351,19 @@ def test_cli_second_job_is_refused_and_workers_end_with_a_killed_launcher(tmp_pa
     second = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr[-3000:]
     assert f'is in use by another data_prep job (pid {proc.pid} on ' in second.stderr
-    workers = _descendants(proc.pid)
+    workers = procs.descendants(proc.pid)
     assert workers, 'the job has no worker processes'
     assert len(_finished_shards(out)) < 8, 'the job finished before it could be killed; use more videos'
     os.kill(proc.pid, signal.SIGKILL)  # The launcher alone.
     proc.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(p) for p in workers):
+    while time.time() < deadline and any(procs.alive(p) for p in workers):
       time.sleep(0.1)
-    assert not [p for p in workers if _alive(p)], 'worker processes outlived the launcher by 10 s'
+    assert not [p for p in workers if procs.alive(p)], 'worker processes outlived the launcher by 10 s'
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
-    for p in _descendants(proc.pid):
+    for p in procs.descendants(proc.pid):
       try:
         os.kill(p, signal.SIGKILL)
       except ProcessLookupError:

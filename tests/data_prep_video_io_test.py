@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+import procs
+
 from data_prep import isolated_worker
 from data_prep import synthetic
 from data_prep import video_io
@@ -194,16 +196,9 @@ def test_isolated_child_ends_when_its_parent_is_killed(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.time() + 5
-    while time.time() < deadline and _running(child):
+    while time.time() < deadline and procs.alive(child):
       time.sleep(0.05)
-    assert not _running(child), 'the isolated child outlived its killed parent'
+    assert not procs.alive(child), 'the isolated child outlived its killed parent'
   finally:
     parent.kill()
 
-
-def _running(pid):
-  try:
-    stat = open(f'/proc/{pid}/stat').read()
-  except OSError:
-    return False
-  return stat[stat.rindex(')') + 2] != 'Z'
