@@ -32,33 +32,55 @@ DAMAGED_DIR = 'checkpoints_damaged'
 
 def restore_or_init(workdir: str, config, abstract_state: Any, shardings: Any,
                     init_fn: Callable[[], Any]) -> tuple[ocp.CheckpointManager, Any, int | None]:
-  """Restores the newest checkpoint in `workdir` that restores onto `shardings`, or calls `init_fn()` when none does.
+  """Restores the newest checkpoint in `workdir` that restores onto `shardings`, or calls `init_fn()` when there is none.
 
-  A step that fails to restore (a truncated or deleted data file, missing metadata, an emptied step directory, a
-  different tree) is logged with the reason and moved aside to `<workdir>/checkpoints_damaged/<step>-<time>` (kept,
-  not deleted), and the previous step is tried with a fresh manager (a failed restore can leave a manager's view of
-  the directory wrong): a damaged newest checkpoint costs the steps since the one before it, not the run. The training
-  stream resumes exactly from the step restored.
+  Steps are tried newest first. When an older step restores, every newer one that did not (a truncated or deleted
+  data file, missing metadata, an emptied step directory) is logged with its reason and moved aside to
+  `<workdir>/checkpoints_damaged/<step>-<time>` (kept, not deleted): a damaged newest checkpoint costs the steps since
+  the one before it, not the run, and the training stream resumes exactly from the step restored. When no step
+  restores (typically a config that no longer matches the checkpoints), nothing is moved and the error is raised.
 
   Returns:
     (the checkpoint manager to save with, state, restored step or None).
+
+  Raises:
+    RuntimeError: no step restores; the message names each step and why, the newest step's error is the cause.
   """
   target = abstract_with_sharding(abstract_state, shardings)
   manager = make_manager(workdir, config)
-  while (step := manager.latest_step()) is not None:
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return manager, init_fn(), None
+  failed: list[tuple[int, str, Exception]] = []
+  for step in steps:
     try:
-      return manager, manager.restore(step, args=ocp.args.StandardRestore(target)), step
+      state = _restore_step(checkpoint_dir(workdir), step, target)
     except Exception as e:  # Orbax raises many types for damaged files (zstd, tensorstore, tree, args errors).
       text = str(e).strip()
-      reason = f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'[:300]
+      failed.append((step, f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'[:300], e))
+      continue
+    if failed:
       manager.close()
-      moved = _set_aside(checkpoint_dir(workdir), step)
-      if moved is None:  # Not process 0: the chief moves it; stop here rather than loop on the same step.
-        raise
-      logging.warning('checkpoint step %d in %s cannot be restored (%s); moved it to %s, trying the previous step',
-                      step, checkpoint_dir(workdir), reason, moved)
+      for bad, reason, _ in failed:
+        moved = _set_aside(checkpoint_dir(workdir), bad)
+        logging.warning('checkpoint step %d in %s cannot be restored (%s); %s; resuming from step %d', bad,
+                        checkpoint_dir(workdir), reason, f'moved it to {moved}' if moved else 'process 0 moves it',
+                        step)
       manager = make_manager(workdir, config)
-  return manager, init_fn(), None
+    return manager, state, step
+  manager.close()
+  raise RuntimeError(f'no checkpoint in {checkpoint_dir(workdir)} restores onto this config (nothing was moved or '
+                     'deleted): ' + '; '.join(f'step {st}: {reason}' for st, reason, _ in failed)
+                     + '. If the config changed, train in a new --workdir') from failed[0][2]
+
+
+def _restore_step(ckpt_dir: str, step: int, target: Any) -> Any:
+  """One step's state, read on its own (a manager that failed on one step can misjudge the next)."""
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    return checkpointer.restore(os.path.join(ckpt_dir, str(step), 'default'), target)
+  finally:
+    checkpointer.close()
 
 
 def _set_aside(ckpt_dir: str, step: int) -> str | None:

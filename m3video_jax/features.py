@@ -25,8 +25,9 @@ Each video is decoded with `data_prep.video_io` (short side resized to `--res`, 
 every `--stride` frames and cut into consecutive, non-overlapping clips of `--num_frames` sampled frames (clip `k`
 covers source frames `[k * num_frames * stride, (k + 1) * num_frames * stride)`; the last, partial clip is padded with
 its last frame, as the reference pads short videos). `<output_dir>/<path relative to the inputs' common folder>.npy`
-(the video's extension is kept, `x.mp4.npy`, where two videos differ only in it; never outside `--output_dir`) holds `[num_clips, D]` (`--pool=mean`) or `[num_clips, N, D]` (`--pool=tokens`) float32; `index.csv` lists video,
-feature file, clips, decoded frames and fps; unreadable videos are skipped and listed in `failures.csv`. Existing
+(never outside `--output_dir`; the video's extension is kept, `x.mp4.npy`, where two videos differ only in it) holds
+`[num_clips, D]` (`--pool=mean`) or `[num_clips, N, D]` (`--pool=tokens`) float32; `index.csv` lists video, feature
+file, clips, decoded frames and fps; unreadable videos are skipped and listed in `failures.csv`. Existing
 `.npy` files are kept unless `--overwrite`. Defaults of `--num_frames/--stride/--res` come from the checkpoint's
 config (`data.num_frames`, `data.frame_stride`, `data.res`), else 16 / 4 / 224.
 """
@@ -322,7 +323,6 @@ def main(argv=None) -> None:
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {args[1:]}')
     from data_prep import inputs as inputs_lib
-
     from m3video_jax import paths
 
     f = flags.FLAGS

@@ -368,6 +368,12 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step_and_resumes
     aside = os.listdir(workdir / checkpointing.DAMAGED_DIR)
     assert len(aside) == 1 and aside[0].startswith('4-'), how  # Kept, renamed, outside the checkpoint directory.
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4', '6'], how
+  # A config that matches no checkpoint is not damage: nothing is moved, the restart fails naming each step.
+  other = tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=1, **{'model.decoder_width': 96})
+  with pytest.raises(RuntimeError, match=r'no checkpoint in .* restores onto this config \(nothing was moved'):
+    run(other, tmp_path / 'killed')
+  assert sorted(os.listdir(tmp_path / 'killed' / 'checkpoints')) == ['2', '4']
+  assert not os.path.exists(tmp_path / 'killed' / checkpointing.DAMAGED_DIR)
 
 
 def test_unusable_workdir_and_bad_fields_are_one_line_errors(tmp_path):
