@@ -138,10 +138,8 @@ def usable_shards(shards: list[str], skip_corrupt: bool,
     problem = shard_problem(shard, entries.get(shard, {}).get('bytes'))
     if problem or shard in entries:
       return problem, entries.get(shard, {}).get('records', 0)
-    damaged = find_damaged_record([shard])
-    if damaged:
-      return f'has an unreadable record {damaged[len(shard) + 1:]}', 0
-    return None, int(tf.data.TFRecordDataset(shard).reduce(np.int64(0), lambda n, _: n + 1))
+    count, why = _read_all(shard)
+    return (f'has an unreadable record (record {count}): {why}' if why else None), count
 
   with futures.ThreadPoolExecutor(min(16, len(shards))) as pool:  # Small reads; parallel for remote stores.
     checked = list(pool.map(check, shards))
@@ -165,15 +163,23 @@ def tf_error_text(e: tf.errors.OpError) -> str:
   return re.sub(r'\s*\[Op:\w+\].*$', '', text, flags=re.S).strip()
 
 
+def _read_all(shard: str) -> tuple[int, str | None]:
+  """Reads every record of `shard` (CRC-checked): (records read, why reading stopped early or None)."""
+  k = 0
+  try:
+    for _ in tf.data.TFRecordDataset(shard):
+      k += 1
+  except tf.errors.OpError as e:
+    return k, tf_error_text(e)
+  return k, None
+
+
 def find_damaged_record(shards: list[str]) -> str | None:
-  """Reads every record of `shards` (CRC-checked) and names the first that cannot be read: `<shard> (record k): why`."""
+  """Reads every record of `shards` and names the first that cannot be read: `<shard> (record k): why`."""
   for shard in shards:
-    k = 0
-    try:
-      for _ in tf.data.TFRecordDataset(shard):
-        k += 1
-    except tf.errors.OpError as e:
-      return f'{shard} (record {k}): {tf_error_text(e)}'
+    k, why = _read_all(shard)
+    if why:
+      return f'{shard} (record {k}): {why}'
   return None
 
 
