@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -339,7 +340,6 @@ def _damage_checkpoint(step_dir, how):
     for entry in os.listdir(step_dir):
       path = os.path.join(step_dir, entry)
       if os.path.isdir(path):
-        import shutil
         shutil.rmtree(path)
       else:
         os.remove(path)
@@ -348,8 +348,6 @@ def _damage_checkpoint(step_dir, how):
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step_and_resumes_exactly(tmp_path, caplog):
   """Each of these damages used to stop every restart (zstd, event-loop, pytree-structure or `Composite` args
   errors); now the restart logs it, moves the step aside and resumes exactly from the step before."""
-  import shutil
-
   config = tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=1)
   straight = run(config, tmp_path / 'straight')
   with pytest.raises(KeyboardInterrupt):
