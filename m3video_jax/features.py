@@ -33,6 +33,7 @@ config (`data.num_frames`, `data.frame_stride`, `data.res`), else 16 / 4 / 224.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import logging
 import os
@@ -221,7 +222,7 @@ def output_names(paths: Sequence[str], root: str | None = None) -> list[str]:
   from data_prep import inputs as inputs_lib
 
   paths = [inputs_lib.canonical(p) for p in paths]
-  repeated = sorted({p for p in paths if paths.count(p) > 1})
+  repeated = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
   if repeated:
     raise ValueError(f'videos listed more than once: {repeated[:5]}')
   if root is not None:
@@ -235,7 +236,8 @@ def output_names(paths: Sequence[str], root: str | None = None) -> list[str]:
     common = common[:common.rfind('/') + 1]
   rel = [p[len(common):] for p in paths]
   stems = [os.path.splitext(r)[0] for r in rel]
-  names = [(r if stems.count(s) > 1 else s) + '.npy' for r, s in zip(rel, stems)]
+  per_stem = collections.Counter(stems)
+  names = [(r if per_stem[s] > 1 else s) + '.npy' for r, s in zip(rel, stems)]
   for name in names:
     parts = name.split('/')
     if name.startswith('/') or '..' in parts or '' in parts:

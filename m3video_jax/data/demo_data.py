@@ -83,9 +83,10 @@ def held_out_record(config, workdir: str) -> bytes | None:
              '--progress_interval_s=0', stdout=subprocess.DEVNULL)
   import glob
 
-  import tensorflow as tf  # The caller's input pipeline has loaded it already.
+  from m3video_jax.data import pipeline  # TF: the caller's input pipeline has loaded it already.
 
   for shard in sorted(glob.glob(os.path.join(shards_dir, 'picture-*.tfrecord'))):
-    for raw in tf.data.TFRecordDataset(shard).take(1):
-      return raw.numpy()
+    first = next(pipeline.iterate_shard_records(shard), None)
+    if first is not None:
+      return first
   return None
