@@ -48,11 +48,11 @@ def prepare_shards(out_dir: str, traj_len: int) -> str:
 
 def measure(config, shards: list[str], clips: int, per_core: bool) -> float:
   import tensorflow as tf
-  from m3video_jax.data import pipeline
+  from m3video_jax.data import pretraining
 
   with config.unlocked():
     config.data.num_parallel_calls = 1 if per_core else -1
-  ds, _ = pipeline.make_train_dataset(config, shards=shards)
+  ds, _ = pretraining.make_train_dataset(config, shards=shards)
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1 if per_core else 0
   options.autotune.enabled = not per_core
@@ -83,7 +83,7 @@ def main() -> None:
   tf.config.threading.set_inter_op_parallelism_threads(1)
   from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
   import importlib.util
-  from m3video_jax.data import pipeline
+  from m3video_jax.data import stream
   from m3video_jax.data import schema
 
   spec = importlib.util.spec_from_file_location('bench_config', args.config)
@@ -91,13 +91,13 @@ def main() -> None:
   spec.loader.exec_module(module)
   config = module.get_config()
   pattern = args.shards or prepare_shards(args.prep_dir, config.target.traj_len)
-  shards = pipeline.list_shards(pattern)
+  shards = stream.list_shards(pattern)
   with config.unlocked():
     config.data.train_files = pattern
     config.data.batch_size = args.batch_size
     config.data.shuffle_buffer = 16
 
-  records = [r for s in shards for r in pipeline.iterate_shard_records(s)]
+  records = [r for s in shards for r in stream.iterate_shard_records(s)]
   frames = [schema._parse_example(r)[schema.NUM_FRAMES] for r in records]  # pylint: disable=protected-access
   record_bytes = np.mean([len(r) for r in records])
   non_jpeg = np.mean([schema.non_jpeg_bytes(r) for r in records])

@@ -36,7 +36,7 @@ from data_prep import optical_flow  # noqa: E402
 from data_prep import sample_videos  # noqa: E402
 from data_prep import video_io  # noqa: E402
 from data_prep import video_targets  # noqa: E402
-from data_prep.config import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig  # noqa: E402
+from data_prep.options import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig  # noqa: E402
 from m3video_jax.data import schema  # noqa: E402
 
 STAGES = ('decode', 'jpeg', 'hog', 'flow', 'camera', 'tracking', 'encode', 'write')

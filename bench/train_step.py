@@ -25,22 +25,16 @@ import numpy as np
 def bench_jax(args) -> float:
   import jax
   from configs import pretrain_ssv2
-  from m3video_jax import optim, sharding, tasks, train_lib
+  from m3video_jax import sharding, tasks, train_lib
 
   config = pretrain_ssv2.get_config(f'variant={args.variant},mask_ratio={args.mask_ratio}')
   with config.unlocked():
     config.data.update(num_frames=args.frames, res=args.res, batch_size=args.batch, train_files='unused')
     config.model.dtype = args.jax_dtype
     config.mesh.data = 1
-  task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  init = lambda rng: train_lib._init_state(task, tx, rng)  # pylint: disable=protected-access
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  state_shd = sharding.state_sharding(abstract, mesh)
-  batch_shd = sharding.batch_sharding(mesh)
-  step_fn = train_lib.make_step_fn(task, tx, config, state_shd, batch_shd, mesh)
-  state = jax.jit(init, out_shardings=state_shd)(jax.random.PRNGKey(0))
+  trainer = train_lib.make_trainer(config, sharding.make_mesh(config.mesh, devices=jax.devices()[:1]))
+  step_fn, batch_shd = trainer.step_fn, trainer.batch_sharding
+  state = trainer.init(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = tasks.example_batch(config, args.batch)
   batch['video'] = rng.integers(0, 256, size=batch['video'].shape, dtype=np.uint8)

@@ -15,15 +15,16 @@ Args: target = trajectory (default) | trajectory_position_only | trajectory_pape
 configs/motion_mini.py; `target=pixel` is the VideoMAE baseline the probe demo compares with), steps=N,
 num_videos=N (generated; 3/4 are pretrained on).
 """
-from configs import motion_mini
 from m3video_jax import config_lib
+
+motion_mini = config_lib.sibling_config(__file__, 'motion_mini')
 
 NEXT = (
     'python -m m3video_jax.main --config=configs/linear_probe_demo.py --workdir={workdir}_probe '
     '--config.init_from={workdir}',
     'python -m m3video_jax.main --config=configs/finetune_demo.py --workdir={workdir}_finetune '
     '--config.init_from={workdir}',
-    'python -m m3video_jax.export --checkpoint={workdir} --format=hf --output={workdir}_hf',
+    'python -m m3video_jax.interop.export --checkpoint={workdir} --format=hf --output={workdir}_hf',
 )
 
 

@@ -10,8 +10,9 @@ videos, frames only). It trains 1,000 steps, then logs the 2 x 3-view test top-1
 writes them to `<workdir>/eval_results.json` (chance 12.5 %). Without `init_from` the encoder trains from scratch.
 The recipe is scaled down for the tiny encoder (configs/motion_mini.py, docs/finetune.md). Args: steps=N.
 """
-from configs import motion_mini
 from m3video_jax import config_lib
+
+motion_mini = config_lib.sibling_config(__file__, 'motion_mini')
 
 
 def get_config(arg=None):

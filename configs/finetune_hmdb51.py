@@ -17,6 +17,14 @@ NUM_TRAIN_VIDEOS = 3_570
 
 
 def get_config(arg=None):
-  return config_lib.classification_config(
-      arg, task='finetune', num_train_videos=NUM_TRAIN_VIDEOS, num_classes=51, sampling='dense', frame_stride=4,
-      flip=True, epochs={'paper': 100, 'reference': 100}, test_temporal_views={'paper': 10, 'reference': 10})
+  a = config_lib.parse_arg(arg, **config_lib.CLASSIFICATION_ARGS)
+  c = config_lib.classification_base('finetune')
+  config_lib.apply_classification_args(c, a)
+  c.model.num_classes = 51
+  c.data.update(sampling='dense', frame_stride=4, flip=True)
+  c.eval.test_temporal_views = 10
+  config_lib.epochs_schedule(c, num_train_videos=NUM_TRAIN_VIDEOS, epochs=100, warmup_epochs=5,
+                             checkpoint_epochs=1, eval_epochs=5)
+  if a.tiny:
+    config_lib.shrink_for_tests(c)
+  return c

@@ -17,6 +17,15 @@ NUM_TRAIN_VIDEOS = 240_000
 
 
 def get_config(arg=None):
-  return config_lib.classification_config(
-      arg, task='finetune', num_train_videos=NUM_TRAIN_VIDEOS, num_classes=400, sampling='dense', frame_stride=4,
-      flip=True, epochs={'paper': 100, 'reference': 75}, test_temporal_views={'paper': 5, 'reference': 7})
+  a = config_lib.parse_arg(arg, **config_lib.CLASSIFICATION_ARGS)
+  c = config_lib.classification_base('finetune')
+  config_lib.apply_classification_args(c, a)
+  paper = a.recipe == 'paper'
+  c.model.num_classes = 400
+  c.data.update(sampling='dense', frame_stride=4, flip=True)
+  c.eval.test_temporal_views = 5 if paper else 7
+  config_lib.epochs_schedule(c, num_train_videos=NUM_TRAIN_VIDEOS, epochs=100 if paper else 75, warmup_epochs=5,
+                             checkpoint_epochs=1, eval_epochs=5)
+  if a.tiny:
+    config_lib.shrink_for_tests(c)
+  return c

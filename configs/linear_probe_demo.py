@@ -9,8 +9,9 @@ pretraining never saw); the encoder is frozen (eval mode) and only the linear he
 lines give the 2 x 3-view test top-1 against chance (12.5 %); `<workdir>/eval_results.json` holds it. Compare with
 the same probe of `configs/demo.py:target=pixel` (README, docs/results.md). Args: steps=N.
 """
-from configs import motion_mini
 from m3video_jax import config_lib
+
+motion_mini = config_lib.sibling_config(__file__, 'motion_mini')
 
 
 # The baseline to compare with: the same probe of a pixel-target (VideoMAE) demo pretraining.

@@ -18,7 +18,15 @@ NUM_TRAIN_VIDEOS = 168_913
 
 
 def get_config(arg=None):
-  return config_lib.classification_config(
-      arg, task='linear_probe', num_train_videos=NUM_TRAIN_VIDEOS, num_classes=174, sampling='segment',
-      frame_stride=1, flip=False, epochs={'paper': 20, 'reference': 30},
-      test_temporal_views={'paper': 2, 'reference': 2})
+  a = config_lib.parse_arg(arg, **config_lib.CLASSIFICATION_ARGS)
+  c = config_lib.classification_base('linear_probe')
+  config_lib.apply_classification_args(c, a)
+  paper = a.recipe == 'paper'
+  c.model.num_classes = 174
+  c.data.update(sampling='segment', frame_stride=1, flip=False)
+  c.eval.test_temporal_views = 2
+  config_lib.epochs_schedule(c, num_train_videos=NUM_TRAIN_VIDEOS, epochs=20 if paper else 30, warmup_epochs=5,
+                             checkpoint_epochs=1, eval_epochs=5)
+  if a.tiny:
+    config_lib.shrink_for_tests(c)
+  return c

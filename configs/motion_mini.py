@@ -35,8 +35,8 @@ PROBE_VIDEOS = 800  # Another seed: 600 probe-train, 200 probe-test videos, none
 
 def _data(c, a) -> None:
   """The synthetic videos and the prep of the regime (shared by pretraining and the probe data)."""
+  config_lib.add_demo_data(c)
   d = c.data
-  d.prepare_if_missing = True
   d.synthetic_size = 96
   d.synthetic_frames = 24
   d.synthetic_max_pan = 0.0
@@ -111,9 +111,7 @@ def _classify(a):
   c.eval_every_steps = 0
   c.checkpoint_every_steps = c.total_steps
   c.keep_checkpoints = 1
-  if a.task == 'linear_probe':  # Frozen encoder in eval mode; only the head trains (a larger lr, no weight decay).
-    c.model.drop_path = 0.0
-    c.optim.layer_decay = 1.0
+  if a.task == 'linear_probe':  # Only the head trains: a larger lr, no weight decay.
     c.optim.base_lr = 3e-3 * 256 / c.data.batch_size
     c.optim.weight_decay = 0.0
   if a.smoke:

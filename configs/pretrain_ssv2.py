@@ -15,4 +15,13 @@ NUM_TRAIN_VIDEOS = 168_913  # Epoch length; total and warmup steps are derived f
 
 
 def get_config(arg=None):
-  return config_lib.pretrain_config(arg, num_train_videos=NUM_TRAIN_VIDEOS, frame_stride=2, flip=False)
+  a = config_lib.parse_arg(arg, **config_lib.PRETRAIN_ARGS)
+  c = config_lib.pretrain_base()  # Paper Table 13: ViT-B, 16 frames at 224², tube mask 0.7, batch 512.
+  c.data.frame_stride = 2
+  c.data.flip = False
+  config_lib.epochs_schedule(c, num_train_videos=NUM_TRAIN_VIDEOS, epochs=400, warmup_epochs=40, checkpoint_epochs=10,
+                             videos_per_step=c.data.batch_size)
+  config_lib.apply_pretrain_args(c, a)
+  if a.tiny:
+    config_lib.shrink_for_tests(c)
+  return c

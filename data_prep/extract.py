@@ -14,7 +14,7 @@ and exits non-zero if more than `--max_bad_fraction` of the inputs failed.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,9 +30,9 @@ from typing import Any
 from data_prep import inputs as inputs_lib
 from data_prep import shards
 from data_prep import video_io
-from data_prep.config import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig
+from data_prep.options import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig
 from data_prep.inputs import VideoInput
-from m3video_jax import paths
+from m3video_jax import cli
 from m3video_jax.data import schema
 
 COUNTER_NAMESPACE = 'data_prep'
@@ -200,13 +201,69 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
   tasks = shards.plan_shards(listed.videos, job.prefix, job.videos_per_shard, job.min_shards)
   if '://' in output_dir:
     shards.gfile().makedirs(output_dir)
-  paths.writable_dir(output_dir, '--output_dir')
+  schema.writable_dir(output_dir, '--output_dir')
   with shards.output_dir_lock(output_dir):
     return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start)
 
 
+@contextlib.contextmanager
+def _library_output_to_log(output_dir: str, log):
+  """Unless `--verbose` (`cli.verbose_from_env`): everything written to file descriptor 2 while the pipeline runs
+  (Beam's worker processes, the isolated video workers, TensorFlow and Beam in this process) goes to
+  `<output_dir>/_work/beam.log` (a temp file for a URL output), and the job's own lines go on to `log`. On an error the
+  last lines of that log are shown.
+
+  Yields:
+    The stream for the job's own lines.
+  """
+  if cli.verbose_from_env():
+    yield log
+    return
+  if '://' in output_dir:
+    fd, path = tempfile.mkstemp(prefix='data_prep_beam_', suffix='.log')
+  else:
+    path = os.path.join(output_dir, shards.WORK_DIR, shards.BEAM_LOG)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  try:
+    ours = os.fdopen(os.dup(log.fileno()), 'w', buffering=1) if log.fileno() == 2 else log
+  except (AttributeError, OSError, ValueError):  # A stream without a descriptor (a StringIO, a test's capture).
+    ours = log
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = os.dup(2)
+  os.dup2(fd, 2)
+  os.close(fd)
+  failed = False
+  try:
+    yield ours
+  except TooManyFailuresError:  # The job ran; its summary says what failed.
+    raise
+  except BaseException:
+    failed = True
+    raise
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    if ours is not log:
+      ours.close()
+    if failed:
+      try:
+        with open(path, errors='replace') as f:
+          tail = f.read().splitlines()[-25:]
+      except OSError:
+        tail = []
+      print(f'[data_prep] the pipeline failed; what Beam and its workers printed is in {path}, last lines:\n  '
+            + '\n  '.join(tail), file=log, flush=True)
+
+
 def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start) -> dict[str, Any]:
   """`run` once the output directory's lock is held."""
+  with _library_output_to_log(output_dir, log) as ours:
+    return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start)
+
+
+def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start) -> dict[str, Any]:
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
   from data_prep import progress
@@ -240,7 +297,7 @@ def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, l
     counters = _counters(result)
 
   manifest = write_manifest(output_dir, tasks, config, job, listed, input_spec, time.time() - t_start)
-  _print_summary(manifest, counters, log)
+  _print_summary(manifest, counters, log, output_dir)
   if manifest['status'] != 'ok':
     raise TooManyFailuresError(
         f'{manifest["videos_failed"]} of {manifest["videos"]} inputs failed ({manifest["failed_fraction"]:.1%}), '
@@ -317,7 +374,7 @@ def write_manifest(output_dir: str, tasks: Sequence[shards.ShardTask], config: P
   return manifest
 
 
-def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log) -> None:
+def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log, output_dir: str) -> None:
   m = manifest
   print(f'[data_prep] done: {m["records"]} records in {m["num_shards"]} shards, {m["videos_failed"]} of {m["videos"]} '
         f'inputs failed{" " + json.dumps(m["failure_reasons"]) if m["failure_reasons"] else ""}, '
@@ -326,73 +383,80 @@ def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log) -> N
         f'(budget 16 KiB); JPEG: {m["jpeg_bytes_per_frame"] / 1024:.2f} KiB', file=log)
   if counters:
     print('[data_prep] Beam counters: ' + ', '.join(f'{k}={v}' for k, v in sorted(counters.items())), file=log)
+  pattern = shards.join(output_dir, m['file_pattern'])
+  written = [('manifest', shards.join(output_dir, shards.MANIFEST))]
   if m['videos_failed']:
-    print(f'[data_prep] failure report: {m["failure_report"]}', file=log)
-  log.flush()
+    written.append(('failure report', shards.join(output_dir, m['failure_report'])))
+  cli.summary(f'[data_prep] wrote {pattern}', written,
+              [f"python -m m3video_jax.visualize --shards='{pattern}' --output=/tmp/trajectories.png  # check by eye",
+               f"python -m m3video_jax.main --config=configs/pretrain_ssv2.py --workdir=$WD "
+               f"--config.data.train_files='{pattern}'"], stream=log)
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
+def define_flags(fv) -> None:
+  """The job's flags; any other `--flag` is a Beam pipeline option (`main`)."""
+  from absl import flags
+
   d = PrepConfig()
   j = JobOptions()
-  p = argparse.ArgumentParser(
-      prog='python -m data_prep.extract',
-      description='Extract frames, warped-flow trajectories and HOG maps into TFRecord shards (Apache Beam). '
-      'Unknown flags are passed to Beam as pipeline options.')
-  p.add_argument('--input', action='append', required=True,
-                 help='CSV/list file (path,label or "path label"), directory of class folders, or glob. Repeatable.')
-  p.add_argument('--output_dir', required=True, help='Output directory (local or gs://...).')
-  p.add_argument('--data_root', default=None, help='Base of relative paths in list files (default: its folder).')
-  p.add_argument('--label_map', default=None, help='JSON {class name: index} (default: sorted class names).')
-  p.add_argument('--prefix', default=j.prefix, help='Shard file prefix: <prefix>-NNNNN-of-MMMMM.tfrecord.')
-  p.add_argument('--short_side', type=int, default=d.short_side, help='Prep short side in px (0 = native size).')
-  p.add_argument('--traj_len', type=int, default=d.traj_len, help='Trajectory length L (flow steps).')
-  p.add_argument('--traj_start_stride', type=int, default=d.traj_start_stride, help='Frames between trajectory starts.')
-  p.add_argument('--flow', choices=FLOW_METHODS, default=d.flow, help='Optical-flow method.')
-  p.add_argument('--camera_motion', choices=CAMERA_MOTION_MODES, default=d.camera_motion,
-                 help='Camera-motion removal: compose (1 flow/frame), rewarp (paper: warp + 2nd flow), none.')
-  p.add_argument('--no_camera_motion', action='store_true', help='Same as --camera_motion=none.')
-  p.add_argument('--flow_bound', type=float, default=d.flow_bound, help='Clip flow to +-this many px.')
-  p.add_argument('--ransac_threshold', type=float, default=d.ransac_threshold, help='RANSAC threshold (px).')
-  p.add_argument('--jpeg_quality', type=int, default=d.jpeg_quality, help='JPEG quality of stored frames.')
-  p.add_argument('--max_frames', type=int, default=d.max_frames, help='Keep at most this many frames (0 = all).')
-  p.add_argument('--min_native_side', type=int, default=d.min_native_side, help='Reject smaller videos (px).')
-  p.add_argument('--videos_per_shard', type=int, default=j.videos_per_shard, help='Max videos per shard.')
-  p.add_argument('--min_shards', type=int, default=j.min_shards, help='At least this many shards (if enough videos).')
-  p.add_argument('--max_bad_fraction', type=float, default=j.max_bad_fraction,
-                 help='Fail the job (exit 1) if more than this fraction of inputs fail.')
-  p.add_argument('--isolation', choices=('subprocess', 'none'), default=j.isolation,
-                 help='Decode each video in a crash-isolated child process (default) or in the Beam worker.')
-  p.add_argument('--video_timeout_s', type=float, default=j.video_timeout_s, help='Per-video time limit (0 = none).')
-  p.add_argument('--opencv_threads', type=int, default=j.opencv_threads, help='OpenCV threads per worker.')
-  p.add_argument('--progress_interval_s', type=float, default=j.progress_interval_s,
-                 help='Seconds between progress lines (0 = off).')
-  p.add_argument('--overwrite', action='store_true', help='Delete shards of another job in --output_dir.')
-  return p
+
+  def flag(kind, name, default, help_text, **kwargs):
+    getattr(flags, f'DEFINE_{kind}')(name=name, default=default, help=help_text, flag_values=fv, **kwargs)
+
+  flag('multi_string', 'input', None, 'CSV/list file (path,label or "path label"), directory of class folders, or '
+       'glob. Repeatable.', required=True)
+  flag('string', 'output_dir', None, 'Output directory (local or gs://...).', required=True)
+  flag('string', 'data_root', None, 'Base of relative paths in list files (default: its folder).')
+  flag('string', 'label_map', None, 'JSON {class name: index} (default: sorted class names).')
+  flag('string', 'prefix', j.prefix, 'Shard file prefix: <prefix>-NNNNN-of-MMMMM.tfrecord.')
+  flag('integer', 'short_side', d.short_side, 'Prep short side in px (0 = native size).')
+  flag('integer', 'traj_len', d.traj_len, 'Trajectory length L (flow steps).')
+  flag('integer', 'traj_start_stride', d.traj_start_stride, 'Frames between trajectory starts.')
+  flag('enum', 'flow', d.flow, 'Optical-flow method.', enum_values=list(FLOW_METHODS))
+  flag('enum', 'camera_motion', d.camera_motion,
+       'Camera-motion removal: compose (1 flow/frame), rewarp (paper: warp + 2nd flow), none.',
+       enum_values=list(CAMERA_MOTION_MODES))
+  flag('bool', 'no_camera_motion', False, 'Same as --camera_motion=none.')
+  flag('float', 'flow_bound', d.flow_bound, 'Clip flow to +-this many px.')
+  flag('float', 'ransac_threshold', d.ransac_threshold, 'RANSAC threshold (px).')
+  flag('integer', 'jpeg_quality', d.jpeg_quality, 'JPEG quality of stored frames.')
+  flag('integer', 'max_frames', d.max_frames, 'Keep at most this many frames (0 = all).')
+  flag('integer', 'min_native_side', d.min_native_side, 'Reject smaller videos (px).')
+  flag('integer', 'videos_per_shard', j.videos_per_shard, 'Max videos per shard.')
+  flag('integer', 'min_shards', j.min_shards, 'At least this many shards (if enough videos).')
+  flag('float', 'max_bad_fraction', j.max_bad_fraction, 'Fail the job (exit 1) if more than this fraction of inputs '
+       'fail.')
+  flag('enum', 'isolation', j.isolation, 'Decode each video in a crash-isolated child process (default) or in the '
+       'Beam worker.', enum_values=['subprocess', 'none'])
+  flag('float', 'video_timeout_s', j.video_timeout_s, 'Per-video time limit (0 = none).')
+  flag('integer', 'opencv_threads', j.opencv_threads, 'OpenCV threads per worker.')
+  flag('float', 'progress_interval_s', j.progress_interval_s, 'Seconds between progress lines (0 = off).')
+  flag('bool', 'overwrite', False, 'Delete shards of another job in --output_dir.')
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only used for gfile and TFRecord writing here.
-  args, beam_args = build_arg_parser().parse_known_args(argv)
+def _main(f, beam_args: list[str]) -> int:
+  config = PrepConfig(short_side=f.short_side, traj_len=f.traj_len, traj_start_stride=f.traj_start_stride,
+                      flow=f.flow, camera_motion='none' if f.no_camera_motion else f.camera_motion,
+                      flow_bound=f.flow_bound, ransac_threshold=f.ransac_threshold, jpeg_quality=f.jpeg_quality,
+                      max_frames=f.max_frames, min_native_side=f.min_native_side)
+  job = JobOptions(prefix=f.prefix, videos_per_shard=f.videos_per_shard, min_shards=f.min_shards,
+                   max_bad_fraction=f.max_bad_fraction, isolation=f.isolation, video_timeout_s=f.video_timeout_s,
+                   opencv_threads=f.opencv_threads, progress_interval_s=f.progress_interval_s, overwrite=f.overwrite)
+  inputs = f.input[0] if len(f.input) == 1 else f.input
   try:
-    config = PrepConfig(short_side=args.short_side, traj_len=args.traj_len, traj_start_stride=args.traj_start_stride,
-                        flow=args.flow, camera_motion='none' if args.no_camera_motion else args.camera_motion,
-                        flow_bound=args.flow_bound, ransac_threshold=args.ransac_threshold,
-                        jpeg_quality=args.jpeg_quality, max_frames=args.max_frames,
-                        min_native_side=args.min_native_side)
-    job = JobOptions(prefix=args.prefix, videos_per_shard=args.videos_per_shard, min_shards=args.min_shards,
-                     max_bad_fraction=args.max_bad_fraction, isolation=args.isolation,
-                     video_timeout_s=args.video_timeout_s, opencv_threads=args.opencv_threads,
-                     progress_interval_s=args.progress_interval_s, overwrite=args.overwrite)
-    inputs = args.input[0] if len(args.input) == 1 else args.input
-    run(inputs, args.output_dir, config, job, beam_args=beam_args, data_root=args.data_root,
-        label_map_path=args.label_map)
+    run(inputs, f.output_dir, config, job, beam_args=beam_args, data_root=f.data_root, label_map_path=f.label_map)
   except TooManyFailuresError as e:
     print(f'[data_prep] FAILED: {e}', file=sys.stderr)
     return 1
-  except ValueError as e:
-    print(f'[data_prep] error: {e}', file=sys.stderr)
-    return 2
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The CLI (`m3video_jax.cli` convention; unknown flags are Beam pipeline options). Exit status: 0 done, 1 more than
+  `--max_bad_fraction` of the inputs failed, 2 refused input (a one-line `[data_prep] error:`)."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only used for gfile and TFRecord writing here.
+  return cli.run(define_flags, _main, argv, doc=__doc__, prog='python -m data_prep.extract', known_only=True,
+                 errors=(ValueError,), error_status=2, error_prefix='[data_prep] ')
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ import functools
 import cv2
 import numpy as np
 
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 
 _DIS_PRESETS = {
     'dis_ultrafast': cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,

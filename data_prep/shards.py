@@ -31,10 +31,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 from data_prep.inputs import VideoInput
 
 WORK_DIR = '_work'
+BEAM_LOG = 'beam.log'  # In WORK_DIR: what Beam, its workers and TF printed (data_prep.extract; all with --verbose).
 MANIFEST = 'manifest.json'
 FAILURES = 'failures.jsonl'
 LABEL_MAP = 'label_map.json'
@@ -196,7 +197,8 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
         g.remove(join(output_dir, name))
     work = join(output_dir, WORK_DIR)
     for name in (g.listdir(work) if g.isdir(work) else []):
-      if name != LOCK:  # The running job's lock stays (deleting it would let a second job lock a new file).
+      if name not in (LOCK, BEAM_LOG):  # The running job's lock stays (deleting it would let a second job lock a new
+        # file), and so does the log the running job is writing.
         path = join(work, name.rstrip('/'))
         g.rmtree(path) if g.isdir(path) else g.remove(path)
   for sub in ('shards', 'progress', 'tmp'):

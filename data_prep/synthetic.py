@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from m3video_jax import cli
+
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down', 'rotate_cw', 'rotate_ccw', 'grow',
            'shrink')
 DEFAULT_MAX_PAN = 1.5  # px/frame: camera pans as fast as the objects move, so only relative motion tells classes apart.
@@ -355,22 +357,46 @@ def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int 
   return specs
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
+def define_flags(fv) -> None:
   from absl import flags
-  from m3video_jax import paths
 
-  f = flags.FLAGS
-  try:
-    w, h = _parse_size(f.size)
-    paths.writable_dir(f.output_dir, '--output_dir')
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  flags.DEFINE_string('output_dir', None, 'Where to write videos/, the CSVs and label_map.json.', flag_values=fv,
+                      required=True)
+  flags.DEFINE_integer('num_videos', 48, 'Number of videos (classes round robin).', flag_values=fv)
+  flags.DEFINE_string('size', '128x128', 'Frame size WxH (or N for square), even, >= 32.', flag_values=fv)
+  flags.DEFINE_integer('frames', 32, 'Frames per video.', flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Random seed (same seed -> same videos).', flag_values=fv)
+  flags.DEFINE_float('val_fraction', 0.25, 'Fraction of each class in val.csv.', flag_values=fv)
+  flags.DEFINE_float('max_pan', DEFAULT_MAX_PAN, 'Camera pan speed bound, px/frame (0 = static camera).',
+                     flag_values=fv)
+  flags.DEFINE_integer('num_objects', 1, 'Moving objects per video (all with the class motion; later ones in front).',
+                       flag_values=fv)
+  flags.DEFINE_float('object_scale', 1.0, 'Size of the objects relative to the default (several objects share it).',
+                     flag_values=fv)
+
+
+def _main(f, rest) -> None:
+  del rest
+  from m3video_jax.data import schema
+
+  w, h = _parse_size(f.size)
+  schema.writable_dir(f.output_dir, '--output_dir')
   specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
                    val_fraction=f.val_fraction, max_pan=f.max_pan, num_objects=f.num_objects,
                    object_scale=f.object_scale)
-  print(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {f.output_dir}; '
-        f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json')
+  out = os.path.abspath(f.output_dir)
+  cli.summary(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {out}; '
+              f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json',
+              [('videos', os.path.join(out, 'videos')), ('train / val lists', os.path.join(out, 'train.csv') + ', '
+                                                          + os.path.join(out, 'val.csv'))],
+              [f'python -m data_prep.extract --input={os.path.join(out, "train.csv")} '
+               f'--label_map={os.path.join(out, "label_map.json")} --output_dir={out}_prep/train'])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The CLI (`m3video_jax.cli` convention); returns the exit status."""
+  return cli.run(define_flags, _main, argv, doc=__doc__, prog='python -m data_prep.synthetic',
+                 errors=(ValueError,))
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -387,15 +413,4 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 if __name__ == '__main__':
-  from absl import app, flags
-
-  flags.DEFINE_string('output_dir', None, 'Where to write videos/, the CSVs and label_map.json.', required=True)
-  flags.DEFINE_integer('num_videos', 48, 'Number of videos (classes round robin).')
-  flags.DEFINE_string('size', '128x128', 'Frame size WxH (or N for square), even, >= 32.')
-  flags.DEFINE_integer('frames', 32, 'Frames per video.')
-  flags.DEFINE_integer('seed', 0, 'Random seed (same seed -> same videos).')
-  flags.DEFINE_float('val_fraction', 0.25, 'Fraction of each class in val.csv.')
-  flags.DEFINE_float('max_pan', DEFAULT_MAX_PAN, 'Camera pan speed bound, px/frame (0 = static camera).')
-  flags.DEFINE_integer('num_objects', 1, 'Moving objects per video (all with the class motion; later ones in front).')
-  flags.DEFINE_float('object_scale', 1.0, 'Size of the objects relative to the default (several objects share it).')
-  app.run(main)
+  sys.exit(main())

@@ -21,7 +21,7 @@ from data_prep import hog as hog_lib
 from data_prep import optical_flow
 from data_prep import tracking
 from data_prep import video_io
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 from m3video_jax.data import schema
 
 

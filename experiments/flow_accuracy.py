@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep import synthetic  # noqa: E402
 from data_prep import video_targets  # noqa: E402
-from data_prep.config import PrepConfig  # noqa: E402
+from data_prep.options import PrepConfig  # noqa: E402
 from m3video_jax.data import schema  # noqa: E402
 
 SETTINGS = ((2, 'dis_fast', 'compose'), (1, 'dis_fast', 'compose'), (1, 'dis_medium', 'compose'),

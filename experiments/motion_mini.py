@@ -66,10 +66,10 @@ def finetune_config(workdir: str, seed: int, smoke: bool, init_from: str):
 def probe_features(workdir: str, encoder_params, smoke: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Per-video mean-pooled features of the probe-train and probe-test videos (2 temporal views, centre crop)."""
   from m3video_jax import probe
-  from m3video_jax.data import classification
+  from m3video_jax import demo as demo_lib
 
   config = finetune_config(workdir, 0, smoke, '')
-  train_glob, test_glob = classification.prepare_demo_data(config, workdir)
+  train_glob, test_glob = demo_lib.prepare_classification(config, workdir)
   return {split: probe.dataset_features(config, pattern, encoder_params)
           for split, pattern in (('train', train_glob), ('test', test_glob))}
 

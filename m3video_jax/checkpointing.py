@@ -1,6 +1,7 @@
 """Orbax checkpoints of the TrainState: async saves every `checkpoint_every_steps`, keep-N, resume onto any mesh."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -156,6 +157,15 @@ def load_params(path: str, step: int | None = None) -> Any:
   restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
       item={'params': tree['params']}, restore_args={'params': restore_args}, partial_restore=True))
   return _to_plain_dict(restored['params'])
+
+
+def read_run_config(checkpoint_dir: str) -> dict[str, Any] | None:
+  """The `config.json` beside an orbax `checkpoints/` dir (a training workdir or an import output), if any."""
+  path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def _to_plain_dict(tree: Any) -> Any:

@@ -1,25 +1,40 @@
-"""Config helpers shared by every file in `configs/`: arg-string parsing, the pretraining base config, validation.
+"""The shared base of every file in `configs/`: the base configs of each task, the switches several configs share,
+arg-string parsing, the one `tiny` shrink, and the checks of the fields every task has.
 
-Config files build on `pretrain_base()` and change only what their experiment changes; `validate()` runs before anything
-is compiled and raises `ValueError` naming the field, its value and what is allowed.
+A config file starts from `pretrain_base()` or `classification_base(task)` and spells out what its recipe changes.
+`tasks.validate(config)` runs before anything is compiled: `validate_shared` here, then the task's own fields; it
+raises `ConfigError` naming the field, its value and what is allowed.
 """
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
+import types
 from typing import Any
 
 import ml_collections
+
+from m3video_jax.data import schema
 
 ENCODER_VARIANTS = ('mu', 'XS', 'S', 'B', 'L')
 MASK_KINDS = ('tube', 'cube')
 DECODER_MODES = ('joint', 'separate')
 DTYPES = ('float32', 'bfloat16')
-TASKS = ('pretrain', 'finetune', 'linear_probe')
 SAMPLINGS = ('dense', 'segment')
 
-# ImageNet statistics: the reference normalises clips with these, and exported models expect them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sibling_config(config_file: str, name: str) -> types.ModuleType:
+  """The config module `name` from the folder of `config_file` (a config's `__file__`), loaded by path, so configs
+  that build on each other load from any working directory (`configs/` is not an installed package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'm3video_config_{name}', path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: {config_file} builds on the config {name!r} beside it')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -62,6 +77,25 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+def add_demo_data(c: ml_collections.ConfigDict) -> None:
+  """The fields of demo and CPU-experiment configs only (`m3video_jax/demo.py`): write synthetic videos and run data
+  prep into `data.prepare_dir` (default `<workdir>/data`) unless it already holds them, and train on those shards."""
+  c.next_commands = ()  # Shell commands the closing summary suggests ('{workdir}' = this run's workdir).
+  d = c.data
+  d.prepare_if_missing = True
+  d.prepare_dir = ''
+  d.synthetic_num_videos = 0
+  d.synthetic_size = 0
+  d.synthetic_frames = 0
+  d.synthetic_seed = 0
+  d.synthetic_max_pan = 1.5  # Camera pan bound of the synthetic videos, px/frame.
+  d.synthetic_num_objects = 1  # Moving objects per video (data_prep.synthetic --num_objects).
+  d.synthetic_object_scale = 1.0  # Their size (data_prep.synthetic --object_scale).
+  d.prep_short_side = 0
+  d.prep_flow = 'dis_fast'  # data_prep.extract --flow.
+  d.prep_camera_motion = 'compose'  # data_prep.extract --camera_motion.
+
+
 def _base(task: str) -> ml_collections.ConfigDict:
   """Fields every task shares (run cadence, input basics, encoder, optimiser, mesh), at the pretraining defaults."""
   c = ml_collections.ConfigDict()
@@ -74,7 +108,6 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.init_from = ''  # Orbax checkpoint dir or workdir whose params initialise the model (resume from workdir wins).
   c.eval_every_steps = 0  # Periodic evaluation (classification tasks); 0 = only at the end. Pretraining has none.
   c.viz_every_steps = 0  # TensorBoard pictures of the task (pretraining: target vs predicted trajectories); 0 = off.
-  c.next_commands = ()  # Shell commands the closing summary suggests ('{workdir}' = this run's workdir); demos.
 
   c.data = ml_collections.ConfigDict()
   c.data.train_files = ''  # Glob of TFRecord shards written by data_prep (comma-separate several globs).
@@ -90,22 +123,8 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.data.skip_corrupt = False
   c.data.num_parallel_calls = -1  # -1 = tf.data.AUTOTUNE
   c.data.prefetch_batches = 2
-  c.data.mean = IMAGENET_MEAN
-  c.data.std = IMAGENET_STD
-  # Demo and CPU experiments only: write synthetic videos and run data prep into `prepare_dir` (default
-  # `<workdir>/data`) unless it already holds them, and train on those shards.
-  c.data.prepare_if_missing = False
-  c.data.prepare_dir = ''
-  c.data.synthetic_num_videos = 0
-  c.data.synthetic_size = 0
-  c.data.synthetic_frames = 0
-  c.data.synthetic_seed = 0
-  c.data.synthetic_max_pan = 1.5  # Camera pan bound of the synthetic videos, px/frame.
-  c.data.synthetic_num_objects = 1  # Moving objects per video (data_prep.synthetic --num_objects).
-  c.data.synthetic_object_scale = 1.0  # Their size (data_prep.synthetic --object_scale).
-  c.data.prep_short_side = 0
-  c.data.prep_flow = 'dis_fast'  # data_prep.extract --flow.
-  c.data.prep_camera_motion = 'compose'  # data_prep.extract --camera_motion.
+  c.data.mean = schema.IMAGENET_MEAN  # The normalisation of the model input (`schema.normalize_video`).
+  c.data.std = schema.IMAGENET_STD
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder = 'B'
@@ -202,7 +221,8 @@ class ConfigError(ValueError):
   """A config field, or the workdir, cannot be used; the message names it, its value and what is expected."""
 
 
-def _check(ok: bool, field: str, value: Any, expected: str) -> None:
+def check(ok: bool, field: str, value: Any, expected: str) -> None:
+  """Raises `ConfigError` `config.<field>=<value> is invalid: expected <expected>` unless `ok`."""
   if not ok:
     raise ConfigError(f'config.{field}={value!r} is invalid: expected {expected}')
 
@@ -234,190 +254,86 @@ def _check_tuples(c: ml_collections.ConfigDict) -> None:
         f', e.g. --config.{field}="{example}"'
     ok = isinstance(node, (tuple, list)) and (len(node) == length if length else len(node) >= 1)
     ok = ok and all(isinstance(x, (int, float) if kind is float else int) and not isinstance(x, bool) for x in node)
-    _check(ok, field, tuple(node) if isinstance(node, list) else node, expected)
+    check(ok, field, tuple(node) if isinstance(node, list) else node, expected)
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Checks a config before anything compiles.
+def validate_shared(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Checks the fields every task has (run cadence, clip, encoder, optimiser, mesh); each task's `validate` calls
+  this first and then checks its own fields (`tasks.validate` checks a whole config).
 
   Args:
     config: a full training config.
     num_devices: global device count (batch divisibility is checked when given).
 
   Raises:
-    ValueError: naming the first invalid field, its value and the allowed values.
+    ConfigError: naming the first invalid field, its value and the allowed values.
   """
   c = config
-  _check(c.task in TASKS, 'task', c.task, f'one of {TASKS}')
   _check_tuples(c)
   for name in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    _check(isinstance(c[name], int) and c[name] > 0, name, c[name], 'a positive integer')
-  _check(isinstance(c.eval_every_steps, int) and c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps,
-         'an integer >= 0 (0 = evaluate only at the end)')
-  _check(isinstance(c.viz_every_steps, int) and c.viz_every_steps >= 0, 'viz_every_steps', c.viz_every_steps,
-         'an integer >= 0 (0 = no pictures)')
-  _check(all(isinstance(x, str) for x in c.next_commands), 'next_commands', c.next_commands, 'a tuple of strings')
+    check(isinstance(c[name], int) and c[name] > 0, name, c[name], 'a positive integer')
+  check(isinstance(c.eval_every_steps, int) and c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps,
+        'an integer >= 0 (0 = evaluate only at the end)')
+  check(isinstance(c.viz_every_steps, int) and c.viz_every_steps >= 0, 'viz_every_steps', c.viz_every_steps,
+        'an integer >= 0 (0 = no pictures)')
+  check(all(isinstance(x, str) for x in c.get('next_commands', ())), 'next_commands', c.get('next_commands'),
+        'a tuple of strings')
   d = c.data
-  _check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'a positive integer')
-  _check(d.num_frames > 0, 'data.num_frames', d.num_frames, 'a positive integer')
+  check(d.batch_size > 0, 'data.batch_size', d.batch_size, 'a positive integer')
+  check(d.num_frames > 0, 'data.num_frames', d.num_frames, 'a positive integer')
   pt, ph, pw = c.model.patch_size
-  if c.task == 'pretrain':
-    _check(pt > 0 and ph % 8 == 0 and pw % 8 == 0 and ph == pw, 'model.patch_size', tuple(c.model.patch_size),
-           '(t, p, p) with p a multiple of the 8-px trajectory grid step')
-  else:
-    _check(pt > 0 and ph > 0 and ph == pw, 'model.patch_size', tuple(c.model.patch_size), '(t, p, p), all positive')
-  _check(d.num_frames % pt == 0, 'data.num_frames', d.num_frames, f'a multiple of the tubelet length {pt}')
-  _check(d.res > 0 and d.res % ph == 0, 'data.res', d.res, f'a positive multiple of the patch size {ph}')
-  _check(d.frame_stride >= 1, 'data.frame_stride', d.frame_stride, 'an integer >= 1')
-  _check(d.shuffle_buffer >= 1, 'data.shuffle_buffer', d.shuffle_buffer, 'an integer >= 1')
-  _check(d.synthetic_max_pan >= 0, 'data.synthetic_max_pan', d.synthetic_max_pan, 'a speed >= 0 (px/frame)')
-  _check(d.synthetic_num_objects >= 1, 'data.synthetic_num_objects', d.synthetic_num_objects, 'an integer >= 1')
-  _check(d.synthetic_object_scale > 0, 'data.synthetic_object_scale', d.synthetic_object_scale, 'a scale > 0')
-  _check(all(s > 0 for s in d.std), 'data.std', tuple(d.std), 'three positive values')
-  if not d.prepare_if_missing:
-    _check(bool(d.train_files), 'data.train_files', d.train_files,
-           'a glob of TFRecord shards written by data_prep (e.g. /data/ssv2/train-*.tfrecord)')
+  check(pt > 0 and ph > 0 and ph == pw, 'model.patch_size', tuple(c.model.patch_size), '(t, p, p), all positive')
+  check(d.num_frames % pt == 0, 'data.num_frames', d.num_frames, f'a multiple of the tubelet length {pt}')
+  check(d.res > 0 and d.res % ph == 0, 'data.res', d.res, f'a positive multiple of the patch size {ph}')
+  check(d.frame_stride >= 1, 'data.frame_stride', d.frame_stride, 'an integer >= 1')
+  check(d.shuffle_buffer >= 1, 'data.shuffle_buffer', d.shuffle_buffer, 'an integer >= 1')
+  check(all(s > 0 for s in d.std), 'data.std', tuple(d.std), 'three positive values')
+  if 'prepare_if_missing' in d:
+    _validate_demo_data(d)
+  if not d.get('prepare_if_missing'):
+    check(bool(d.train_files), 'data.train_files', d.train_files,
+          'a glob of TFRecord shards written by data_prep (e.g. /data/ssv2/train-*.tfrecord)')
   m = c.model
-  _check(m.encoder in ENCODER_VARIANTS, 'model.encoder', m.encoder, f'one of {ENCODER_VARIANTS}')
-  _check(0.0 <= m.drop_path < 1.0, 'model.drop_path', m.drop_path, 'a rate in [0, 1)')
-  _check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
-  if c.task == 'pretrain':
-    _validate_pretrain(c)
-  else:
-    _validate_classification(c, num_devices)
+  check(m.encoder in ENCODER_VARIANTS, 'model.encoder', m.encoder, f'one of {ENCODER_VARIANTS}')
+  check(0.0 <= m.drop_path < 1.0, 'model.drop_path', m.drop_path, 'a rate in [0, 1)')
+  check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
   o = c.optim
-  _check(o.base_lr > 0, 'optim.base_lr', o.base_lr, 'a positive learning rate')
-  _check(0 <= o.min_lr <= o.base_lr, 'optim.min_lr', o.min_lr, f'in [0, optim.base_lr={o.base_lr}]')
-  _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, 'optim.warmup_steps', o.warmup_steps,
-         'an integer >= 0 (clamped to total_steps)')
-  _check(0 <= o.b1 < 1, 'optim.b1', o.b1, 'a beta in [0, 1)')
-  _check(0 <= o.b2 < 1, 'optim.b2', o.b2, 'a beta in [0, 1)')
-  _check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, 'a value >= 0')
-  _check(o.grad_clip_norm >= 0, 'optim.grad_clip_norm', o.grad_clip_norm, 'a value >= 0 (0 = off)')
-  _check(o.grad_accum_steps >= 1, 'optim.grad_accum_steps', o.grad_accum_steps, 'an integer >= 1')
-  _check(d.batch_size % o.grad_accum_steps == 0, 'data.batch_size', d.batch_size,
-         f'a multiple of optim.grad_accum_steps={o.grad_accum_steps}')
-  _check(c.mesh.fsdp >= 1, 'mesh.fsdp', c.mesh.fsdp, 'an integer >= 1')
-  _check(c.mesh.data == -1 or c.mesh.data >= 1, 'mesh.data', c.mesh.data, '-1 (all remaining devices) or >= 1')
+  check(o.base_lr > 0, 'optim.base_lr', o.base_lr, 'a positive learning rate')
+  check(0 <= o.min_lr <= o.base_lr, 'optim.min_lr', o.min_lr, f'in [0, optim.base_lr={o.base_lr}]')
+  check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, 'optim.warmup_steps', o.warmup_steps,
+        'an integer >= 0 (clamped to total_steps)')
+  check(0 <= o.b1 < 1, 'optim.b1', o.b1, 'a beta in [0, 1)')
+  check(0 <= o.b2 < 1, 'optim.b2', o.b2, 'a beta in [0, 1)')
+  check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, 'a value >= 0')
+  check(o.grad_clip_norm >= 0, 'optim.grad_clip_norm', o.grad_clip_norm, 'a value >= 0 (0 = off)')
+  check(o.grad_accum_steps >= 1, 'optim.grad_accum_steps', o.grad_accum_steps, 'an integer >= 1')
+  check(d.batch_size % o.grad_accum_steps == 0, 'data.batch_size', d.batch_size,
+        f'a multiple of optim.grad_accum_steps={o.grad_accum_steps}')
+  check(c.mesh.fsdp >= 1, 'mesh.fsdp', c.mesh.fsdp, 'an integer >= 1')
+  check(c.mesh.data == -1 or c.mesh.data >= 1, 'mesh.data', c.mesh.data, '-1 (all remaining devices) or >= 1')
   if num_devices is not None:
     fsdp = c.mesh.fsdp
     data = num_devices // fsdp if c.mesh.data == -1 else c.mesh.data
-    _check(data * fsdp == num_devices, 'mesh', c.mesh.to_dict(),
-           f'data x fsdp == the {num_devices} available devices')
+    check(data * fsdp == num_devices, 'mesh', c.mesh.to_dict(), f'data x fsdp == the {num_devices} available devices')
     micro = d.batch_size // o.grad_accum_steps
-    _check(micro % num_devices == 0, 'data.batch_size', d.batch_size,
-           f'a multiple of {num_devices} devices x optim.grad_accum_steps={o.grad_accum_steps}')
+    check(micro % num_devices == 0, 'data.batch_size', d.batch_size,
+          f'a multiple of {num_devices} devices x optim.grad_accum_steps={o.grad_accum_steps}')
 
 
-def _validate_pretrain(c: ml_collections.ConfigDict) -> None:
-  from m3video_jax import targets
-
-  d, m = c.data, c.model
-  _check(len(d.crop_scales) >= 1 and all(0 < s <= 1 for s in d.crop_scales), 'data.crop_scales',
-         tuple(d.crop_scales), 'a non-empty tuple of scales in (0, 1]')
-  _check(d.crop_max_distort >= 0, 'data.crop_max_distort', d.crop_max_distort, 'an integer >= 0')
-  _check(isinstance(d.static_input, bool), 'data.static_input', d.static_input, 'True or False')
-  _check(m.decoder_mode in DECODER_MODES, 'model.decoder_mode', m.decoder_mode, f'one of {DECODER_MODES}')
-  _check(m.decoder_depth >= 1, 'model.decoder_depth', m.decoder_depth, 'an integer >= 1')
-  _check(m.decoder_width > 0 and m.decoder_width % m.decoder_heads == 0, 'model.decoder_width', m.decoder_width,
-         f'a positive multiple of model.decoder_heads={m.decoder_heads}')
-  _check(c.mask.kind in MASK_KINDS, 'mask.kind', c.mask.kind, f'one of {MASK_KINDS}')
-  _check(0.0 < c.mask.ratio < 1.0, 'mask.ratio', c.mask.ratio, 'a ratio in (0, 1)')
-  targets.validate(c.target)
-
-
-def _validate_classification(c: ml_collections.ConfigDict, num_devices: int | None) -> None:
-  d, m, a, e = c.data, c.model, c.aug, c.eval
-  if not d.prepare_if_missing:
-    _check(bool(d.eval_files), 'data.eval_files', d.eval_files,
-           'a glob of held-out TFRecord shards written by data_prep (e.g. /data/ssv2/val-*.tfrecord)')
-  _check(d.sampling in SAMPLINGS, 'data.sampling', d.sampling, f'one of {SAMPLINGS}')
-  _check(d.repeated_aug >= 1, 'data.repeated_aug', d.repeated_aug, 'an integer >= 1 (1 = off)')
-  _check(d.batch_size % (d.repeated_aug * c.optim.grad_accum_steps) == 0, 'data.batch_size', d.batch_size,
-         f'a multiple of data.repeated_aug={d.repeated_aug} x optim.grad_accum_steps={c.optim.grad_accum_steps} '
-         '(all clips of a video go into the same micro-batch)')
-  _check(m.num_classes >= 2, 'model.num_classes', m.num_classes, 'an integer >= 2')
-  _check(m.head_init_scale > 0, 'model.head_init_scale', m.head_init_scale, 'a positive scale')
-  _check(0 < a.crop_area[0] <= a.crop_area[1] <= 1, 'aug.crop_area', tuple(a.crop_area), '(lo, hi), 0 < lo <= hi <= 1')
-  _check(0 < a.crop_aspect[0] <= a.crop_aspect[1], 'aug.crop_aspect', tuple(a.crop_aspect), '(lo, hi), 0 < lo <= hi')
-  _check(a.randaug_num_ops >= 0, 'aug.randaug_num_ops', a.randaug_num_ops, 'an integer >= 0 (0 = no RandAugment)')
-  _check(0 <= a.randaug_magnitude <= 10, 'aug.randaug_magnitude', a.randaug_magnitude, 'in [0, 10]')
-  _check(a.randaug_magnitude_std >= 0, 'aug.randaug_magnitude_std', a.randaug_magnitude_std, 'a value >= 0')
-  for name in ('randaug_prob', 'erase_prob', 'mix_prob', 'mix_switch_prob'):
-    _check(0 <= a[name] <= 1, f'aug.{name}', a[name], 'a probability in [0, 1]')
-  for name in ('mixup_alpha', 'cutmix_alpha'):
-    _check(a[name] >= 0, f'aug.{name}', a[name], 'a value >= 0 (0 = off)')
-  _check(0 <= a.label_smoothing < 1, 'aug.label_smoothing', a.label_smoothing, 'in [0, 1)')
-  _check(e.test_temporal_views >= 1, 'eval.test_temporal_views', e.test_temporal_views, 'an integer >= 1')
-  _check(e.test_spatial_views >= 1, 'eval.test_spatial_views', e.test_spatial_views, 'an integer >= 1')
-  _check(e.batch_size > 0, 'eval.batch_size', e.batch_size, 'a positive integer')
-  if num_devices is not None:
-    _check(e.batch_size % num_devices == 0, 'eval.batch_size', e.batch_size, f'a multiple of {num_devices} devices')
-  _check(0 < c.optim.layer_decay <= 1, 'optim.layer_decay', c.optim.layer_decay, 'in (0, 1] (1 = off)')
-
-
-PRETRAIN_ARGS = dict(variant='B', mask_ratio=0.7, target='trajectory', traj_len=6, patch_norm=True,
-                     decoder='joint', decoder_depth=1, tiny=False)
-
-
-def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
-  """Applies the ablation switches shared by the pretraining configs (docs/design.md §3.5, paper Tables 1, 3, 5, 7, 8).
-
-  `target` is one of `trajectory` (paper default), `trajectory_position_only`, `trajectory_shape_only`, `pixel`,
-  `hog`, `trajectory_reference` (the released code's target: L=4, static RGB HOG, per-step norm, any-of-4 validity).
-  """
-  c.model.encoder = a.variant
-  c.model.decoder_mode = a.decoder
-  c.model.decoder_depth = a.decoder_depth
-  c.mask.ratio = a.mask_ratio
-  c.target.traj_len = a.traj_len
-  # Paper Table 5: patch norm (the joint per-token normalisation of both parts) on or off.
-  c.target.position_norm = c.target.shape_norm = 'joint' if a.patch_norm else 'none'
-  kinds = {'trajectory': ('trajectory', True, True), 'trajectory_position_only': ('trajectory', True, False),
-           'trajectory_shape_only': ('trajectory', False, True), 'pixel': ('pixel', False, False),
-           'hog': ('hog', False, False), 'trajectory_reference': ('trajectory_reference', True, True)}
-  if a.target not in kinds:
-    raise ValueError(f'config arg target={a.target!r} is invalid: expected one of {sorted(kinds)}')
-  c.target.kind, c.target.position, c.target.shape = kinds[a.target]
-  if a.target == 'trajectory_reference':
-    c.target.traj_len = 4
-    c.target.position_norm = 'per_step' if a.patch_norm else 'none'  # The reference's PatchStd.
-
-
-def shrink_for_tests(c: ml_collections.ConfigDict) -> None:
-  """The `tiny` variant: a model and clip small enough for CPU tests in seconds. The only place that shrinks."""
-  c.model.encoder = 'mu'
-  c.model.decoder_width, c.model.decoder_heads, c.model.decoder_depth = 32, 2, 1
-  c.data.update(num_frames=4, res=32, batch_size=8, shuffle_buffer=16, frame_stride=1)
-  c.target.traj_len = min(c.target.traj_len, 4)
-  c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 4, 1, 2
-  c.optim.warmup_steps = 1
-
-
-def pretrain_config(arg: str | None, *, num_train_videos: int, frame_stride: int, flip: bool, epochs: int = 400,
-                    warmup_epochs: int = 40) -> ml_collections.ConfigDict:
-  """A paper pretraining config for one dataset: steps from epochs at the default batch, then the arg switches."""
-  a = parse_arg(arg, **PRETRAIN_ARGS)
-  c = pretrain_base()
-  c.data.frame_stride = frame_stride
-  c.data.flip = flip
-  c.total_steps = epochs_to_steps(epochs, num_train_videos, c.data.batch_size)
-  c.optim.warmup_steps = epochs_to_steps(warmup_epochs, num_train_videos, c.data.batch_size)
-  c.checkpoint_every_steps = epochs_to_steps(10, num_train_videos, c.data.batch_size)
-  apply_pretrain_args(c, a)
-  if a.tiny:
-    shrink_for_tests(c)
-  return c
+def _validate_demo_data(d: ml_collections.ConfigDict) -> None:
+  check(d.synthetic_max_pan >= 0, 'data.synthetic_max_pan', d.synthetic_max_pan, 'a speed >= 0 (px/frame)')
+  check(d.synthetic_num_objects >= 1, 'data.synthetic_num_objects', d.synthetic_num_objects, 'an integer >= 1')
+  check(d.synthetic_object_scale > 0, 'data.synthetic_object_scale', d.synthetic_object_scale, 'a scale > 0')
 
 
 def classification_base(task: str = 'finetune') -> ml_collections.ConfigDict:
   """Fine-tuning recipe of paper Table 14 (= VideoMAE's), ViT-B, 16 frames at 224², before dataset specifics.
 
-  `task='linear_probe'` gives the same recipe for a frozen encoder (eval-mode features, no drop path; only `head`
-  trains, see `optim.py`).
+  `task='linear_probe'` gives the same recipe for a frozen encoder: eval-mode features, so no drop path (the
+  reference's drop path 0.1 there is a bug), and no layer decay (only `head` trains, `tasks.LinearProbeTask`).
   """
   c = _base(task)
-  c.init_from = ''  # Pretrained encoder: a workdir/checkpoint of ours or one written by m3video_jax.import_weights.
+  c.init_from = ''  # Pretrained encoder: a workdir/checkpoint of ours or one written by interop.import_weights.
   c.data.eval_files = ''  # Held-out shards (single-view validation during training, multi-view test at the end).
   c.data.batch_size = 1_024  # Clips per step = 512 videos x repeated_aug 2; the lr scales with videos per step.
   c.data.sampling = 'dense'  # 'dense': num_frames at frame_stride; 'segment': num_frames equal segments (TSN, SSV2).
@@ -450,48 +366,78 @@ def classification_base(task: str = 'finetune') -> ml_collections.ConfigDict:
   c.optim.base_lr = 1e-3  # Scaled by videos per step / 256.
   c.optim.min_lr = 1e-6
   c.optim.layer_decay = 0.75  # Layer-wise lr decay (finetune only; 1 = off).
+  if task == 'linear_probe':
+    c.model.drop_path = 0.0
+    c.optim.layer_decay = 1.0
   return c
+
+
+PRETRAIN_ARGS = dict(variant='B', mask_ratio=0.7, target='trajectory', traj_len=6, patch_norm=True,
+                     decoder='joint', decoder_depth=1, tiny=False)
+
+
+def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
+  """Applies the ablation switches of the paper pretraining configs (docs/design.md §3.5, paper Tables 1, 3, 5, 7, 8).
+
+  `target` is one of `trajectory` (paper default), `trajectory_position_only`, `trajectory_shape_only`, `pixel`,
+  `hog`, `trajectory_reference` (the released code's target: L=4, static RGB HOG, per-step norm, any-of-4 validity).
+  """
+  c.model.encoder = a.variant
+  c.model.decoder_mode = a.decoder
+  c.model.decoder_depth = a.decoder_depth
+  c.mask.ratio = a.mask_ratio
+  c.target.traj_len = a.traj_len
+  # Paper Table 5: patch norm (the joint per-token normalisation of both parts) on or off.
+  c.target.position_norm = c.target.shape_norm = 'joint' if a.patch_norm else 'none'
+  kinds = {'trajectory': ('trajectory', True, True), 'trajectory_position_only': ('trajectory', True, False),
+           'trajectory_shape_only': ('trajectory', False, True), 'pixel': ('pixel', False, False),
+           'hog': ('hog', False, False), 'trajectory_reference': ('trajectory_reference', True, True)}
+  if a.target not in kinds:
+    raise ValueError(f'config arg target={a.target!r} is invalid: expected one of {sorted(kinds)}')
+  c.target.kind, c.target.position, c.target.shape = kinds[a.target]
+  if a.target == 'trajectory_reference':
+    c.target.traj_len = 4
+    c.target.position_norm = 'per_step' if a.patch_norm else 'none'  # The reference's PatchStd.
 
 
 CLASSIFICATION_ARGS = dict(variant='B', recipe='paper', repeated_aug=2, tiny=False)
+RECIPES = ('paper', 'reference')
 
 
-def classification_config(arg: str | None, *, task: str, num_train_videos: int, num_classes: int, sampling: str,
-                          frame_stride: int, flip: bool, epochs: dict[str, int], test_temporal_views: dict[str, int],
-                          lr: dict[str, float] | None = None) -> ml_collections.ConfigDict:
-  """A paper fine-tuning / linear-probing config for one dataset.
-
-  Args:
-    arg: config arg string: `variant=S|B|L`, `recipe=paper|reference` (paper Table 14 vs the released scripts, see
-      docs/design.md §5), `repeated_aug=N`, `tiny` (CPU-sized, for tests).
-    task: 'finetune' or 'linear_probe'.
-    num_train_videos: epoch length.
-    epochs, test_temporal_views, lr: per recipe (`lr` defaults to 1e-3 for both).
-  """
-  a = parse_arg(arg, **CLASSIFICATION_ARGS)
-  if a.recipe not in ('paper', 'reference'):
-    raise ValueError(f"config arg recipe={a.recipe!r} is invalid: expected one of ('paper', 'reference')")
-  c = classification_base(task)
+def apply_classification_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
+  """Applies the switches of the paper classification configs: `variant=S|B|L`, `repeated_aug=N` (512 videos per
+  step either way) and `recipe=paper|reference` (paper Table 14 vs the released scripts, docs/design.md §5: the
+  scripts use RandAugment m7-n4; their other differences are per dataset, in each config file)."""
+  if a.recipe not in RECIPES:
+    raise ValueError(f'config arg recipe={a.recipe!r} is invalid: expected one of {RECIPES}')
   c.model.encoder = a.variant
-  c.model.num_classes = num_classes
-  c.data.update(sampling=sampling, frame_stride=frame_stride, flip=flip, repeated_aug=a.repeated_aug)
+  c.data.repeated_aug = a.repeated_aug
   c.data.batch_size = 512 * a.repeated_aug
   if a.recipe == 'reference':
     c.aug.randaug_num_ops, c.aug.randaug_magnitude = 4, 7.0
-  c.optim.base_lr = (lr or {}).get(a.recipe, 1e-3)
-  c.eval.test_temporal_views = test_temporal_views[a.recipe]
-  if task == 'linear_probe':
-    c.model.drop_path = 0.0  # The frozen encoder gives eval-mode features (the reference's drop path 0.1 is a bug).
-    c.optim.layer_decay = 1.0  # Only the head trains; its layer-decay scale is 1.
-  steps_per_epoch = num_train_videos / 512
-  c.total_steps = epochs_to_steps(epochs[a.recipe], num_train_videos, 512)
-  c.optim.warmup_steps = epochs_to_steps(5, num_train_videos, 512)
-  c.checkpoint_every_steps = max(1, int(round(steps_per_epoch)))
-  c.eval_every_steps = epochs_to_steps(5, num_train_videos, 512)
-  if a.tiny:
-    c.model.encoder = 'mu'
-    c.data.update(num_frames=4, res=32, batch_size=8, repeated_aug=2, shuffle_buffer=16, frame_stride=1)
+
+
+def epochs_schedule(c: ml_collections.ConfigDict, *, num_train_videos: int, epochs: float, warmup_epochs: float,
+                    checkpoint_epochs: float, eval_epochs: float = 0, videos_per_step: int = 512) -> None:
+  """Sets `total_steps`, `optim.warmup_steps`, `checkpoint_every_steps` and `eval_every_steps` (0 = only at the end)
+  from epochs of `num_train_videos` at `videos_per_step`."""
+  c.total_steps = epochs_to_steps(epochs, num_train_videos, videos_per_step)
+  c.optim.warmup_steps = epochs_to_steps(warmup_epochs, num_train_videos, videos_per_step)
+  c.checkpoint_every_steps = epochs_to_steps(checkpoint_epochs, num_train_videos, videos_per_step)
+  c.eval_every_steps = epochs_to_steps(eval_epochs, num_train_videos, videos_per_step) if eval_epochs else 0
+
+
+def shrink_for_tests(c: ml_collections.ConfigDict) -> None:
+  """The `tiny` arg of the paper configs: the recipe at a model and clip small enough for CPU tests in seconds. The
+  only place that shrinks a config (demo and experiment configs are small by design, `configs/motion_mini.py`)."""
+  c.model.encoder = 'mu'
+  c.data.update(num_frames=4, res=32, batch_size=8, shuffle_buffer=16, frame_stride=1)
+  c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 4, 1, 2
+  c.optim.warmup_steps = 1
+  if 'target' in c:  # Pretraining.
+    c.model.decoder_width, c.model.decoder_heads, c.model.decoder_depth = 32, 2, 1
+    c.target.traj_len = min(c.target.traj_len, 4)
+  if 'eval' in c:  # Classification.
+    c.data.repeated_aug = 2
     c.eval.update(batch_size=8, test_temporal_views=2, test_spatial_views=3)
-    c.total_steps, c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 4, 1, 2, 2
-    c.optim.warmup_steps = 1
-  return c
+    c.eval_every_steps = 2

@@ -1,4 +1,6 @@
-"""Drawing trajectories on frames (paper Fig. 4/6): NumPy + OpenCV only, shared by every visualisation tool.
+"""Drawing trajectories on frames (paper Fig. 4/6): the primitives, the picture of a prepared record's stored
+trajectories (`render_stored`) and the picture of what a pretraining model predicts (`prediction_picture`); used by
+the `m3video_jax.visualize` CLI and by pretraining's TensorBoard pictures (`tasks.PretrainTask.pictures`).
 
 Conventions: images are uint8 RGB `[H, W, 3]`; positions are `(x, y)` in the image's own pixels, x right, y down; a
 trajectory is its start `p_0` and displacements `dp_j = p_{j+1} - p_j`, `j = 0 .. L-1`, so it passes through
@@ -9,9 +11,12 @@ shorter than `min_path` px) are drawn as a dot, so a static background does not 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
+
+from m3video_jax.data import schema
 
 # Dark blue -> magenta -> orange -> light yellow (a perceptually ordered ramp: dark = early, light = late).
 TIME_RAMP = ((40, 20, 110), (160, 40, 150), (240, 120, 50), (255, 245, 150))
@@ -96,7 +101,7 @@ def with_title(image: np.ndarray, title: str, height: int = 18) -> np.ndarray:
   return np.concatenate([strip, image], 0)
 
 
-def grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.ndarray:
+def tile(rows: Sequence[Sequence[np.ndarray]], gap: int = 4) -> np.ndarray:
   """Tiles equally sized images (rows of columns) with `gap` px of black between them."""
   h, w = rows[0][0].shape[:2]
   ncols = max(len(r) for r in rows)
@@ -113,3 +118,146 @@ def write_image(path: str, image: np.ndarray) -> None:
   """Writes uint8 RGB as PNG (or any format OpenCV knows by the extension)."""
   if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
     raise OSError(f'OpenCV could not write an image to {path!r} (is the extension .png/.jpg and the folder there?)')
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: float) -> None:
+  """Writes pictures (uint8 RGB `[T, H, W, 3]`, one per video frame) as an MPEG-4 (mp4v) video."""
+  height, width = frames.shape[1:3]
+  out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+  if not out.isOpened():
+    raise OSError(f'OpenCV could not open an mp4v video for writing at {path!r}')
+  try:
+    for image in frames:
+      out.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+  finally:
+    out.release()
+
+
+# Stored trajectories of one prepared record (`schema.decode` output).
+
+
+def start_panel(rec: dict, start: int, *, scale: int, min_path: float) -> np.ndarray:
+  """The frame of stored start `start` with all its trajectories drawn (upscaled `scale` times)."""
+  g = rec['grid_step']
+  gh, gw = rec['traj_valid'].shape[1:]
+  x0, y0 = schema.start_positions(gh, gw, g)
+  frame = rec['frames'][rec['traj_start_frames'][start]]
+  disp = rec['traj_disp'][start].transpose(1, 2, 0, 3).reshape(gh * gw, -1, 2)  # [P, L, 2]
+  return draw_trajectories(frame, x0.reshape(-1), y0.reshape(-1), disp, rec['traj_valid'][start].reshape(-1),
+                                   scale=scale, min_path=min_path)
+
+
+def render_stored(rec: dict, output: str, *, panels: int = 4, scale: int = 2, min_path: float = 0.5) -> str:
+  """Writes the picture (`.png`, a grid of `panels` starts) or video (`.mp4`, every start) of one record."""
+  num_starts = len(rec['traj_start_frames'])
+  if num_starts == 0:
+    raise ValueError(f'record {rec["video_id"]!r} stores no trajectory start (video of {rec["num_frames"]} frames)')
+  if output.lower().endswith('.mp4'):
+    write_mp4(output, np.stack([start_panel(rec, i, scale=scale, min_path=min_path)
+                                          for i in range(num_starts)]), fps=4.0)
+    return f'{num_starts} starts as video frames'
+  chosen = sorted(set(np.linspace(0, num_starts - 1, min(panels, num_starts)).round().astype(int).tolist()))
+  images = [with_title(start_panel(rec, i, scale=scale, min_path=min_path),
+                               f'frame {rec["traj_start_frames"][i]}, L={rec["traj_len"]}') for i in chosen]
+  cols = min(len(images), 4)
+  write_image(output, tile([images[i:i + cols] for i in range(0, len(images), cols)]))
+  return f'starts {chosen} of {num_starts}'
+
+
+# What a pretraining model predicts (the `m3video_jax.visualize` module docstring describes the picture).
+
+
+def _token_starts(grid: tuple[int, int, int], patch: int) -> tuple[np.ndarray, np.ndarray]:
+  """Start positions `[N, K]` (x, y) in model px of each token's K trajectories (`k = row * kw + col`)."""
+  t, h, w = grid
+  g = schema.GRID_STEP
+  kw = patch // g
+  ys, xs = np.meshgrid(np.arange(h * kw), np.arange(w * kw), indexing='ij')
+  x = (xs * g + g / 2).reshape(h, kw, w, kw).transpose(0, 2, 1, 3).reshape(h * w, kw * kw)
+  y = (ys * g + g / 2).reshape(h, kw, w, kw).transpose(0, 2, 1, 3).reshape(h * w, kw * kw)
+  return np.tile(x, (t, 1)), np.tile(y, (t, 1))
+
+
+def render(*, video: np.ndarray, model_video: np.ndarray, hidden: np.ndarray, target_disp: np.ndarray,
+           valid: np.ndarray, pred_disp: np.ndarray | None, grid: tuple[int, int, int],
+           patch_size: tuple[int, int, int], scale: int = 4, gain: float = 1.0, title: str = '') -> np.ndarray:
+  """The picture of one clip (module docstring), uint8 RGB.
+
+  Args:
+    video, model_video: uint8 `[T, H, W, 3]`, the real clip and what the encoder saw.
+    hidden: bool `[N]`, True = hidden.
+    target_disp: float `[N, K, L, 2]` raw target Δp in model px; valid: bool `[N, K]`.
+    pred_disp: float `[N, K, L, 2]` un-normalised prediction (rows of visible tokens unused), or None.
+    grid: token grid `(t, h, w)`; patch_size: tubelet `(pt, ph, pw)`.
+    scale: integer upscale; gain: displacements are drawn `gain` times longer (short motions stay visible; the
+      title says so); title: text above the first row.
+  """
+  t, h, w = grid
+  pt, patch = patch_size[0], patch_size[1]
+  xs, ys = _token_starts(grid, patch)
+  rows = []
+  for ti in range(t):
+    frame = ti * pt
+    tokens = np.arange(ti * h * w, (ti + 1) * h * w)
+    hid = np.asarray(hidden[tokens], bool)
+    sel = tokens[hid]
+    shaded = shade_hidden(model_video[frame], hid.reshape(h, w), patch)
+    light = shade_hidden(video[frame], np.zeros((h, w), bool), patch)
+
+    def draw(disp, base):
+      k = disp.shape[1]
+      return draw_trajectories(base, xs[sel].reshape(-1), ys[sel].reshape(-1),
+                                       gain * disp[sel].reshape(len(sel) * k, -1, 2), valid[sel].reshape(-1),
+                                       scale=scale, thickness=max(1, scale // 2), min_path=0.5 * gain)
+
+    cols = [('input', upscale(shaded, scale)), ('target', draw(target_disp, light))]
+    if pred_disp is not None:
+      cols.append(('predicted', draw(pred_disp, light)))
+    cols.append(('original', upscale(video[frame], scale)))
+    rows.append([with_title(img, f'{name} t={frame}') for name, img in cols])
+  image = tile(rows)
+  if gain != 1:
+    title = f'{title}, motion drawn x{gain:g}' if title else f'motion drawn x{gain:g}'
+  return with_title(image, title, height=22) if title else image
+
+
+def prediction_picture(task, params: Any, batch: dict[str, np.ndarray], *, clip: int = 0, seed: int = 0,
+                       scale: int = 4, gain: float = 1.0, title: str = '') -> np.ndarray:
+  """Runs `task` (a `tasks.PretrainTask`) on one clip of a host batch and renders it (`render`)."""
+  import jax
+
+  one = {k: np.asarray(v[clip:clip + 1]) for k, v in batch.items() if not k.startswith('_')}
+  out = jax.device_get(task.visualization_outputs(params, one, jax.random.key(seed)))
+  c = task.config
+  video = schema.denormalize_video(out['video'][0], c.data.mean, c.data.std)
+  model_video = schema.denormalize_video(out['model_video'][0], c.data.mean, c.data.std)
+  return render(video=video, model_video=model_video, hidden=out['hidden'][0], target_disp=out['target_disp'][0],
+                valid=out['valid'][0], pred_disp=None if out['pred_disp'] is None else out['pred_disp'][0],
+                grid=task.grid, patch_size=tuple(c.model.patch_size), scale=scale, gain=gain, title=title)
+
+
+def _eval_clip(config, serialized: bytes) -> dict[str, np.ndarray]:
+  """The input pipeline's evaluation clip of one record, as a host batch of 1."""
+  import tensorflow as tf
+
+  from m3video_jax.data import pretraining
+
+  fn = pretraining.make_clip_fn(config, pretraining.ClipSpec.from_config(config), train=False)
+  clip = fn(tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(serialized))
+  return {k: np.asarray(v)[None] for k, v in clip.items()}
+
+
+def write_record_picture(task, params: Any, serialized: bytes, path: str, *, seed: int = 0, scale: int = 4,
+                         gain: float = 1.0, step: int | None = None) -> str:
+  """Renders the evaluation clip of one serialized record (`prediction_picture`) and writes it to `path`."""
+  meta = schema.decode(serialized, decode_frames=False)
+  need = task.config.target.traj_len
+  if meta['traj_len'] < need:
+    raise ValueError(f'record {meta["video_id"]!r} stores trajectories of L={meta["traj_len"]} steps; the '
+                     f'checkpoint\'s target.traj_len={need} needs shards prepared with --traj_len >= {need}')
+  title = (f'{meta["video_id"]} ({meta["label_name"] or "unlabelled"})' + (f', step {step}' if step is not None else '')
+           + f', target {task.config.target.kind}')
+  image = prediction_picture(task, params, _eval_clip(task.config, serialized), seed=seed, scale=scale, gain=gain,
+                             title=title)
+  write_image(path, image)
+  return path

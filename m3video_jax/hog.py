@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_BINS = 9
-CELL_SIZE = 8
+from m3video_jax.data import schema
+
+NUM_BINS = schema.HOG_BINS
+CELL_SIZE = schema.GRID_STEP
 
 def _check_cells(h: int, w: int, cell_size: int) -> None:
   if h % cell_size or w % cell_size:

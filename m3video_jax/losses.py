@@ -1,4 +1,7 @@
-"""Pretraining loss: masked L2 over the hidden tokens, excluding elements of out-of-frame trajectories (`traj_valid`,
+"""The losses: the pretraining masked L2 (below) and the classification soft-target cross entropy
+(`soft_cross_entropy`, after mixup/cutmix).
+
+Pretraining loss: masked L2 over the hidden tokens, excluding elements of out-of-frame trajectories (`traj_valid`,
 docs/data_prep.md), and the learning diagnostics computed beside it in the same jitted step.
 
 Averaging, exactly: with `e = (pred - target)^2` on the hidden tokens and `w` the 0/1 weight of each element,
@@ -96,3 +99,8 @@ def masked_l2(pred: jax.Array, target: jax.Array, weight: jax.Array, hidden: jax
     parts = sum(metrics[f'loss_{name}'] for name in part_dims)
     loss = _ratio(parts, sum(counted))
   return loss, metrics
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example `-sum_c targets * log_softmax(logits)` `[B]` (timm `SoftTargetCrossEntropy` before the mean)."""
+  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)

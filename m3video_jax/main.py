@@ -1,4 +1,5 @@
-"""Command-line entry point for pretraining (and the other tasks on the same loop).
+"""Command-line entry point for pretraining (and the other tasks on the same loop); `m3video_jax.cli` convention, with
+absl's global flags (its `--config.<field>=value` overrides need them).
 
   python -m m3video_jax.main --config=configs/demo.py --workdir=/tmp/m3video_demo
   python -m m3video_jax.main --config=configs/pretrain_ssv2.py:variant=B --workdir=$WD \
@@ -25,19 +26,10 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of pr
                                    'launch (with --num_processes and --process_id); implies --multiprocess=true.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes of a manual multi-host launch.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index in a manual multi-host launch.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of TensorFlow, Beam, Orbax and JAX.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
-# Libraries whose INFO lines would drown the training log; their warnings still show.
-_QUIET_PATHS = ('/orbax/', '/jax/_src/', '/jax/experimental/')
-
-
-class _QuietLibraries(logging.Filter):
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(p in record.pathname for p in _QUIET_PATHS)
-
-
 def _launched_multiprocess() -> bool:
   if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
     return True
@@ -47,8 +39,8 @@ def _launched_multiprocess() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from absl import logging as absl_logging
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  from m3video_jax import cli
+  cli.quiet_libraries(_VERBOSE.value)  # Before TF and JAX are imported.
   import jax  # After flag parsing, so --help is fast.
 
   if _COORDINATOR.value:

@@ -1,13 +1,11 @@
-"""Optimiser from config: AdamW with linear warmup + cosine decay, lr scaled by batch/256, no weight decay on biases,
-norms and tokens (paper Table 13), optional global-norm clipping.
-
-Classification tasks add (paper Table 14, reference `finetune/run.py`):
-- `finetune`: layer-wise lr decay (`optim.layer_decay`, 0.75): every AdamW update (weight decay included, as the
-  reference's per-group lr) of a leaf is scaled by `layer_decay ** (depth + 1 - layer_id)`, with layer ids
+"""The optimiser: AdamW with linear warmup + cosine decay, lr scaled by videos per step / 256, no weight decay on
+biases, norms and tokens (paper Table 13), optional global-norm clipping. Task-agnostic: each task (`tasks.py`) says
+how many videos a step holds and passes its options (paper Table 14, reference `finetune/run.py`):
+- `layer_decay=(rate, depth)` (fine-tuning, `optim.layer_decay` 0.75): every AdamW update (weight decay included, as
+  the reference's per-group lr) of a leaf is scaled by `rate ** (depth + 1 - layer_id)`, with layer ids
   `encoder/patch_embed` 0, `encoder/block_i` i + 1, everything else (`fc_norm`, `head`) depth + 1.
-- `linear_probe`: only `head` is updated (the rest gets zero updates and no optimiser state); `fc_norm` stays at its
-  init (gamma 1, beta 0, a plain standardisation of the pooled features), as in the reference.
-- the lr scales with videos per step, `data.batch_size / data.repeated_aug`, as the reference's repeated augmentation.
+- `trainable=('head',)` (linear probing): only those top-level params are updated; the rest get zero updates and no
+  optimiser state.
 """
 from __future__ import annotations
 
@@ -16,8 +14,6 @@ from typing import Any
 
 import jax
 import optax
-
-from m3video_jax.models import vit
 
 # Parameters that are tokens or embeddings tables get no weight decay, whatever their rank.
 _NO_DECAY_NAMES = ('mask_token', 'pos_embed', 'cls_token')
@@ -30,14 +26,12 @@ def warmup_steps(config) -> int:
   return min(int(config.optim.warmup_steps), int(config.total_steps))
 
 
-def lr_schedule(config) -> optax.Schedule:
-  """Linear warmup from 0, then cosine to `min_lr`; both ends scaled by videos per step / 256 (paper convention)."""
+def lr_schedule(config, videos_per_step: int | None = None) -> optax.Schedule:
+  """Linear warmup from 0, then cosine to `min_lr`; both ends scaled by `videos_per_step` / 256 (paper convention;
+  default `data.batch_size`)."""
   o = config.optim
   warmup = warmup_steps(config)
-  videos_per_step = config.data.batch_size
-  if config.task != 'pretrain':
-    videos_per_step //= config.data.repeated_aug  # The reference scales by batch size, not by batch x num_sample.
-  scale = videos_per_step / 256
+  scale = (videos_per_step or config.data.batch_size) / 256
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.base_lr * scale, warmup_steps=warmup,
       decay_steps=max(config.total_steps, warmup + 1), end_value=o.min_lr * scale)
@@ -80,21 +74,24 @@ def scale_by_layer_decay(layer_decay: float, depth: int) -> optax.GradientTransf
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def head_only_labels(params: Any) -> Any:
-  """'train' for the classifier `head`, 'frozen' for everything else (linear probing)."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: 'train' if _names(p)[:1] == ['head'] else 'frozen', params)
+def trainable_labels(trainable: tuple[str, ...]):
+  """`fn(params)` -> 'train' for the params under the top-level names `trainable`, 'frozen' for the rest."""
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda p, _: 'train' if _names(p)[:1] and _names(p)[0] in trainable else 'frozen', params)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(config, *, videos_per_step: int | None = None, layer_decay: tuple[float, int] | None = None,
+                   trainable: tuple[str, ...] | None = None) -> optax.GradientTransformation:
+  """AdamW from `config.optim` (see the module docstring for `layer_decay` and `trainable`)."""
   o = config.optim
   parts = []
   if o.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-  parts.append(optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=weight_decay_mask))
-  if config.task == 'finetune' and o.layer_decay < 1:
-    parts.append(scale_by_layer_decay(o.layer_decay, vit.get_variant(config.model.encoder).depth))
+  parts.append(optax.adamw(lr_schedule(config, videos_per_step), b1=o.b1, b2=o.b2, eps=o.eps,
+                           weight_decay=o.weight_decay, mask=weight_decay_mask))
+  if layer_decay is not None:
+    parts.append(scale_by_layer_decay(*layer_decay))
   tx = optax.chain(*parts)
-  if config.task == 'linear_probe':
-    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, head_only_labels)
+  if trainable is not None:
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, trainable_labels(tuple(trainable)))
   return tx

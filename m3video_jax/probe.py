@@ -15,26 +15,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from m3video_jax.data import schema
 from m3video_jax.models import vit
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def pooled_features(encoder_params: Any, variant: str, patch_size: tuple[int, int, int],
-                    batches: Iterable[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    batches: Iterable[dict[str, np.ndarray]], *, mean=schema.IMAGENET_MEAN,
+                    std=schema.IMAGENET_STD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Mean token of the encoder (after its final LayerNorm) for every clip.
 
   Args:
     encoder_params: the `encoder` subtree of our params.
     variant, patch_size: the encoder's architecture.
-    batches: dicts with `video` (ImageNet-normalised float `[b, T, H, W, 3]`), `label` `[b]`, `video_index` `[b]`
-      and optionally `_mask` (False on padding rows), e.g. `classification.padded_batches` of an eval dataset.
+    batches: dicts with `video` (RGB in [0, 255] `[b, T, H, W, 3]`), `label` `[b]`, `video_index` `[b]` and
+      optionally `_mask` (False on padding rows), e.g. `classification.padded_batches` of an eval dataset.
+    mean, std: the normalisation of the clips (`schema.normalize_video`, inside the jit).
 
   Returns:
     (features float32 `[C, D]`, labels int `[C]`, video_index int `[C]`) over the real (unpadded) clips.
   """
   model = vit.VideoViT(variant, tuple(patch_size))
-  fn = jax.jit(lambda p, x: model.apply({'params': p}, x).mean(axis=1))
+  fn = jax.jit(lambda p, x: model.apply({'params': p}, schema.normalize_video(x, mean, std)).mean(axis=1))
   feats, labels, index = [], [], []
   for b in batches:
     keep = b['_mask'] if '_mask' in b else np.ones(len(b['label']), bool)
@@ -63,7 +66,8 @@ def dataset_features(config, eval_files: str, encoder_params: Any, *,
     config.data.eval_files = eval_files
   ds, info = classification.make_eval_dataset(config, num_temporal=num_temporal, num_spatial=1)
   batches = classification.padded_batches(ds, info['local_batch'], info['num_batches'], info['shards'])
-  return per_video(*pooled_features(encoder_params, config.model.encoder, tuple(config.model.patch_size), batches))
+  return per_video(*pooled_features(encoder_params, config.model.encoder, tuple(config.model.patch_size), batches,
+                                    mean=tuple(config.data.mean), std=tuple(config.data.std)))
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *, steps: int = 600,

@@ -66,12 +66,11 @@ KINDS = ('trajectory', 'trajectory_reference', 'pixel', 'hog')
 POSITION_NORMS = ('joint', 'per_component', 'per_step', 'none')
 SHAPE_NORMS = ('joint', 'none')
 NOISE_FLOORS = ('none', 'zero_weight', 'zero_target')
-GRID_STEP = 8
-HOG_BINS = hog.NUM_BINS
+GRID_STEP = schema.GRID_STEP
+HOG_BINS = schema.HOG_BINS
 NUM_COLOURS = 3
 REFERENCE_DISP_SCALE = 20.0  # The reference divides displacements by the flow bound (20 px) before PatchStd.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = schema.IMAGENET_MEAN, schema.IMAGENET_STD
 
 Batch = dict[str, jax.Array]
 

@@ -1,6 +1,14 @@
-"""Tasks on the one training loop. Each gives: the model, a params initialiser, `loss_fn(params, batch, rng)`, its
-training input (`make_train_iterator`), `evaluate` (called by the loop every `eval_every_steps` and at the end) and
-`pictures` (TensorBoard images every `viz_every_steps`).
+"""Tasks on the one training loop; `get_task(config)` is the only place that looks at `config.task`.
+
+Each task owns everything that differs between tasks:
+  validate(num_devices)     its config fields (after the shared ones of `config_lib.validate_shared`)
+  model, init_params        the Flax module and a params initialiser
+  optimizer(), lr_schedule()   AdamW over its trainable params, lr scaled by its videos per step
+  prepare_demo_data(workdir)   demo/experiment configs: its synthetic data, prepared once (`demo.py`)
+  make_train_iterator       its training input (`data/pretraining.py`, `data/classification.py`)
+  loss_fn(params, batch, rng)  the loss inside the jitted step (the uint8 clips are normalised here, on the device)
+  evaluate, evaluate_checkpoint   during and after training; the `m3video_jax.evaluate` CLI
+  pictures, closing_outputs, summary_lines, result_line   what a run shows and writes
 
 `pretrain`: masked motion modeling (M3Video) or the pixel/HOG baselines, selected by `config.target`.
 `finetune`: action classification with the whole network trained (paper Table 14).
@@ -19,24 +27,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m3video_jax import augment
+from m3video_jax import mixup
 from m3video_jax import config_lib
-from m3video_jax import evaluate as evaluate_lib
+from m3video_jax import evaluation
 from m3video_jax import losses
 from m3video_jax import masking
 from m3video_jax import metrics as metrics_lib
+from m3video_jax import optim
 from m3video_jax import targets
+from m3video_jax.data import schema
 from m3video_jax.models import classifier
 from m3video_jax.models import m3video
 from m3video_jax.models import vit
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-def normalize_video(video: jax.Array, mean, std) -> jax.Array:
-  """uint8 RGB `[..., 3]` from the input pipeline -> ImageNet-normalised float32, on the device."""
-  x = video.astype(jnp.float32) * (1.0 / 255.0)
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def static_clip(rng: jax.Array, video: jax.Array) -> jax.Array:
@@ -65,12 +69,12 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like an input-pipeline batch (for init, eval_shape and compile checks)."""
   d = config.data
   pt = config.model.patch_size[0]
-  tt, g, steps = d.num_frames // pt, d.res // 8, config.target.traj_len
+  tt, g, steps = d.num_frames // pt, d.res // schema.GRID_STEP, config.target.traj_len
   return {
       'video': np.zeros(clip_shape(config, batch_size), np.uint8),
       'traj_disp': np.zeros((batch_size, tt, g, g, steps, 2), np.float32),
       'traj_valid': np.zeros((batch_size, tt, g, g), bool),
-      'traj_hog': np.zeros((batch_size, tt, g, g, steps, 9), np.float32),
+      'traj_hog': np.zeros((batch_size, tt, g, g, steps, schema.HOG_BINS), np.float32),
       'traj_quantum': np.full((batch_size,), 0.25, np.float32),
       'label': np.zeros((batch_size,), np.int32),
   }
@@ -80,6 +84,44 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
 class PretrainTask:
   """Masked motion modeling: tube mask, encoder on visible tokens, decoder predicts the targets of hidden tokens."""
   config: Any
+
+  def validate(self, num_devices: int | None = None) -> None:
+    """The shared fields, then the pretraining ones (clip crop, decoder, mask, target)."""
+    c = self.config
+    config_lib.validate_shared(c, num_devices)
+    d, m = c.data, c.model
+    check = config_lib.check
+    check(m.patch_size[1] % schema.GRID_STEP == 0, 'model.patch_size', tuple(m.patch_size),
+          f'(t, p, p) with p a multiple of the {schema.GRID_STEP}-px trajectory grid step')
+    check(len(d.crop_scales) >= 1 and all(0 < s <= 1 for s in d.crop_scales), 'data.crop_scales',
+          tuple(d.crop_scales), 'a non-empty tuple of scales in (0, 1]')
+    check(d.crop_max_distort >= 0, 'data.crop_max_distort', d.crop_max_distort, 'an integer >= 0')
+    check(isinstance(d.static_input, bool), 'data.static_input', d.static_input, 'True or False')
+    check(m.decoder_mode in config_lib.DECODER_MODES, 'model.decoder_mode', m.decoder_mode,
+          f'one of {config_lib.DECODER_MODES}')
+    check(m.decoder_depth >= 1, 'model.decoder_depth', m.decoder_depth, 'an integer >= 1')
+    check(m.decoder_width > 0 and m.decoder_width % m.decoder_heads == 0, 'model.decoder_width', m.decoder_width,
+          f'a positive multiple of model.decoder_heads={m.decoder_heads}')
+    check(c.mask.kind in config_lib.MASK_KINDS, 'mask.kind', c.mask.kind, f'one of {config_lib.MASK_KINDS}')
+    check(0.0 < c.mask.ratio < 1.0, 'mask.ratio', c.mask.ratio, 'a ratio in (0, 1)')
+    targets.validate(c.target)
+
+  @property
+  def videos_per_step(self) -> int:
+    return self.config.data.batch_size
+
+  def lr_schedule(self):
+    return optim.lr_schedule(self.config, videos_per_step=self.videos_per_step)
+
+  def optimizer(self):
+    """AdamW over every param (paper Table 13)."""
+    return optim.make_optimizer(self.config, videos_per_step=self.videos_per_step)
+
+  def prepare_demo_data(self, workdir: str, *, is_chief: bool) -> None:
+    """Demo/experiment configs: the synthetic videos and their data prep (`demo.prepare_pretraining`)."""
+    from m3video_jax import demo
+
+    self.config.data.train_files = demo.prepare_pretraining(self.config, workdir, is_chief=is_chief)
 
   @property
   def model(self) -> m3video.M3VideoPretrainer:
@@ -116,7 +158,7 @@ class PretrainTask:
     """
     c = self.config
     rng_mask, rng_drop, rng_static = jax.random.split(rng, 3)
-    batch = dict(batch, video=normalize_video(batch['video'], c.data.mean, c.data.std))
+    batch = dict(batch, video=schema.normalize_video(batch['video'], c.data.mean, c.data.std))
     batch_size = batch['video'].shape[0]
     hidden = masking.sample(rng_mask, batch_size, self.grid, c.mask)
     patch_size = tuple(c.model.patch_size)
@@ -160,11 +202,11 @@ class PretrainTask:
   def pictures(self, params: Any, host_batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
     """TensorBoard images every `config.viz_every_steps`: target vs predicted trajectories of the batch's first clip
     under a fixed mask (`m3video_jax.visualize`)."""
-    from m3video_jax import visualize  # OpenCV drawing, only when pictures are asked for.
+    from m3video_jax import drawing  # OpenCV, only when pictures are asked for.
 
     title = f'step {step}, target {self.config.target.kind}' + (', static input' if self.config.data.static_input
                                                                  else '')
-    return {'viz/trajectories': visualize.prediction_picture(self, params, host_batch, seed=self.config.seed,
+    return {'viz/trajectories': drawing.prediction_picture(self, params, host_batch, seed=self.config.seed,
                                                              title=title)}
 
   def summary_lines(self, metrics: dict[str, float]) -> list[str]:
@@ -188,16 +230,16 @@ class PretrainTask:
   def closing_outputs(self, params: Any, workdir: str) -> dict[str, str]:
     """Files written at the end of a run. Demo/experiment configs (`data.prepare_if_missing`): a picture of one
     held-out clip (`prediction.png`: target vs predicted trajectories, `m3video_jax.visualize`)."""
-    if not self.config.data.prepare_if_missing:
+    if not self.config.data.get('prepare_if_missing'):
       return {}
-    from m3video_jax import visualize
-    from m3video_jax.data import demo_data
+    from m3video_jax import drawing
+    from m3video_jax import demo
 
-    serialized = demo_data.held_out_record(self.config, workdir)
+    serialized = demo.held_out_record(self.config, workdir)
     if serialized is None:
       return {}
     path = os.path.join(workdir, 'prediction.png')
-    visualize.write_record_picture(self, params, serialized, path, seed=self.config.seed, gain=2.0)
+    drawing.write_record_picture(self, params, serialized, path, seed=self.config.seed, gain=2.0)
     return {'picture of a held-out clip (target vs predicted trajectories)': path}
 
   def result_line(self, workdir: str) -> str | None:
@@ -210,24 +252,93 @@ class PretrainTask:
                             moving=out['moving'], balance_parts=self.config.target.balance_parts)
 
   def make_train_iterator(self, start_step: int):
-    from m3video_jax.data import pipeline  # TF is imported only when the real pipeline is used.
-    return pipeline.TrainIterator(self.config, process_index=jax.process_index(), process_count=jax.process_count(),
+    from m3video_jax.data import pretraining  # TF is imported only when the real pipeline is used.
+    return pretraining.train_iterator(self.config, process_index=jax.process_index(), process_count=jax.process_count(),
                                   start_step=start_step)
 
   def evaluate(self, params: Any, *, mesh, workdir: str, step: int, final: bool) -> dict[str, float]:
     del params, mesh, workdir, step, final  # Pretraining has no evaluation; its encoder is judged downstream.
     return {}
 
+  def evaluate_checkpoint(self, params: Any, *, mesh, workdir: str, step: int,
+                          views: tuple[int, int] | None) -> tuple[dict[str, float], str]:
+    del params, mesh, step, views
+    raise ValueError(f'{workdir} is a pretraining run; evaluate a finetune or linear_probe run (its encoder is judged '
+                     'by fine-tuning or probing it: configs/finetune_*.py, configs/linear_probe_*.py)')
+
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneTask:
   """Video classification: `VideoClassifier` on all tokens, soft-target cross entropy after mixup/cutmix.
 
-  Mixup/cutmix and label smoothing run inside the jitted step (`augment.mix_batch`), the per-clip augmentations in
-  the input pipeline (`data/classification.py`).
+  Mixup/cutmix and label smoothing run inside the jitted step (`mixup.mix_batch`), the per-clip augmentations in
+  the input pipeline (`data/classification.py`). Every param trains, with layer-wise lr decay (`optim.layer_decay`).
   """
   config: Any
-  freeze_encoder = False
+  # The params the optimiser updates (top-level names); None = all. Linear probing sets ('head',): the one place that
+  # decides it; the model runs a frozen encoder (eval mode, no gradient) exactly when `encoder` is not trainable.
+  trainable: tuple[str, ...] | None = None
+
+  @property
+  def freeze_encoder(self) -> bool:
+    return self.trainable is not None and 'encoder' not in self.trainable
+
+  def validate(self, num_devices: int | None = None) -> None:
+    """The shared fields, then the classification ones (sampling, classes, augmentation, evaluation views)."""
+    c = self.config
+    config_lib.validate_shared(c, num_devices)
+    d, m, a, e = c.data, c.model, c.aug, c.eval
+    check = config_lib.check
+    if not d.get('prepare_if_missing'):
+      check(bool(d.eval_files), 'data.eval_files', d.eval_files,
+            'a glob of held-out TFRecord shards written by data_prep (e.g. /data/ssv2/val-*.tfrecord)')
+    check(d.sampling in config_lib.SAMPLINGS, 'data.sampling', d.sampling, f'one of {config_lib.SAMPLINGS}')
+    check(d.repeated_aug >= 1, 'data.repeated_aug', d.repeated_aug, 'an integer >= 1 (1 = off)')
+    check(d.batch_size % (d.repeated_aug * c.optim.grad_accum_steps) == 0, 'data.batch_size', d.batch_size,
+          f'a multiple of data.repeated_aug={d.repeated_aug} x optim.grad_accum_steps={c.optim.grad_accum_steps} '
+          '(all clips of a video go into the same micro-batch)')
+    check(m.num_classes >= 2, 'model.num_classes', m.num_classes, 'an integer >= 2')
+    check(m.head_init_scale > 0, 'model.head_init_scale', m.head_init_scale, 'a positive scale')
+    check(0 < a.crop_area[0] <= a.crop_area[1] <= 1, 'aug.crop_area', tuple(a.crop_area),
+          '(lo, hi), 0 < lo <= hi <= 1')
+    check(0 < a.crop_aspect[0] <= a.crop_aspect[1], 'aug.crop_aspect', tuple(a.crop_aspect), '(lo, hi), 0 < lo <= hi')
+    check(a.randaug_num_ops >= 0, 'aug.randaug_num_ops', a.randaug_num_ops, 'an integer >= 0 (0 = no RandAugment)')
+    check(0 <= a.randaug_magnitude <= 10, 'aug.randaug_magnitude', a.randaug_magnitude, 'in [0, 10]')
+    check(a.randaug_magnitude_std >= 0, 'aug.randaug_magnitude_std', a.randaug_magnitude_std, 'a value >= 0')
+    for name in ('randaug_prob', 'erase_prob', 'mix_prob', 'mix_switch_prob'):
+      check(0 <= a[name] <= 1, f'aug.{name}', a[name], 'a probability in [0, 1]')
+    for name in ('mixup_alpha', 'cutmix_alpha'):
+      check(a[name] >= 0, f'aug.{name}', a[name], 'a value >= 0 (0 = off)')
+    check(0 <= a.label_smoothing < 1, 'aug.label_smoothing', a.label_smoothing, 'in [0, 1)')
+    check(e.test_temporal_views >= 1, 'eval.test_temporal_views', e.test_temporal_views, 'an integer >= 1')
+    check(e.test_spatial_views >= 1, 'eval.test_spatial_views', e.test_spatial_views, 'an integer >= 1')
+    check(e.batch_size > 0, 'eval.batch_size', e.batch_size, 'a positive integer')
+    if num_devices is not None:
+      check(e.batch_size % num_devices == 0, 'eval.batch_size', e.batch_size, f'a multiple of {num_devices} devices')
+    check(0 < c.optim.layer_decay <= 1, 'optim.layer_decay', c.optim.layer_decay, 'in (0, 1] (1 = off)')
+
+  @property
+  def videos_per_step(self) -> int:
+    """The lr scales with videos, not clips, per step (the reference's repeated augmentation)."""
+    return self.config.data.batch_size // self.config.data.repeated_aug
+
+  def lr_schedule(self):
+    return optim.lr_schedule(self.config, videos_per_step=self.videos_per_step)
+
+  def optimizer(self):
+    """AdamW (paper Table 14); fine-tuning adds layer-wise lr decay; only `trainable` params are updated."""
+    c = self.config
+    decay = None
+    if self.trainable is None and c.optim.layer_decay < 1:
+      decay = (c.optim.layer_decay, vit.get_variant(c.model.encoder).depth)
+    return optim.make_optimizer(c, videos_per_step=self.videos_per_step, layer_decay=decay, trainable=self.trainable)
+
+  def prepare_demo_data(self, workdir: str, *, is_chief: bool) -> None:
+    """Demo/experiment configs: the probe videos' train and held-out splits (`demo.prepare_classification`)."""
+    from m3video_jax import demo
+
+    d = self.config.data
+    d.train_files, d.eval_files = demo.prepare_classification(self.config, workdir, is_chief=is_chief)
 
   @property
   def model(self) -> classifier.VideoClassifier:
@@ -244,12 +355,13 @@ class FinetuneTask:
   def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     a = self.config.aug
     rng_mix, rng_drop = jax.random.split(rng)
-    video, soft_targets, _ = augment.mix_batch(
-        rng_mix, batch['video'], batch['label'], num_classes=self.config.model.num_classes,
+    video = schema.normalize_video(batch['video'], self.config.data.mean, self.config.data.std)
+    video, soft_targets, _ = mixup.mix_batch(
+        rng_mix, video, batch['label'], num_classes=self.config.model.num_classes,
         mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob, switch_prob=a.mix_switch_prob,
         smoothing=a.label_smoothing)
     logits = self.model.apply({'params': params}, video, train=True, rngs={'dropout': rng_drop})
-    loss = jnp.mean(augment.soft_cross_entropy(logits, soft_targets))
+    loss = jnp.mean(losses.soft_cross_entropy(logits, soft_targets))
     # Agreement with the dominant class of the (mixed) target: a rough training accuracy.
     top1 = jnp.mean((jnp.argmax(logits, -1) == jnp.argmax(soft_targets, -1)).astype(jnp.float32))
     return loss, {'top1': top1}
@@ -264,7 +376,7 @@ class FinetuneTask:
 
   def result_line(self, workdir: str) -> str | None:
     """The multi-view test top-1 against chance and what the encoder was, from `eval_results.json`."""
-    path = os.path.join(workdir, evaluate_lib.RESULTS_FILE)
+    path = os.path.join(workdir, evaluation.RESULTS_FILE)
     if not os.path.exists(path):
       return None
     with open(path) as f:
@@ -276,7 +388,7 @@ class FinetuneTask:
 
   def closing_outputs(self, params: Any, workdir: str) -> dict[str, str]:
     del params
-    path = os.path.join(workdir, evaluate_lib.RESULTS_FILE)
+    path = os.path.join(workdir, evaluation.RESULTS_FILE)
     return {'test results': path} if os.path.exists(path) else {}
 
   def make_train_iterator(self, start_step: int):
@@ -287,25 +399,44 @@ class FinetuneTask:
   def evaluate(self, params: Any, *, mesh, workdir: str, step: int, final: bool) -> dict[str, float]:
     """Single-view validation (`val/*`); at the end also the multi-view test (`eval/*` + `eval_results.json`)."""
     c = self.config
-    predict = evaluate_lib.classifier_predict_fn(self.model)
-    val = evaluate_lib.evaluate_params(c, predict, params, mesh, num_temporal=1, num_spatial=1)
+    predict = self._predict_fn
+    val = evaluation.evaluate_params(c, predict, params, mesh, num_temporal=1, num_spatial=1)
     out = {f'val/{k}': v for k, v in val.items() if k != 'num_videos'}
     logging.info('step %d single-view validation on %d videos: top1 %.2f top5 %.2f', step, val['num_videos'],
                  val['top1'], val['top5'])
     if final:
       views = (c.eval.test_temporal_views, c.eval.test_spatial_views)
-      test = evaluate_lib.evaluate_params(c, predict, params, mesh, num_temporal=views[0], num_spatial=views[1])
+      test = evaluation.evaluate_params(c, predict, params, mesh, num_temporal=views[0], num_spatial=views[1])
       out.update({f'eval/{k}': v for k, v in test.items() if k != 'num_videos'})
-      path = evaluate_lib.write_results(workdir, step, test, c, num_temporal=views[0], num_spatial=views[1])
+      path = evaluation.write_results(workdir, step, test, c, num_temporal=views[0], num_spatial=views[1])
       logging.info('step %d %dx%d-view test on %d videos: top1 %.2f top5 %.2f (%s)', step, *views,
                    test['num_videos'], test['top1'], test['top5'], path)
     return out
 
+  @property
+  def _predict_fn(self):
+    return evaluation.classifier_predict_fn(self.model, self.config.data.mean, self.config.data.std)
+
+  def evaluate_checkpoint(self, params: Any, *, mesh, workdir: str, step: int,
+                          views: tuple[int, int] | None) -> tuple[dict[str, float], str]:
+    """The multi-view test of `params` (default views: `eval.test_*_views`); writes `eval_results.json`.
+
+    Returns:
+      (results, path of the results file).
+    """
+    c = self.config
+    num_temporal, num_spatial = views or (c.eval.test_temporal_views, c.eval.test_spatial_views)
+    results = evaluation.evaluate_params(c, self._predict_fn, params, mesh, num_temporal=num_temporal,
+                                         num_spatial=num_spatial)
+    path = evaluation.write_results(workdir, step, results, c, num_temporal=num_temporal, num_spatial=num_spatial)
+    return results, path
+
 
 @dataclasses.dataclass(frozen=True)
 class LinearProbeTask(FinetuneTask):
-  """Linear probing: frozen encoder (eval mode, no drop path, no gradient); only `head` is updated (see optim.py)."""
-  freeze_encoder = True
+  """Linear probing: only `head` trains; the encoder is frozen (eval mode, no drop path, no gradient) and `fc_norm`
+  stays at its init (a plain standardisation of the pooled features), as in the reference."""
+  trainable: tuple[str, ...] | None = ('head',)
 
 
 def _encoder_origin(config) -> str:
@@ -313,10 +444,9 @@ def _encoder_origin(config) -> str:
   if not config.init_from:
     return 'random init'
   from m3video_jax import checkpointing
-  from m3video_jax import import_weights
 
   try:
-    saved = import_weights.read_run_config(checkpointing.resolve_checkpoint(config.init_from)[0])
+    saved = checkpointing.read_run_config(checkpointing.resolve_checkpoint(config.init_from)[0])
   except FileNotFoundError:  # Not an orbax checkpoint of ours (e.g. an imported PyTorch file).
     saved = None
   if saved and saved.get('task') == 'pretrain' and 'target' in saved:
@@ -325,9 +455,20 @@ def _encoder_origin(config) -> str:
   return config.init_from
 
 
+TASKS: dict[str, Callable[[Any], Any]] = {'pretrain': PretrainTask, 'finetune': FinetuneTask,
+                                          'linear_probe': LinearProbeTask}
+
+
 def get_task(config) -> PretrainTask | FinetuneTask:
-  tasks: dict[str, Callable[[Any], Any]] = {'pretrain': PretrainTask, 'finetune': FinetuneTask,
-                                            'linear_probe': LinearProbeTask}
-  if config.task not in tasks:
-    raise ValueError(f'config.task={config.task!r} is invalid: expected one of {sorted(tasks)}')
-  return tasks[config.task](config)
+  """The task object of `config.task`; raises `config_lib.ConfigError` for an unknown task."""
+  config_lib.check(config.get('task') in TASKS, 'task', config.get('task'), f'one of {tuple(TASKS)}')
+  return TASKS[config.task](config)
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Checks a whole config before anything compiles: `config.task`, the shared fields, then the task's own.
+
+  Raises:
+    config_lib.ConfigError: naming the first invalid field, its value and what is allowed.
+  """
+  get_task(config).validate(num_devices)

@@ -1,13 +1,14 @@
 """The one training loop: `train_and_evaluate(config, workdir)` builds everything, trains, checkpoints and logs.
 
-Order of work: validate the config -> (demo) prepare data -> mesh, task, optimiser -> abstract state (`eval_shape`) ->
-shardings -> restore the latest checkpoint in the workdir, else `init_from`, else a fresh init -> input stream positioned
-at the restored step -> jitted step (state donated on accelerators) in a loop -> async checkpoints -> TensorBoard +
-console metrics.
+Order of work: validate the config (`tasks.validate`) -> (demo) the task prepares its data -> `make_trainer`: mesh,
+task, optimiser, abstract state (`eval_shape`), shardings, jitted step -> restore the latest checkpoint in the workdir,
+else `init_from`, else a fresh init -> input stream positioned at the restored step -> jitted step (state donated on
+accelerators) in a loop -> async checkpoints -> TensorBoard + console metrics.
 The task's `evaluate` runs every `eval_every_steps` and after the last step (classification: validation and test).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -24,11 +25,10 @@ from m3video_jax import checkpointing
 from m3video_jax import config_lib
 from m3video_jax import metrics as metrics_lib
 from m3video_jax import optim
-from m3video_jax import paths
 from m3video_jax import sharding
 from m3video_jax import tasks
-from m3video_jax.data import demo_data
 from m3video_jax import train_step as train_step_lib
+from m3video_jax.data import schema
 from m3video_jax.train_state import TrainState
 
 
@@ -39,29 +39,51 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def prepare_demo_data(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the synthetic sample videos and runs data prep into `data.prepare_dir` (default `workdir/data`) unless
-  the shards already exist.
-
-  Returns:
-    The glob of the prepared shards.
-  """
-  data_dir = demo_data.data_dir(config, workdir)
-  videos_dir, shards_dir = os.path.join(data_dir, 'videos'), os.path.join(data_dir, 'tfrecords')
-  if jax.process_index() != 0:
-    return os.path.join(shards_dir, 'train-*.tfrecord')
-  return demo_data.prepare_split(config, videos_dir, shards_dir, 'train', seed=config.data.synthetic_seed,
-                                 extract_args=(f'--traj_len={config.target.traj_len}',))
-
-
-def _init_state(task, tx, rng: jax.Array) -> TrainState:
+def init_state(task, tx, rng: jax.Array) -> TrainState:
+  """A fresh TrainState: the task's params, the optimiser state, step 0 and the training rng."""
   rng_init, rng_train = jax.random.split(rng)
   params = task.init_params(rng_init)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng_train)
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a run builds from its config before it reads any data (`make_trainer`): the task, its optimiser, the mesh,
+  the abstract state and its shardings, and the jitted step. The training loop, the tests and `bench/train_step.py`
+  all use this one set-up."""
+  config: Any
+  task: Any
+  tx: Any
+  mesh: Any
+  init_fn: Callable[[jax.Array], TrainState]  # rng -> a fresh state (not jitted, not sharded)
+  abstract_state: Any
+  state_sharding: Any
+  batch_sharding: Any
+  step_fn: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+
+  def init(self, rng: jax.Array) -> TrainState:
+    """A fresh state, created sharded on the mesh."""
+    return jax.jit(self.init_fn, out_shardings=self.state_sharding)(rng)
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh=None) -> Trainer:
+  """The task, optimiser, abstract state, shardings and jitted step of `config` (mesh default: `config.mesh` over
+  all devices)."""
+  mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+  task = tasks.get_task(config)
+  tx = task.optimizer()
+  init_fn = functools.partial(init_state, task, tx)
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  state_shd = sharding.state_sharding(abstract, mesh)
+  batch_shd = sharding.batch_sharding(mesh)
+  return Trainer(config=config, task=task, tx=tx, mesh=mesh, init_fn=init_fn, abstract_state=abstract,
+                 state_sharding=state_shd, batch_sharding=batch_shd,
+                 step_fn=make_step_fn(task, tx, config, state_shd, batch_shd, mesh))
+
+
 def load_init_params(path: str, init_params: Any) -> Any:
-  """Params from `config.init_from` (an orbax checkpoint of ours or one written by `m3video_jax.import_weights`).
+  """Params from `config.init_from` (an orbax checkpoint of ours or one written by
+  `m3video_jax.interop.import_weights`).
 
   Every leaf under `encoder` must be in the checkpoint with the model's shape; other leaves (decoder, classifier head)
   are taken from the checkpoint when present and shaped alike, else (absent, or e.g. a head for another number of
@@ -107,7 +129,7 @@ def donates_state(mesh) -> bool:
 def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
   """The jitted train step with explicit in/out shardings; donates the state except on CPU (`donates_state`)."""
   return jax.jit(
-      functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx, lr_schedule=optim.lr_schedule(config),
+      functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx, lr_schedule=task.lr_schedule(),
                         accum_steps=config.optim.grad_accum_steps),
       in_shardings=(state_shd, batch_shd), out_shardings=(state_shd, sharding.replicated(mesh)),
       donate_argnums=(0,) if donates_state(mesh) else ())
@@ -116,8 +138,8 @@ def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
 def check_workdir(workdir: str) -> None:
   """Creates `workdir`, or raises `config_lib.ConfigError` saying why it cannot be used (a file, not writable)."""
   try:
-    paths.writable_dir(workdir, '--workdir')
-  except paths.UnusableOutputError as e:
+    schema.writable_dir(workdir, '--workdir')
+  except schema.UnusableOutputError as e:
     raise config_lib.ConfigError(str(e)) from None
 
 
@@ -136,34 +158,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The metrics of the last logged interval.
   """
   t_start = time.perf_counter()
-  config_lib.validate(config, num_devices=jax.device_count())
+  tasks.validate(config, num_devices=jax.device_count())
   jax.config.update('jax_threefry_partitionable', True)
   workdir = os.path.abspath(workdir)
   check_workdir(workdir)
   if config.optim.warmup_steps > config.total_steps:
     logging.warning('optim.warmup_steps=%d is longer than total_steps=%d: warming up over all %d steps',
                     config.optim.warmup_steps, config.total_steps, optim.warmup_steps(config))
-  if config.data.prepare_if_missing and make_batch_iterator is None:
+  if config.data.get('prepare_if_missing') and make_batch_iterator is None:
     with config.unlocked():
-      if config.task == 'pretrain':
-        config.data.train_files = prepare_demo_data(config, workdir)
-      else:
-        from m3video_jax.data import classification  # TF is imported only when the real pipeline is used.
-        config.data.train_files, config.data.eval_files = classification.prepare_demo_data(
-            config, workdir, is_chief=jax.process_index() == 0)
+      tasks.get_task(config).prepare_demo_data(workdir, is_chief=jax.process_index() == 0)
   save_config(config, workdir)
 
-  mesh = sharding.make_mesh(config.mesh)
-  task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
+  trainer = make_trainer(config)
+  task, tx, mesh = trainer.task, trainer.tx, trainer.mesh
+  state_shd, batch_shd = trainer.state_sharding, trainer.batch_sharding
   rng = jax.random.PRNGKey(config.seed)
-  init_fn = functools.partial(_init_state, task, tx)
-  abstract = jax.eval_shape(init_fn, rng)
-  state_shd = sharding.state_sharding(abstract, mesh)
-  batch_shd = sharding.batch_sharding(mesh)
 
   def fresh_state():
-    state = jax.jit(init_fn, out_shardings=state_shd)(rng)
+    state = trainer.init(rng)
     if config.init_from:
       params = load_init_params(config.init_from, jax.device_get(state.params))
       params = jax.device_put(params, state_shd.params)
@@ -171,13 +184,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info('initialised params from %s', config.init_from)
     return state
 
-  manager, state, restored = checkpointing.restore_or_init(workdir, config, abstract, state_shd, fresh_state)
+  manager, state, restored = checkpointing.restore_or_init(workdir, config, trainer.abstract_state, state_shd,
+                                                           fresh_state)
   start_step = int(jax.device_get(state.step))
   if restored is not None:
     logging.info('resumed from %s at step %d', checkpointing.checkpoint_dir(workdir), start_step)
 
   batch_iterator = (make_batch_iterator or task.make_train_iterator)(start_step)
-  step_fn = make_step_fn(task, tx, config, state_shd, batch_shd, mesh)
+  step_fn = trainer.step_fn
 
   writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
   history: list[dict[str, jax.Array]] = []
@@ -241,7 +255,7 @@ def closing_summary(config, task, workdir: str, last: dict[str, float], start_st
             f'  TensorBoard events and {metrics_lib.METRICS_FILE}: {workdir} (tensorboard --logdir {workdir})',
             f'  config: {os.path.join(workdir, "config.json")}']
   lines += [f'  {name}: {path}' for name, path in outputs.items()]
-  if config.next_commands:
+  if config.get('next_commands'):
     lines.append('  next:')
     lines += [f'    {command.format(workdir=workdir)}' for command in config.next_commands]
   result = task.result_line(workdir)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from data_prep import hog as prep_hog
 from data_prep import synthetic
 from m3video_jax import hog as jax_hog
-from m3video_jax.data import pp_ops
+from m3video_jax.data import clip_ops
 from m3video_jax.data import schema
 
 
@@ -39,7 +39,7 @@ def test_numpy_trajectory_hog_lookup_of_decode_matches_the_tf_lookup_of_the_inpu
   numpy_hog = schema.trajectory_hog(dequantized, disp, np.asarray(starts))
   x0, y0 = schema.start_positions(gh, gw)
   frame_idx = np.asarray(starts)[:, None] + np.arange(traj_len)[None]
-  tf_hog = pp_ops.trajectory_hog(tf.constant(np.asarray(strings, object)[frame_idx]),
+  tf_hog = clip_ops.trajectory_hog(tf.constant(np.asarray(strings, object)[frame_idx]),
                                  tf.constant(np.asarray(scales, np.float32)[frame_idx]), tf.constant(disp),
                                  tf.constant(x0[0]), tf.constant(y0[:, 0]), tf.constant(gh), tf.constant(gw),
                                  schema.GRID_STEP).numpy()

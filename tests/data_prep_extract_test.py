@@ -19,7 +19,7 @@ from data_prep import shards
 from data_prep import synthetic
 from data_prep import video_io
 from data_prep import video_targets
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 from data_prep.inputs import VideoInput
 from m3video_jax.data import schema
 

@@ -5,7 +5,7 @@ import pytest
 
 from data_prep import sample_videos
 from data_prep import video_targets
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 from m3video_jax.data import schema
 
 BUDGET = 16 * 1024  # docs/design.md §2: everything except the JPEG frames <= 16 KiB per source frame on average

@@ -7,7 +7,7 @@ import pytest
 from data_prep import synthetic
 from data_prep import tracking
 from data_prep import video_targets
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 from m3video_jax.data import schema
 
 NATIVE = 128  # synthetic videos are 128x128; the default short side 256 doubles them

@@ -13,7 +13,7 @@ from data_prep import isolated_worker
 from data_prep import synthetic
 from data_prep import video_io
 from data_prep import video_targets
-from data_prep.config import PrepConfig
+from data_prep.options import PrepConfig
 from m3video_jax.data import schema
 
 

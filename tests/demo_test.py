@@ -61,7 +61,7 @@ def test_small_demo_learns_motion_its_features_beat_chance_and_it_fine_tunes(tmp
   the fine-tune demo from it must reach 25 %. The full-size numbers are in the README and docs/results.md.
   """
   from m3video_jax import probe
-  from m3video_jax.data import classification
+  from m3video_jax import demo as demo_lib
 
   pretrain = demo.get_config('num_videos=240,steps=2000')
   out = train_lib.train_and_evaluate(pretrain, str(tmp_path / 'pretrain'))
@@ -72,7 +72,7 @@ def test_small_demo_learns_motion_its_features_beat_chance_and_it_fine_tunes(tmp
     finetune.data.synthetic_num_videos = 320
     finetune.data.prepare_dir = str(tmp_path / 'probe_data')
     finetune.init_from = str(tmp_path / 'pretrain')
-  train_glob, test_glob = classification.prepare_demo_data(finetune, str(tmp_path / 'finetune'))
+  train_glob, test_glob = demo_lib.prepare_classification(finetune, str(tmp_path / 'finetune'))
   encoder = checkpointing.load_params(str(tmp_path / 'pretrain'))['encoder']
   lp = probe.linear_probe(*probe.dataset_features(finetune, train_glob, encoder),
                           *probe.dataset_features(finetune, test_glob, encoder), num_classes=8)

@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from m3video_jax import config_lib
-from m3video_jax import export
-from m3video_jax import features
-from m3video_jax import import_weights
-from m3video_jax import torch_mapping
+from m3video_jax.data import schema
+from m3video_jax.interop import export
+from m3video_jax.interop import features
+from m3video_jax.interop import import_weights
+from m3video_jax.interop import weights
+from m3video_jax.interop import torch_mapping
 from m3video_jax.models import m3video
 from m3video_jax.models import vit
 
@@ -70,7 +71,7 @@ def random_clip(shape, seed=0):
 
 def hf_input_nhwc(video_uint8):
   """What our Encoder does inside: [0, 1] then ImageNet mean/std; `[B, T, H, W, C]` float32."""
-  mean, std = np.float32(config_lib.IMAGENET_MEAN), np.float32(config_lib.IMAGENET_STD)
+  mean, std = np.float32(schema.IMAGENET_MEAN), np.float32(schema.IMAGENET_STD)
   return (video_uint8.astype(np.float32) / 255.0 - mean) / std
 
 
@@ -211,7 +212,7 @@ def test_mme_round_trip_is_bit_identical(tmp_path, output_dims):
   export.save_mme(params, str(tmp_path / 'm.pth'), config={'model': {'encoder': 'mu'}, 'data': {'num_frames': 4}})
   back, config = import_weights.import_weights(str(tmp_path / 'm.pth'), str(tmp_path / 'imported'))
   assert_trees_identical(back, params)
-  assert_trees_identical(import_weights.load_weights(str(tmp_path / 'imported'))[0], params)
+  assert_trees_identical(weights.load_weights(str(tmp_path / 'imported'))[0], params)
   assert config['data']['num_frames'] == 4 and config['model']['encoder'] == 'mu'
   assert config['model']['decoder_mode'] == ('joint' if len(output_dims) == 1 else 'separate')
 
@@ -239,7 +240,7 @@ def test_safetensors_round_trip_is_bit_identical(tmp_path):
 def test_hf_round_trip_is_bit_identical(tmp_path):
   params = classifier_params('mu', num_classes=3)
   export.save_hf(params, str(tmp_path / 'hf'), num_frames=4, image_size=32)
-  back, config = import_weights.load_weights(str(tmp_path / 'hf'))
+  back, config = weights.load_weights(str(tmp_path / 'hf'))
   assert_trees_identical(back, params)
   assert config['data'] == {'num_frames': 4, 'res': 32}
 
@@ -291,13 +292,15 @@ def test_cli_export_import_features_on_a_trained_checkpoint(tmp_path):
 
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device: restore from an 8-device run.
   env['JAX_PLATFORMS'] = 'cpu'
-  _run('m3video_jax.export', f'--checkpoint={workdir}', '--format=mme', f'--output={tmp_path / "m.pth"}', env=env)
-  _run('m3video_jax.export', f'--checkpoint={workdir / "checkpoints"}', '--step=1', '--format=safetensors',
+  _run('m3video_jax.interop.export', f'--checkpoint={workdir}', '--format=mme', f'--output={tmp_path / "m.pth"}',
+       env=env)
+  _run('m3video_jax.interop.export', f'--checkpoint={workdir / "checkpoints"}', '--step=1', '--format=safetensors',
        f'--output={tmp_path / "enc.safetensors"}', env=env)
-  _run('m3video_jax.export', f'--checkpoint={workdir}', '--format=hf', f'--output={tmp_path / "hf"}', env=env)
-  _run('m3video_jax.import_weights', f'--input={tmp_path / "m.pth"}', f'--output={tmp_path / "imported"}', env=env)
+  _run('m3video_jax.interop.export', f'--checkpoint={workdir}', '--format=hf', f'--output={tmp_path / "hf"}', env=env)
+  _run('m3video_jax.interop.import_weights', f'--input={tmp_path / "m.pth"}', f'--output={tmp_path / "imported"}',
+       env=env)
 
-  assert_trees_identical(import_weights.load_weights(str(tmp_path / 'imported'))[0], trained)
+  assert_trees_identical(weights.load_weights(str(tmp_path / 'imported'))[0], trained)
   hf_config = json.load(open(tmp_path / 'hf' / 'config.json'))
   assert (hf_config['num_frames'], hf_config['image_size'], hf_config['layer_norm_eps']) == (4, 32, 1e-6)
   # The hf export of the trained encoder gives the features our API gives.
@@ -315,7 +318,7 @@ def test_cli_export_import_features_on_a_trained_checkpoint(tmp_path):
   for i, n in enumerate((12, 5)):
     synthetic.write_mp4(str(videos / 'a' / f'v{i}.mp4'), random_clip((n, 40, 48, 3), seed=i))
   out = tmp_path / 'feats'
-  stdout = _run('m3video_jax.features', f'--checkpoint={tmp_path / "imported"}', f'--input={videos}',
+  stdout = _run('m3video_jax.interop.features', f'--checkpoint={tmp_path / "imported"}', f'--input={videos}',
                 f'--output_dir={out}', '--num_frames=4', '--stride=2', '--res=32', env=env)
   assert 'done 2' in stdout
   # 12 frames, every 2nd -> 6 sampled -> 2 clips of 4 (the second padded); 5 frames -> 3 sampled -> 1 clip.

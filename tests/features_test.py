@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import m3video_jax
-from m3video_jax import config_lib
-from m3video_jax import features
-from m3video_jax import import_weights
+from m3video_jax.data import schema
+from m3video_jax.interop import features
+from m3video_jax.interop import import_weights
 from m3video_jax.models import layers
 from m3video_jax.models import vit
 
@@ -43,7 +43,7 @@ def clip(shape, seed=0):
 
 
 def normalise(video):
-  mean, std = np.float32(config_lib.IMAGENET_MEAN), np.float32(config_lib.IMAGENET_STD)
+  mean, std = np.float32(schema.IMAGENET_MEAN), np.float32(schema.IMAGENET_STD)
   return (video.astype(np.float32) / 255.0 - mean) / std
 
 
@@ -182,7 +182,7 @@ def test_extract_writes_one_npy_per_video_an_index_and_failures(tmp_path):
 
 def test_load_encoder_reads_a_pytorch_file(tmp_path):
   torch = pytest.importorskip('torch')
-  from m3video_jax import export
+  from m3video_jax.interop import export
 
   params = mu_classifier()
   export.save_mme(params, str(tmp_path / 'ft.pth'))
@@ -205,7 +205,7 @@ def test_package_and_core_modules_import_without_torch():
       sys.meta_path.insert(0, Block())
       import m3video_jax
       assert 'jax' not in sys.modules, 'import m3video_jax should not import jax'
-      from m3video_jax import export, features, import_weights, torch_mapping
+      from m3video_jax.interop import export, features, import_weights, torch_mapping
       assert not {'torch', 'transformers', 'safetensors'} & set(sys.modules)
   ''')
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)

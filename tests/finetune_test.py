@@ -16,10 +16,9 @@ from configs import finetune_k400
 from configs import finetune_ssv2
 from configs import finetune_ucf101
 from configs import linear_probe_ssv2
-from m3video_jax import augment
+from m3video_jax import mixup
 from m3video_jax import config_lib
-from m3video_jax import evaluate
-from m3video_jax import optim
+from m3video_jax import evaluation
 from m3video_jax import sharding
 from m3video_jax import tasks
 from m3video_jax import train_lib
@@ -36,7 +35,7 @@ def constant_videos(values, size=8):
 def test_mixup_cutmix_targets_sum_to_one_and_match_pixel_proportions(mixup_alpha, cutmix_alpha):
   values = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # Example i is pure value i+1 with label i.
   labels = jnp.arange(5)
-  fn = jax.jit(functools.partial(augment.mix_batch, num_classes=7, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+  fn = jax.jit(functools.partial(mixup.mix_batch, num_classes=7, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                                  prob=1.0, switch_prob=0.5, smoothing=0.0))
   for seed in range(12):
     video, targets, lam = jax.device_get(fn(jax.random.PRNGKey(seed), constant_videos(values), labels))
@@ -53,7 +52,7 @@ def test_mixup_cutmix_targets_sum_to_one_and_match_pixel_proportions(mixup_alpha
         np.testing.assert_allclose(targets[i, i], 1 - share, atol=1e-5)
       # Cutmix pastes the same box on every frame.
       np.testing.assert_array_equal(video[i, 0], video[i, 1])
-  smoothed = augment.smooth_one_hot(jnp.array([2]), 5, 0.1)
+  smoothed = mixup.smooth_one_hot(jnp.array([2]), 5, 0.1)
   np.testing.assert_allclose(smoothed, [[0.02, 0.02, 0.92, 0.02, 0.02]], rtol=1e-6)
 
 
@@ -83,13 +82,13 @@ def test_multi_view_evaluation_averages_softmax_per_video():
       yield {'video': video, 'label': label, 'video_index': index, '_mask': mask}
 
   predict = jax.jit(lambda params, video: jax.nn.softmax(video[:, 0, 0, :6, 0] * params, axis=-1))
-  scores, labels, counts = evaluate.video_scores(predict, jnp.float32(1.0), batches(), num_videos=3, num_classes=6,
+  scores, labels, counts = evaluation.video_scores(predict, jnp.float32(1.0), batches(), num_videos=3, num_classes=6,
                                                  mesh=mesh)
   np.testing.assert_array_equal(counts, [3, 3, 3])
   np.testing.assert_array_equal(labels, [0, 2, 5])
   expected0 = np.mean(jax.nn.softmax(np.array(views[0][1], np.float32), axis=-1), axis=0)
   np.testing.assert_allclose(scores[0], expected0, rtol=1e-5)
-  results = evaluate.summarize(scores, labels, counts)
+  results = evaluation.summarize(scores, labels, counts)
   np.testing.assert_allclose(results['top1'], 100 / 3)
   np.testing.assert_allclose(results['top5'], 200 / 3)
   assert results['num_videos'] == 3
@@ -104,11 +103,11 @@ def classification_batch(config, seed):
 
 def run_steps(config, num_steps):
   task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
-  state = train_lib._init_state(task, tx, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  tx = tasks.get_task(config).optimizer()
+  state = train_lib.init_state(task, tx, jax.random.PRNGKey(0))
   before = jax.device_get(state.params)
   step = jax.jit(functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx,
-                                   lr_schedule=optim.lr_schedule(config)))
+                                   lr_schedule=tasks.get_task(config).lr_schedule()))
   for i in range(num_steps):
     state, metrics = step(state, classification_batch(config, i))
   return before, jax.device_get(state.params), jax.device_get(metrics)
@@ -177,14 +176,14 @@ def test_full_size_configs_validate_and_build_abstractly(module):
   for arg in (None, 'recipe=reference'):
     config = module.get_config(arg)
     config.data.train_files, config.data.eval_files = '/data/train-*', '/data/val-*'
-    config_lib.validate(config, num_devices=8)
+    tasks.validate(config, num_devices=8)
   assert config.init_from == '' and config.model.encoder == 'B'
   for name in ('seed', 'total_steps', 'log_every_steps', 'checkpoint_every_steps'):
     assert name in config
   assert config.data.batch_size == 1024 and config.data.repeated_aug == 2
   task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
-  abstract = jax.eval_shape(functools.partial(train_lib._init_state, task, tx), jax.random.PRNGKey(0))
+  tx = tasks.get_task(config).optimizer()
+  abstract = jax.eval_shape(functools.partial(train_lib.init_state, task, tx), jax.random.PRNGKey(0))
   assert abstract.params['head']['kernel'].shape == (768, config.model.num_classes)
   clip = (config.data.num_frames, config.data.res, config.data.res, 3)
   assert clip == (16, 224, 224, 3)
@@ -199,8 +198,8 @@ def test_full_size_train_step_lowers_on_cpu(module):
   config.data.train_files, config.data.eval_files = '/data/train-*', '/data/val-*'
   mesh = sharding.make_mesh(config.mesh)
   task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
-  abstract = jax.eval_shape(functools.partial(train_lib._init_state, task, tx), jax.random.PRNGKey(0))
+  tx = tasks.get_task(config).optimizer()
+  abstract = jax.eval_shape(functools.partial(train_lib.init_state, task, tx), jax.random.PRNGKey(0))
   state_shd = sharding.state_sharding(abstract, mesh)
   batch_shd = sharding.batch_sharding(mesh)
   d = config.data
@@ -226,7 +225,7 @@ def test_tiny_finetune_runs_evaluates_and_writes_results(tmp_path, caplog):
   for key in ('val/top1', 'val/top5', 'eval/top1', 'eval/top5', 'eval/loss', 'train/loss', 'train/top1'):
     assert np.isfinite(out[key]), key
   assert 0 <= out['eval/top1'] <= out['eval/top5'] <= 100
-  results = json.load(open(tmp_path / 'run' / evaluate.RESULTS_FILE))
+  results = json.load(open(tmp_path / 'run' / evaluation.RESULTS_FILE))
   assert results['step'] == config.total_steps and results['num_videos'] == 4
   assert (results['temporal_views'], results['spatial_views']) == (2, 3)
   np.testing.assert_allclose(results['top1'], out['eval/top1'])

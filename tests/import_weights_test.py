@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from m3video_jax import import_weights
-from m3video_jax import torch_mapping
+from m3video_jax.interop import import_weights
+from m3video_jax.interop import weights
+from m3video_jax.interop import torch_mapping
 from m3video_jax.models import m3video
 from m3video_jax.models import vit
 
@@ -48,7 +49,7 @@ def assert_same(a, b):
 
 
 def load(path, **kwargs):
-  return import_weights.load_weights(str(path), **kwargs)[0]
+  return weights.load_weights(str(path), **kwargs)[0]
 
 
 @pytest.mark.parametrize('wrapper', ['model', 'module', None])
@@ -58,7 +59,7 @@ def test_wrappers_and_ddp_prefix_are_accepted(tmp_path, wrapper):
   if wrapper == 'module':  # DeepSpeed: {'module': {...}}, and DDP's 'module.' key prefix inside.
     sd = {'module.' + k: v for k, v in sd.items()}
   obj = {wrapper: sd, 'epoch': 3, 'args': argparse.Namespace(num_frames=8, input_size=32)} if wrapper else sd
-  params_back, config = import_weights.load_weights(save(tmp_path / 'w.pth', obj))
+  params_back, config = weights.load_weights(save(tmp_path / 'w.pth', obj))
   assert_same(params_back, params)
   if wrapper:  # The reference's pickled `args` are read (weights_only loading allows argparse.Namespace).
     assert config['data'] == {'num_frames': 8, 'res': 32}
@@ -120,7 +121,7 @@ def test_videomae_decoder_naming_is_accepted(tmp_path):
   sd = torch_state_dict(params)
   sd = {('encoder_to_decoder.weight' if k == 'encoder_to_decoder.0.weight' else k.replace('decoder.0.', 'decoder.')): v
         for k, v in sd.items()}
-  params_back, config = import_weights.load_weights(save(tmp_path / 'videomae.pth', {'model': sd}))
+  params_back, config = weights.load_weights(save(tmp_path / 'videomae.pth', {'model': sd}))
   assert_same(params_back, params)
   assert config['model']['decoder_width'] == 32 and config['model']['output_dims'] == [40]
 
@@ -179,7 +180,7 @@ def test_cli_reports_a_bad_key_in_one_line(tmp_path):
   sd = torch_state_dict(mu_params())
   del sd['blocks.1.norm2.bias']
   path = save(tmp_path / 'w.pth', {'model': sd})
-  proc = subprocess.run([sys.executable, '-m', 'm3video_jax.import_weights', f'--input={path}',
+  proc = subprocess.run([sys.executable, '-m', 'm3video_jax.interop.import_weights', f'--input={path}',
                          f'--output={tmp_path / "out"}'], capture_output=True, text=True, timeout=120,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert proc.returncode == 1

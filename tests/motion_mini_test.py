@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import motion_mini
-from m3video_jax import config_lib
+from m3video_jax import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_every_target_validates_and_static_input_is_the_only_difference(target):
   real = motion_mini.get_config(f'target={target}')
   static = motion_mini.get_config(f'target={target},static=true')
-  config_lib.validate(real)
+  tasks.validate(real)
   assert static.data.static_input and not real.data.static_input
   with static.unlocked():
     static.data.static_input = False
@@ -33,7 +33,7 @@ def test_targets_are_the_documented_variants():
   paper = kinds['trajectory_paper']
   assert (paper.position_norm, paper.shape_norm, paper.position_eps, paper.shape) == ('joint', 'joint', 1e-6, True)
   finetune = motion_mini.get_config('task=finetune')
-  config_lib.validate(finetune)
+  tasks.validate(finetune)
   assert finetune.data.synthetic_seed != motion_mini.get_config().data.synthetic_seed  # Probe videos are unseen.
   with pytest.raises(ValueError, match='target='):
     motion_mini.get_config('target=flow')

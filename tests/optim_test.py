@@ -32,9 +32,9 @@ def test_layer_decay_scales_each_adamw_update():
   grads = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(p.size).normal(size=p.shape), p.dtype), params)
   with config.unlocked():
     config.optim.warmup_steps = 0
-  decayed = optim.make_optimizer(config)
+  decayed = tasks.get_task(config).optimizer()
   config.optim.layer_decay = 1.0
-  plain = optim.make_optimizer(config)
+  plain = tasks.get_task(config).optimizer()
   u_decayed, _ = decayed.update(grads, decayed.init(params), params)
   u_plain, _ = plain.update(grads, plain.init(params), params)
   scales = optim.layer_decay_scales(params, 0.75, depth=2)
@@ -47,7 +47,7 @@ def test_linear_probe_optimizer_updates_head_only_with_weight_decay_on_its_kerne
   config = linear_probe_ssv2.get_config('tiny')
   params = jax.device_get(tasks.get_task(config).init_params(jax.random.PRNGKey(0)))
   ones = jax.tree.map(jnp.ones_like, params)
-  tx = optim.make_optimizer(config)
+  tx = tasks.get_task(config).optimizer()
   state = tx.init(params)
   for _ in range(3):
     updates, state = tx.update(ones, state, params)
@@ -62,7 +62,7 @@ def test_linear_probe_optimizer_updates_head_only_with_weight_decay_on_its_kerne
 
 def test_lr_scales_with_videos_per_step_not_clips():
   config = finetune_k400.get_config()  # 1024 clips = 512 videos x repeated_aug 2
-  sched = optim.lr_schedule(config)
+  sched = tasks.get_task(config).lr_schedule()
   np.testing.assert_allclose(float(sched(config.optim.warmup_steps)), 1e-3 * 512 / 256, rtol=1e-6)
   np.testing.assert_allclose(float(sched(config.total_steps)), 1e-6 * 512 / 256, rtol=1e-4)
   assert float(sched(0)) == 0.0

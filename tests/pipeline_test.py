@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from m3video_jax.data import pipeline
+from m3video_jax.data import pretraining
+from m3video_jax.data import stream
 from m3video_jax.data import schema
 from configs import pretrain_ssv2
 
@@ -55,7 +56,7 @@ def clip_config(**data):
 
 
 def run_clip(config, record, index, train=True):
-  fn = pipeline.make_clip_fn(config, pipeline.ClipSpec.from_config(config), train=train)
+  fn = pretraining.make_clip_fn(config, pretraining.ClipSpec.from_config(config), train=train)
   out = fn(tf.constant(0, tf.int64), tf.constant(index, tf.int64), tf.constant(record))
   return {k: v.numpy() for k, v in out.items()}
 
@@ -195,13 +196,13 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
   write_shards(str(tmp_path))
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2, shuffle_buffer=4)
   config.data.res = 32
-  a = take(pipeline.TrainIterator(config), 5)
-  b = take(pipeline.TrainIterator(config), 5)
+  a = take(pretraining.train_iterator(config), 5)
+  b = take(pretraining.train_iterator(config), 5)
   for x, y in zip(a, b):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
   # Crosses an epoch (6 records, batch 2): step 3 starts the second epoch.
-  resumed = take(pipeline.TrainIterator(config, start_step=2), 3)
+  resumed = take(pretraining.train_iterator(config, start_step=2), 3)
   for x, y in zip(a[2:], resumed):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
@@ -209,7 +210,7 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
   assert sorted(np.concatenate([x['label'] for x in a[:3]]).tolist()) == list(range(6))
   with config.unlocked():
     config.seed = 1
-  c = take(pipeline.TrainIterator(config), 3)
+  c = take(pretraining.train_iterator(config), 3)
   assert any(not np.array_equal(x['video'], y['video']) for x, y in zip(a, c))
 
 
@@ -219,7 +220,7 @@ def test_processes_read_disjoint_shards(tmp_path):
   config.data.res = 32
   labels = []
   for p in range(2):
-    it = pipeline.TrainIterator(config, process_index=p, process_count=2)
+    it = pretraining.train_iterator(config, process_index=p, process_count=2)
     labels.append(set(np.concatenate([x['label'] for x in take(it, 2)]).tolist()))
   assert not labels[0] & labels[1]
   assert labels[0] | labels[1] == set(range(8))
@@ -229,15 +230,15 @@ def test_corrupt_record_error_names_the_shard(tmp_path):
   paths = write_shards(str(tmp_path), corrupt=(1, 2))
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2)
   config.data.res = 32
-  with pytest.raises(pipeline.CorruptRecordError, match=os.path.basename(paths[1]) + r' \(record 2\)'):
-    take(pipeline.TrainIterator(config), 3)
+  with pytest.raises(stream.CorruptRecordError, match=os.path.basename(paths[1]) + r' \(record 2\)'):
+    take(pretraining.train_iterator(config), 3)
 
 
 def test_skip_corrupt_counts_skipped_records(tmp_path):
   write_shards(str(tmp_path), corrupt=(0, 1))
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2, skip_corrupt=True)
   config.data.res = 32
-  it = pipeline.TrainIterator(config)
+  it = pretraining.train_iterator(config)
   batches = take(it, 5)  # 5 good records per epoch, 10 records in 5 batches: two skips.
   assert it.num_skipped == 2
   assert all(1 not in x['label'] for x in batches)
@@ -283,12 +284,12 @@ def test_damaged_shards_are_named_or_skipped(tmp_path, how, manifest):
                                       r' has \d+ bytes, but the manifest' if manifest and how == 'truncate' else
                                       r' has an unreadable record \(record 1\): truncated record' if how == 'truncate'
                                       else ' does not start with a TFRecord header')
-  with pytest.raises(pipeline.CorruptRecordError, match=expected) as info:
-    take(pipeline.TrainIterator(config), 6)
+  with pytest.raises(stream.CorruptRecordError, match=expected) as info:
+    take(pretraining.train_iterator(config), 6)
   assert 'function_node' not in str(info.value) and '[Op:' not in str(info.value)
   with config.unlocked():
     config.data.skip_corrupt = True
-  it = pipeline.TrainIterator(config)
+  it = pretraining.train_iterator(config)
   labels = np.concatenate([x['label'] for x in take(it, 6)])
   if how == 'crc' and manifest:  # Read past record 0 of the shard: the rest of that shard is skipped and counted.
     assert it.num_skipped > 0 and not {4, 5} & set(labels.tolist())
@@ -301,9 +302,9 @@ def test_damaged_shards_are_named_or_skipped(tmp_path, how, manifest):
 def test_missing_files_and_short_trajectories_give_clear_errors(tmp_path):
   config = clip_config(train_files=str(tmp_path / 'nothing-*.tfrecord'))
   with pytest.raises(FileNotFoundError, match='matches no file'):
-    pipeline.TrainIterator(config)
+    pretraining.train_iterator(config)
   write_shards(str(tmp_path), num_shards=1)
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'))
   config.target.traj_len = 6
   with pytest.raises(ValueError, match='L=4 steps'):
-    pipeline.TrainIterator(config)
+    pretraining.train_iterator(config)

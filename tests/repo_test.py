@@ -48,13 +48,19 @@ def test_readme_layout_names_every_module_and_doc():
       listed[current] = line[len(current):]
     elif current:
       listed[current] += line
-  missing = []
-  for folder, ext in (('data_prep/', '.py'), ('m3video_jax/', '.py'), ('m3video_jax/data/', '.py'),
-                      ('m3video_jax/models/', '.py'), ('configs/', '.py'), ('bench/', '.py'),
-                      ('experiments/', '.py'), ('docs/', '.md')):
+  # Every folder of the real tree that holds modules (or docs) has a line, and that line names each of its files.
+  folders = sorted({os.path.relpath(root, REPO) + '/' for root, _, files in os.walk(REPO)
+                    if any(f.endswith('.py') and f != '__init__.py' for f in files)
+                    and not os.path.relpath(root, REPO).startswith(('.', 'tests', 'build'))
+                    and 'egg-info' not in root and '__pycache__' not in root})
+  assert {'data_prep/', 'm3video_jax/', 'm3video_jax/data/', 'm3video_jax/models/', 'm3video_jax/interop/',
+          'configs/', 'bench/', 'experiments/'} <= set(folders), folders
+  missing, stale = [], []
+  for folder, ext in [(f, '.py') for f in folders] + [('docs/', '.md')]:
     assert folder in listed, f'README layout has no line for {folder}'
-    names = re.findall(r'[\w.]+', listed[folder])
-    for name in sorted(os.listdir(os.path.join(REPO, folder))):
-      if name.endswith(ext) and name != '__init__.py' and name not in names:
-        missing.append(folder + name)
+    names = set(re.findall(r'(?<![\w/])[\w.]+' + re.escape(ext), listed[folder]))  # Not paths into other folders.
+    present = {n for n in os.listdir(os.path.join(REPO, folder)) if n.endswith(ext) and n != '__init__.py'}
+    missing += [folder + n for n in sorted(present - names)]
+    stale += [folder + n for n in sorted(names - present)]
+  assert not stale, f'README layout names files that do not exist: {stale}'
   assert not missing, f'README layout omits {missing}'

@@ -98,17 +98,11 @@ def test_fsdp_shards_large_params():
 
 def test_no_recompilation_across_steps():
   config = tiny_config()
-  task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh)
-  init = functools.partial(train_lib._init_state, task, tx)  # pylint: disable=protected-access
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  state_shd = sharding.state_sharding(abstract, mesh)
-  batch_shd = sharding.batch_sharding(mesh)
-  step_fn = train_lib.make_step_fn(task, tx, config, state_shd, batch_shd, mesh)
-  state = jax.jit(init, out_shardings=state_shd)(jax.random.PRNGKey(0))
+  trainer = train_lib.make_trainer(config)
+  step_fn = trainer.step_fn
+  state = trainer.init(jax.random.PRNGKey(0))
   for step in range(3):
-    state, _ = step_fn(state, sharding.to_global(random_batch(config, step), batch_shd))
+    state, _ = step_fn(state, sharding.to_global(random_batch(config, step), trainer.batch_sharding))
   assert step_fn._cache_size() == 1  # pylint: disable=protected-access
   assert int(state.step) == 3
 
@@ -194,11 +188,11 @@ def test_grad_accumulation_averages_micro_batch_losses_and_grads():
   from m3video_jax import train_step as train_step_lib
   config = tiny_config(**{'optim.grad_accum_steps': 2})
   task = tasks.get_task(config)
-  tx = optim.make_optimizer(config)
-  state = train_lib._init_state(task, tx, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  tx = task.optimizer()
+  state = train_lib.init_state(task, tx, jax.random.PRNGKey(0))
   batch = random_batch(config, 0)
   step = jax.jit(functools.partial(train_step_lib.train_step, loss_fn=task.loss_fn, tx=tx,
-                                   lr_schedule=optim.lr_schedule(config), accum_steps=2))  # Jitted: eager is ~10x slower.
+                                   lr_schedule=task.lr_schedule(), accum_steps=2))  # Jitted: eager is ~10x slower.
   _, m = step(state, batch)
   rng = jax.random.fold_in(state.rng, 0)
   grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
@@ -211,15 +205,15 @@ def test_grad_accumulation_averages_micro_batch_losses_and_grads():
 
 def test_config_validation_names_field_and_allowed_values():
   with pytest.raises(ValueError, match=r"config.mask.kind='random'.*one of \('tube', 'cube'\)"):
-    config_lib.validate(tiny_config(**{'mask.kind': 'random'}))
+    tasks.validate(tiny_config(**{'mask.kind': 'random'}))
   with pytest.raises(ValueError, match=r'config.model.encoder=.*one of'):
-    config_lib.validate(tiny_config(**{'model.encoder': 'XL'}))
+    tasks.validate(tiny_config(**{'model.encoder': 'XL'}))
   with pytest.raises(ValueError, match=r'config.data.batch_size=6.*multiple of 8 devices'):
-    config_lib.validate(tiny_config(**{'data.batch_size': 6}), num_devices=8)
+    tasks.validate(tiny_config(**{'data.batch_size': 6}), num_devices=8)
   with pytest.raises(ValueError, match=r'config.data.num_frames=5.*multiple of the tubelet length 2'):
-    config_lib.validate(tiny_config(**{'data.num_frames': 5}))
+    tasks.validate(tiny_config(**{'data.num_frames': 5}))
   with pytest.raises(ValueError, match=r'config.data.train_files'):
-    config_lib.validate(tiny_config(**{'data.train_files': ''}))
+    tasks.validate(tiny_config(**{'data.train_files': ''}))
   with pytest.raises(ValueError, match='unknown config arg'):
     pretrain_ssv2.get_config('varient=S')
   with pytest.raises(ValueError, match='target=.*expected one of'):
@@ -231,19 +225,19 @@ def test_tuple_fields_are_type_and_length_checked():
   reported as `data.std`."""
   with pytest.raises(config_lib.ConfigError, match=r"config.data.crop_scales=\('\(1.0,x\)',\) is invalid: expected a "
                      r'non-empty tuple of numbers, e.g. --config.data.crop_scales="\(1.0,0.875,0.75,0.66\)"'):
-    config_lib.validate(tiny_config(**{'data.crop_scales': ('(1.0,x)',)}))
+    tasks.validate(tiny_config(**{'data.crop_scales': ('(1.0,x)',)}))
   with pytest.raises(config_lib.ConfigError, match=r'config.data.mean=\(0.5, 0.5\) is invalid: expected a tuple of 3'):
-    config_lib.validate(tiny_config(**{'data.mean': (0.5, 0.5)}))
+    tasks.validate(tiny_config(**{'data.mean': (0.5, 0.5)}))
   with pytest.raises(config_lib.ConfigError, match=r'config.model.patch_size=\(2, 16\) .* 3 integers'):
-    config_lib.validate(tiny_config(**{'model.patch_size': (2, 16)}))
+    tasks.validate(tiny_config(**{'model.patch_size': (2, 16)}))
   with pytest.raises(config_lib.ConfigError, match=r'config.model.patch_size=\(2.0, 16, 16\) .* 3 integers'):
-    config_lib.validate(tiny_config(**{'model.patch_size': (2.0, 16, 16)}))
+    tasks.validate(tiny_config(**{'model.patch_size': (2.0, 16, 16)}))
   from configs import finetune_ucf101
   ft = finetune_ucf101.get_config()
   ft.data.train_files = ft.data.eval_files = 'x'
   ft.aug.crop_area = (0.2, True)
   with pytest.raises(config_lib.ConfigError, match=r'config.aug.crop_area=\(0.2, True\) .* 2 numbers'):
-    config_lib.validate(ft)
+    tasks.validate(ft)
 
 
 @pytest.mark.parametrize('name', sorted(n[:-3] for n in os.listdir(os.path.join(os.path.dirname(__file__), '..',
@@ -258,8 +252,8 @@ def test_every_config_accepts_a_5_step_run(name):
     config.data.train_files = config.data.train_files or '/data/x-*.tfrecord'
     if 'eval_files' in config.data:
       config.data.eval_files = config.data.eval_files or '/data/y-*.tfrecord'
-  config_lib.validate(config)
-  sched = optim.lr_schedule(config)
+  tasks.validate(config)
+  sched = tasks.get_task(config).lr_schedule()
   assert optim.warmup_steps(config) == min(config.optim.warmup_steps, 5)
   assert all(np.isfinite(float(sched(k))) for k in range(6)) and float(sched(optim.warmup_steps(config))) > 0
 
@@ -271,7 +265,7 @@ def test_paper_configs_validate_and_compile_abstractly(name):
   config = module.get_config()
   with config.unlocked():
     config.data.train_files = '/data/x-*.tfrecord'
-  config_lib.validate(config, num_devices=8)
+  tasks.validate(config, num_devices=8)
   assert config.data.batch_size == 512 and config.mask.ratio == 0.7 and config.target.traj_len == 6
   task = tasks.get_task(config)
   params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
@@ -293,11 +287,11 @@ def test_weight_decay_skips_biases_norms_and_tokens():
 
 def test_lr_schedule_warms_up_and_scales_with_batch():
   config = tiny_config(total_steps=100, **{'optim.warmup_steps': 10, 'data.batch_size': 512})
-  sched = optim.lr_schedule(config)
+  sched = tasks.get_task(config).lr_schedule()
   assert float(sched(0)) == 0.0
   np.testing.assert_allclose(float(sched(10)), config.optim.base_lr * 2, rtol=1e-6)
   np.testing.assert_allclose(float(sched(100)), config.optim.min_lr * 2, rtol=1e-5)
-  assert isinstance(optim.make_optimizer(config), optax.GradientTransformation)
+  assert isinstance(tasks.get_task(config).optimizer(), optax.GradientTransformation)
 
 
 def test_init_from_loads_params_of_another_run(tmp_path):

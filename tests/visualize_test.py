@@ -5,8 +5,8 @@ import numpy as np
 
 from data_prep import synthetic
 from data_prep import video_targets
-from data_prep import visualize as prep_visualize
-from data_prep.config import PrepConfig
+from m3video_jax import visualize as prep_visualize
+from data_prep.options import PrepConfig
 from m3video_jax import drawing
 from m3video_jax.data import schema
 
@@ -45,7 +45,7 @@ def test_drawn_trajectory_pixels_lie_on_the_known_motion(tmp_path):
   assert inside.sum() >= 4
   rec['traj_disp'][start][:, ~inside] = 0.0
   frame = rec['frames'][t0]
-  drawn = prep_visualize.start_panel(rec, start, scale=1, min_path=1.0)
+  drawn = drawing.start_panel(rec, start, scale=1, min_path=1.0)
   changed = np.abs(drawn.astype(int) - frame.astype(int)).max(-1) > 30
   lines = changed & ~np.all(drawn == np.array(drawing.STILL_DOT, np.uint8), -1)  # The dots are exactly STILL_DOT.
   ys, xs = np.nonzero(lines)
@@ -95,7 +95,7 @@ def test_prediction_picture_cli_from_a_checkpoint_and_a_record(tmp_path, capsys)
   import json
 
   import jax
-  from m3video_jax import import_weights
+  from m3video_jax.interop import import_weights
   from m3video_jax import tasks
   from m3video_jax import visualize
   from tests.train_test import tiny_config

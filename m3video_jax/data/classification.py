@@ -7,11 +7,13 @@ Reads the same TFRecords as pretraining (`data/schema.py`) but only the frames a
 - `segment` (SSV2, TSN-style): the video is cut into `num_frames` equal segments, one uniformly drawn frame per segment.
 
 Training clip: sample -> random resized crop (area `aug.crop_area`, aspect `aug.crop_aspect`) -> decode only the crop,
-resize to `res` -> optional flip -> RandAugment (same ops on every frame) -> normalise -> random erasing (same box on
-every frame). Mixup/cutmix and label smoothing run later, inside the jitted step (`m3video_jax/augment.py`).
+resize to `res` -> optional flip -> RandAugment (same ops on every frame) -> random erasing (same box on every frame,
+noise in the units of the normalised input). Clips leave the host as RGB in [0, 255]; the jitted step normalises them
+(`schema.normalize_video`), as it does the pretraining clips. Mixup/cutmix and label smoothing run later, inside the
+jitted step (`m3video_jax/mixup.py`).
 With `data.repeated_aug = k`, every record gives k independently augmented clips, consecutive in the same batch.
 The stream shares the pretraining pipeline's record order, seeding, resume and corrupt-record handling
-(`pipeline.record_stream`, `pipeline.TrainIterator`).
+(`stream.record_stream`, `stream.TrainIterator`).
 
 Evaluation views (reference `finetune` test): temporal view `v` of `V` is, for `dense`, the clip starting at
 `round(v * (N - span) / (V - 1))` (the centre clip for `V = 1`) and, for `segment`, frame
@@ -19,26 +21,23 @@ Evaluation views (reference `finetune` test): temporal view `v` of `V` is, for `
 Spatial view `s` of `S` is the square of the short side at `s / (S - 1)` along the long side (centre for `S = 1`),
 resized to `res` (= the reference's "resize short side to res, crop res x res" at 3 positions).
 
-Train batch (numpy, leading dim = local clips): video float32 `[b, T, res, res, 3]`, label int32 `[b]`.
-Eval batch: video, label, video_index int64 `[b]` (record position in this process's eval stream).
+Train batch (numpy, leading dim = local clips): video float32 `[b, T, res, res, 3]` RGB in [0, 255] (not normalised),
+label int32 `[b]`.
+Eval batch: video uint8 `[b, T, res, res, 3]`, label, video_index int64 `[b]` (record position in this process's
+eval stream).
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from m3video_jax.data import clip_augment
-from m3video_jax.data import demo_data
-from m3video_jax.data import pipeline
-from m3video_jax.data import pp_ops
+from m3video_jax.data import clip_ops
 from m3video_jax.data import schema
-
-_SEED_MIX = 1_000_003
-
+from m3video_jax.data import stream
 
 def _feature_spec() -> dict[str, Any]:
   full = schema.tf_feature_spec()
@@ -102,20 +101,19 @@ def make_train_clip_fn(config):
         aspect_range=tuple(a.crop_aspect))
     flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if d.flip else tf.constant(False)
     frames = tf.sparse.to_dense(rec[schema.FRAMES])
-    video = pp_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
+    video = clip_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
                                       res=d.res, flip=flip)
     video = tf.cast(video, tf.float32)  # (resize may return the uint8 input when the crop is already res x res)
     if a.randaug_num_ops > 0:
       video = clip_augment.rand_augment(video, seed_ra, num_ops=a.randaug_num_ops, magnitude=a.randaug_magnitude,
                                         magnitude_std=a.randaug_magnitude_std, prob=a.randaug_prob)
-    video = pp_ops.normalize(video, d.mean, d.std)
     if a.erase_prob > 0:
-      video = clip_augment.random_erasing(video, seed_erase, prob=a.erase_prob)
+      video = clip_augment.random_erasing(video, seed_erase, prob=a.erase_prob, pixel_mean=d.mean, pixel_std=d.std)
     return tf.ensure_shape(video, [d.num_frames, d.res, d.res, 3])
 
   def fn(epoch, index, serialized):
     rec = tf.io.parse_single_example(serialized, spec)
-    seed = tf.stack([tf.cast(base_seed * _SEED_MIX, tf.int64) + epoch, index])
+    seed = stream.element_seed(base_seed, epoch, index)
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, d.repeated_aug))
     k = d.repeated_aug
     return {
@@ -140,10 +138,9 @@ def make_eval_clip_fn(config, *, num_temporal: int, num_spatial: int):
     idx = sample_indices(config, rec[schema.NUM_FRAMES], unused_seed, view=view // num_spatial,
                          num_views=num_temporal)
     oy, ox, ch, cw = spatial_view_window(rec[schema.HEIGHT], rec[schema.WIDTH], view % num_spatial, num_spatial)
-    video = pp_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
+    video = clip_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
                                       res=d.res, flip=False)
-    video = pp_ops.normalize(tf.cast(video, tf.float32), d.mean, d.std)
-    video = tf.ensure_shape(video, [d.num_frames, d.res, d.res, 3])
+    video = tf.ensure_shape(video, [d.num_frames, d.res, d.res, 3])  # uint8; normalised on the device.
     return {'video': video, 'label': tf.cast(rec[schema.LABEL], tf.int32), 'video_index': video_index}
 
   return fn
@@ -151,40 +148,18 @@ def make_eval_clip_fn(config, *, num_temporal: int, num_spatial: int):
 
 def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
                        shards: list[str] | None = None) -> tuple[tf.data.Dataset, dict[str, Any]]:
-  """This process's stream of augmented training clips (same contract as `pipeline.make_train_dataset`)."""
+  """This process's stream of augmented training clips (`stream.train_stream`), `data.repeated_aug` per record."""
   d = config.data
-  if d.batch_size % (process_count * d.repeated_aug):
-    raise ValueError(f'config.data.batch_size={d.batch_size} is not divisible by {process_count} processes x '
-                     f'data.repeated_aug={d.repeated_aug}')
-  local_batch = d.batch_size // process_count
-  local_videos = local_batch // d.repeated_aug
-  shards = pipeline.process_shards(shards or pipeline.list_shards(d.train_files), process_index, process_count)
-  shards, counts = pipeline.usable_shards(shards, d.skip_corrupt)
-  epoch_records = sum(counts)
-  if epoch_records < local_videos:
-    raise ValueError(f'this process has {epoch_records} records in {len(shards)} shards, fewer than one local batch '
-                     f'of {local_videos} videos; lower config.data.batch_size or add data')
-  first_epoch, offset = divmod(start_step * local_videos, epoch_records)
-  ds = pipeline.record_stream(shards, int(config.seed), first_epoch, d.shuffle_buffer, min(len(shards), 16))
-  ds = ds.enumerate(start=first_epoch * epoch_records).map(lambda i, er: (er[0], i, er[1]))
-  ds = ds.skip(offset)
-  calls = tf.data.AUTOTUNE if d.num_parallel_calls == -1 else d.num_parallel_calls
-  ds = ds.map(make_train_clip_fn(config), num_parallel_calls=calls, deterministic=True)
-  ds = ds.ignore_errors(log_warning=True)  # Gaps in `_id`; TrainIterator turns them into an error or a count.
-  ds = ds.unbatch().batch(local_batch, drop_remainder=True).prefetch(d.prefetch_batches)
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.private_threadpool_size = 0
-  ds = ds.with_options(options)
-  info = {'shards': shards, 'epoch_records': epoch_records, 'local_batch': local_batch,
-          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': d.repeated_aug}
-  return ds, info
+  local_videos = d.batch_size // process_count // d.repeated_aug
+  return stream.train_stream(config, make_train_clip_fn(config), clips_per_record=d.repeated_aug, stacked=True,
+                             min_records=local_videos, process_index=process_index, process_count=process_count,
+                             start_step=start_step, shards=shards)
 
 
 def train_iterator(config, *, process_index: int = 0, process_count: int = 1,
-                   start_step: int = 0) -> pipeline.TrainIterator:
-  return pipeline.TrainIterator(config, make_dataset=make_train_dataset, process_index=process_index,
-                                process_count=process_count, start_step=start_step)
+                   start_step: int = 0) -> stream.TrainIterator:
+  return stream.TrainIterator(config, make_train_dataset, process_index=process_index, process_count=process_count,
+                              start_step=start_step)
 
 
 def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_index: int = 0,
@@ -197,15 +172,15 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
   """
   d = config.data
   try:
-    shards = pipeline.list_shards(d.eval_files)
+    shards = stream.list_shards(d.eval_files)
   except FileNotFoundError as e:
     raise FileNotFoundError(f'config.data.eval_files={d.eval_files!r} matches no file; expected held-out TFRecord '
                             'shards written by `python -m data_prep.extract`') from e
-  shards = pipeline.process_shards(shards, process_index, process_count)
+  shards = stream.process_shards(shards, process_index, process_count)
   if config.eval.batch_size % process_count:
     raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible by {process_count} processes')
   local_batch = config.eval.batch_size // process_count
-  shards, counts = pipeline.usable_shards(shards, False, 'config.data.eval_files')  # Evaluation never drops data.
+  shards, counts = stream.usable_shards(shards, False, 'config.data.eval_files')  # Evaluation never drops data.
   num_videos = sum(counts)
   views = num_temporal * num_spatial
   ds = tf.data.TFRecordDataset(shards).enumerate()
@@ -233,8 +208,8 @@ def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int,
     try:
       batch = next(it, None)
     except tf.errors.OpError as e:
-      where = (pipeline.find_damaged_record(shards) if shards else None) or pipeline.tf_error_text(e)
-      raise pipeline.CorruptRecordError(f'reading the eval shards failed at {where}; a damaged shard is rewritten by '
+      where = (stream.find_damaged_record(shards) if shards else None) or stream.tf_error_text(e)
+      raise stream.CorruptRecordError(f'reading the eval shards failed at {where}; a damaged shard is rewritten by '
                                         'deleting it and re-running the same data_prep command (it resumes)') from e
     if batch is None:
       if template is None:
@@ -245,26 +220,3 @@ def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int,
     out = {k: np.concatenate([v, np.zeros((local_batch - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
     out['_mask'] = np.arange(local_batch) < n
     yield out
-
-
-def prepare_demo_data(config, workdir: str, *, is_chief: bool = True) -> tuple[str, str]:
-  """Writes the synthetic motion videos and runs data prep on their train and val splits, unless already done.
-
-  Only the chief process (`is_chief`) writes; the others just get the globs.
-
-  Returns:
-    (train shard glob, eval shard glob) under `data.prepare_dir` (default `workdir/data`).
-  """
-  data_dir = demo_data.data_dir(config, workdir)
-  videos_dir = os.path.join(data_dir, 'videos')
-  globs = []
-  for split in ('train', 'val'):
-    shards_dir = os.path.join(data_dir, f'tfrecords_{split}')
-    if not is_chief:
-      globs.append(os.path.join(shards_dir, f'{split}-*.tfrecord'))
-      continue
-    # Classification reads frames and labels only: the shortest trajectories, the fastest flow and no camera-motion
-    # removal are cheapest.
-    globs.append(demo_data.prepare_split(config, videos_dir, shards_dir, split, seed=config.data.synthetic_seed,
-                                         extract_args=('--traj_len=1', '--camera_motion=none', '--flow=dis_fast')))
-  return globs[0], globs[1]

@@ -209,15 +209,17 @@ def rand_augment(x: tf.Tensor, seed: tf.Tensor, *, num_ops: int, magnitude: floa
 
 
 def random_erasing(x: tf.Tensor, seed: tf.Tensor, *, prob: float, area_range=(0.02, 1 / 3), min_aspect: float = 0.3,
-                   attempts: int = 10) -> tf.Tensor:
+                   attempts: int = 10, pixel_mean=None, pixel_std=None) -> tf.Tensor:
   """timm `RandomErasing(mode='pixel', max_count=1)` with one box for all frames (the reference's `cube=True`).
 
   With probability `prob`, one box (area uniform in `area_range` of the frame, log-uniform aspect in
   `[min_aspect, 1/min_aspect]`, first of `attempts` candidates that fits) is filled with N(0, 1) noise drawn per pixel,
-  channel and frame. Applied after normalisation, as the reference.
+  channel and frame. The reference applies it after normalisation; with `pixel_mean` and `pixel_std` (the
+  normalisation's mean and std) it runs before it, on RGB in [0, 255], and fills the box with
+  `255 * (mean + std * N(0, 1))`, which the device's `schema.normalize_video` turns into the same N(0, 1) noise.
 
   Args:
-    x: float32 `[T, H, W, C]` (normalised).
+    x: float32 `[T, H, W, C]` (normalised, or RGB in [0, 255] with `pixel_mean` / `pixel_std`).
 
   Returns:
     `x` with the box erased, same shape.
@@ -239,4 +241,6 @@ def random_erasing(x: tf.Tensor, seed: tf.Tensor, *, prob: float, area_range=(0.
   inside = ((rows >= top) & (rows < top + box_h))[:, None] & ((cols >= left) & (cols < left + box_w))[None, :]
   erase = inside & tf.reduce_any(ok) & (tf.random.stateless_uniform([], seed_apply) < prob)
   noise = tf.random.stateless_normal(shape, seed_noise)
+  if pixel_mean is not None:
+    noise = 255.0 * (tf.constant(pixel_mean, tf.float32) + tf.constant(pixel_std, tf.float32) * noise)
   return tf.where(erase[None, :, :, None], noise, x)

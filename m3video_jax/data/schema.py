@@ -26,6 +26,7 @@ Encoding of the non-JPEG arrays (kept small, see the storage budget in docs/desi
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from typing import Any
 
@@ -40,6 +41,11 @@ HOG_FLIP_PERMUTATION = tuple((HOG_BINS - b) % HOG_BINS for b in range(HOG_BINS))
 DISP_UNITS_PER_PX = 4  # traj_disp quantisation: 1/4 px
 DISP_MAX_Q = 127
 ZLIB_LEVEL = 6
+
+# The clip every input hands to the model: uint8 RGB `[..., T, H, W, 3]`, normalised on the device by
+# `normalize_video` with the ImageNet statistics the reference uses (exported models expect them too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Feature keys. Scalars are length-1 lists.
 VIDEO_ID = 'video_id'  # bytes: stable id (sha1 of the source path, prefixed by the file stem)
@@ -205,8 +211,22 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def _parse_example(serialized: bytes) -> dict[str, Any]:
-  """Parses the protobuf without TensorFlow ops (the proto classes are enough)."""
+def normalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  """RGB in [0, 255] (uint8 or float, `[..., 3]`) -> `(x / 255 - mean) / std` float32: the one normalisation of the
+  model input, applied inside the jitted step and the jitted predict functions (a JAX array in, a JAX array out;
+  NumPy works the same)."""
+  x = video.astype(np.float32) * np.float32(1.0 / 255.0)
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def denormalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+  """The inverse of `normalize_video`, rounded to uint8 RGB (for pictures of what the model saw)."""
+  x = (np.asarray(video, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)) * 255.0
+  return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+def parse_example(serialized: bytes) -> dict[str, Any]:
+  """Parses the protobuf without TensorFlow ops (the proto classes are enough) into the stored fields, undecoded."""
   from tensorflow.core.example import example_pb2  # Pure protobuf, no TF runtime.
 
   ex = example_pb2.Example()
@@ -310,7 +330,7 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
   Raises:
     SchemaError: on a record of another schema version or with missing/inconsistent fields.
   """
-  rec = _parse_example(serialized)
+  rec = parse_example(serialized)
   if rec[VERSION] != SCHEMA_VERSION:
     raise SchemaError(f'record schema_version={rec[VERSION]}, this code reads version {SCHEMA_VERSION}; '
                       're-run data_prep with this version of the code')
@@ -365,7 +385,7 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
 
 def non_jpeg_bytes(serialized: bytes) -> int:
   """Bytes of the stored non-JPEG arrays (trajectories, validity, HOG) in one record: the storage-budget figure."""
-  rec = _parse_example(serialized)
+  rec = parse_example(serialized)
   return (sum(len(b) for k in (TRAJ_DISP, TRAJ_INSIDE, HOG_MAP) for b in rec[k]) + 4 * len(rec[HOG_SCALE]))
 
 
@@ -379,3 +399,40 @@ def tf_feature_spec() -> dict[str, Any]:
   spec[FPS] = tf.io.FixedLenFeature([], tf.float32)
   spec[HOG_SCALE] = tf.io.VarLenFeature(tf.float32)
   return spec
+
+
+# Output locations given on a command line (data prep shards, features, training workdirs): checked before any
+# work, with one-line errors naming the flag.
+
+
+class UnusableOutputError(ValueError):
+  """An output directory that is a file, cannot be created or is not writable; the message names the flag."""
+
+
+def writable_dir(path: str, flag: str) -> str:
+  """Creates the local directory `path` if needed and checks it by writing a probe file (`os.access` says yes to root
+  on a read-only mount). URLs (`gs://...`) are returned unchecked.
+
+  Returns:
+    `path`.
+
+  Raises:
+    UnusableOutputError: `'{flag}={path} is a file, not a directory'`, `... cannot be created: <why>` or
+      `... is not writable: <why>`.
+  """
+  if '://' in path:
+    return path
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UnusableOutputError(f'{flag}={path} is a file, not a directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UnusableOutputError(f'{flag}={path} cannot be created: {e.strerror}') from None
+  probe = os.path.join(path, f'.write-test-{os.getpid()}')
+  try:
+    with open(probe, 'wb'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UnusableOutputError(f'{flag}={path} is not writable: {e.strerror}') from None
+  return path

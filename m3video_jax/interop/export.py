@@ -1,8 +1,8 @@
 """Exports a checkpoint to PyTorch: the reference's `.pth`, a transformers directory, or raw safetensors.
 
-  python -m m3video_jax.export --checkpoint=$WORKDIR [--step=N] --format=mme --output=/out/checkpoint.pth
-  python -m m3video_jax.export --checkpoint=$WORKDIR --format=hf --output=/out/videomae_hf
-  python -m m3video_jax.export --checkpoint=$WORKDIR --format=safetensors --output=/out/encoder.safetensors
+  python -m m3video_jax.interop.export --checkpoint=$WORKDIR [--step=N] --format=mme --output=/out/checkpoint.pth
+  python -m m3video_jax.interop.export --checkpoint=$WORKDIR --format=hf --output=/out/videomae_hf
+  python -m m3video_jax.interop.export --checkpoint=$WORKDIR --format=safetensors --output=/out/encoder.safetensors
 
 Formats (key names: `torch_mapping`, `docs/export.md`):
 * `mme`: `torch.save({'model': state_dict, 'm3video_config': <our config as JSON>})` with the reference's names. A
@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from m3video_jax import import_weights
-from m3video_jax import torch_mapping
+from m3video_jax import cli
+from m3video_jax.interop import weights
+from m3video_jax.interop import torch_mapping
 
 FORMATS = ('mme', 'hf', 'safetensors')
 PyTree = Any
@@ -87,7 +88,7 @@ def hf_config(params: PyTree, *, num_frames: int, image_size: int | tuple[int, i
 
   part = encoder_part(params)
   layout = torch_mapping.layout_of(part)
-  variant, (pt, ph, pw) = import_weights.encoder_arch(part['encoder'])
+  variant, (pt, ph, pw) = weights.encoder_arch(part['encoder'])
   if ph != pw:
     raise ValueError(f'transformers VideoMAE needs square patches; this encoder has {ph}x{pw}')
   v = vit.VARIANTS[variant]
@@ -139,7 +140,7 @@ def clip_shape(config: Mapping[str, Any] | None, num_frames: int | None, res: in
   size = res or data.get('res')
   if not frames or not size:
     logging.warning('no num_frames/res in the flags or the checkpoint config; using the reference 16 frames x 224 px')
-  return int(frames or import_weights.REFERENCE_NUM_FRAMES), int(size or import_weights.REFERENCE_RES)
+  return int(frames or weights.REFERENCE_NUM_FRAMES), int(size or weights.REFERENCE_RES)
 
 
 def export(checkpoint: str, fmt: str, output: str, *, step: int | None = None, num_frames: int | None = None,
@@ -147,7 +148,7 @@ def export(checkpoint: str, fmt: str, output: str, *, step: int | None = None, n
   """Exports `checkpoint` (a workdir, checkpoints dir, step dir, import output or PyTorch source) to `output`.
 
   Args:
-    checkpoint: where the parameters are (see `import_weights.load_weights`).
+    checkpoint: where the parameters are (see `weights.load_weights`).
     fmt: 'mme', 'hf' or 'safetensors'.
     output: the `.pth` / `.safetensors` file, or the directory for `hf`.
     step: orbax step (default: latest).
@@ -158,7 +159,7 @@ def export(checkpoint: str, fmt: str, output: str, *, step: int | None = None, n
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt!r} is unknown: expected one of {FORMATS}')
-  params, config = import_weights.load_weights(checkpoint, step)
+  params, config = weights.load_weights(checkpoint, step)
   if fmt == 'mme':
     return save_mme(params, output, config)
   if fmt == 'safetensors':
@@ -167,31 +168,39 @@ def export(checkpoint: str, fmt: str, output: str, *, step: int | None = None, n
   return save_hf(params, output, num_frames=frames, image_size=size)
 
 
-def main(argv=None) -> None:
-  from absl import app
+def define_flags(fv) -> None:
   from absl import flags
 
-  flags.DEFINE_string('checkpoint', None, 'Workdir, checkpoints dir or step dir (or an import output / PyTorch file).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
-  flags.DEFINE_enum('format', None, list(FORMATS), 'mme: reference .pth; hf: transformers dir; safetensors: encoder.')
-  flags.DEFINE_string('output', None, '.pth / .safetensors file, or a directory for --format=hf.')
-  flags.DEFINE_integer('num_frames', None, 'hf config num_frames (default: data.num_frames of the checkpoint config).')
-  flags.DEFINE_integer('res', None, 'hf config image_size (default: data.res of the checkpoint config).')
-  flags.mark_flags_as_required(['checkpoint', 'format', 'output'])
+  flags.DEFINE_string('checkpoint', None, 'Workdir, checkpoints dir or step dir (or an import output / PyTorch file).',
+                      flag_values=fv, required=True)
+  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.', flag_values=fv)
+  flags.DEFINE_enum('format', None, list(FORMATS), 'mme: reference .pth; hf: transformers dir; safetensors: encoder.',
+                    flag_values=fv, required=True)
+  flags.DEFINE_string('output', None, '.pth / .safetensors file, or a directory for --format=hf.', flag_values=fv,
+                      required=True)
+  flags.DEFINE_integer('num_frames', None, 'hf config num_frames (default: data.num_frames of the checkpoint config).',
+                       flag_values=fv)
+  flags.DEFINE_integer('res', None, 'hf config image_size (default: data.res of the checkpoint config).',
+                       flag_values=fv)
 
-  def run(args):
-    if len(args) > 1:
-      raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    f = flags.FLAGS
-    try:
-      state_dict = export(f.checkpoint, f.format, f.output, step=f.step, num_frames=f.num_frames, res=f.res)
-    except import_weights.USER_ERRORS as e:  # A one-line message, not a traceback, for bad inputs.
-      sys.exit(f'error: {e}')
-    n = sum(v.size for v in state_dict.values())
-    print(f'wrote {len(state_dict)} tensors ({n:,} parameters) to {os.path.abspath(f.output)} ({f.format})')
 
-  app.run(run, argv)
+def _main(f, rest) -> None:
+  del rest
+  state_dict = export(f.checkpoint, f.format, f.output, step=f.step, num_frames=f.num_frames, res=f.res)
+  n = sum(v.size for v in state_dict.values())
+  output = os.path.abspath(f.output)
+  nxt = {'mme': f'python -m m3video_jax.interop.import_weights --input={output} --output={output}.imported',
+         'hf': f"python -c \"from transformers import AutoModel; print(AutoModel.from_pretrained('{output}'))\"",
+         'safetensors': f"python -c \"from safetensors.numpy import load_file; print(len(load_file('{output}')))\""}
+  cli.summary(f'wrote {len(state_dict)} tensors ({n:,} parameters) to {output} ({f.format})',
+              [('exported weights', output)], [nxt[f.format]])
+
+
+def main(argv=None) -> int:
+  """The CLI (`m3video_jax.cli` convention); returns the exit status."""
+  return cli.run(define_flags, _main, argv, doc=__doc__, prog='python -m m3video_jax.interop.export',
+                 errors=weights.USER_ERRORS)
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -1,23 +1,18 @@
-"""tf.data input pipeline: TFRecord shards written by `data_prep` -> host-local batches of clips and target inputs.
+"""The record stream shared by every training and evaluation input: TFRecord shards written by `data_prep` ->
+this process's records, in a seeded, resumable order, with damaged shards and records named or skipped.
 
-Stream per process: its share of the shards -> per-epoch stateless shard shuffle -> interleaved reads -> record shuffle
--> (epoch, index)-seeded parse, clip sampling, JPEG decode of the needed frames only, the same crop/flip for frames and
-trajectories, trajectory-aligned HOG lookup -> batch (local) -> prefetch. Everything random is seeded by (config.seed, epoch, position), so the stream is
-a deterministic function of the seed, and `start_step` resumes it exactly where a run at that step was.
+Per process: its share of the shards (`process_shards`) -> a cheap check of every shard against its manifest
+(`usable_shards`) -> per-epoch stateless shard shuffle -> interleaved reads -> record shuffle -> (epoch, global
+position, record) -> the input's clip function -> local batches -> prefetch (`train_stream`). Everything random is
+seeded by (config.seed, epoch, position), so the stream is a deterministic function of the seed and `start_step`
+resumes it exactly where a run at that step was. `TrainIterator` turns records that fail to decode into an error
+naming the shard and record, or counts them (`data.skip_corrupt`).
 
-Batch (numpy, leading dim = local batch `b`):
-  video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `tasks.normalize_video`)
-  traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8
-  traj_valid  bool    [b, T/pt, G, G]
-  traj_hog    float32 [b, T/pt, G, G, L, 9]   only when the target uses it (`ClipSpec.with_hog`)
-  traj_quantum float32 [b]                 the storage quantum of traj_disp in model-input pixels (1/4 prep px x the
-                                           crop's resize factor; `targets.moving_tokens`)
-  label       int32   [b]
-  _id         int64   [b]  position in the stream (gaps = skipped corrupt records)
+The clip functions and batch layouts of the two inputs: `pretraining.py` (clips + trajectories + HOG) and
+`classification.py` (labelled clips and evaluation views).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -28,8 +23,6 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
-from m3video_jax.data import pp_ops
-from m3video_jax.data import schema
 
 # TF only feeds the host; it must not grab GPU/TPU memory that JAX needs.
 tf.config.set_visible_devices([], 'GPU')
@@ -38,7 +31,13 @@ try:
 except (ValueError, RuntimeError):  # No TPU device type registered.
   pass
 
-_SEED_MIX = 1_000_003
+SEED_MIX = 1_000_003  # Mixes config.seed with the epoch into per-element seeds.
+
+
+def element_seed(config_seed: int, epoch, index) -> tf.Tensor:
+  """The stateless seed of the stream element at global position `index` of `epoch`: every random choice of a clip
+  derives from it, so a clip does not depend on where the run (re)started."""
+  return tf.stack([tf.cast(int(config_seed) * SEED_MIX, tf.int64) + epoch, index])
 
 
 class CorruptRecordError(ValueError):
@@ -183,106 +182,6 @@ def find_damaged_record(shards: list[str]) -> str | None:
   return None
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipSpec:
-  """What one training clip looks like (static for the jitted step)."""
-  num_frames: int
-  frame_stride: int
-  tubelet: int
-  res: int
-  traj_len: int
-  grid_step: int = schema.GRID_STEP
-  with_hog: bool = True  # Look up trajectory-aligned HOG (`traj_hog`); only the trajectory target's shape part uses it.
-
-  @classmethod
-  def from_config(cls, config) -> 'ClipSpec':
-    t = config.target
-    return cls(num_frames=config.data.num_frames, frame_stride=config.data.frame_stride,
-               tubelet=config.model.patch_size[0], res=config.data.res, traj_len=t.traj_len,
-               with_hog=t.kind == 'trajectory' and t.shape)
-
-
-def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
-  """Reads the first record of the first non-empty shard and checks that the data can serve `spec`.
-
-  Raises:
-    ValueError: naming the shard, when the stored trajectories are shorter than `target.traj_len`, the start stride
-      does not divide the tubelet spacing, or the schema version differs.
-  """
-  for raw, shard in ((r, s) for s in shards for r in tf.data.TFRecordDataset(s).take(1)):
-    try:
-      rec = schema._parse_example(raw.numpy())  # pylint: disable=protected-access
-    except schema.SchemaError as e:
-      raise CorruptRecordError(f'{shard}: first record is unreadable: {e}') from e
-    if rec[schema.VERSION] != schema.SCHEMA_VERSION:
-      raise ValueError(f'{shard} has schema_version={rec[schema.VERSION]}, this code reads {schema.SCHEMA_VERSION}; '
-                       're-run data_prep')
-    if rec[schema.TRAJ_LEN] < spec.traj_len:
-      raise ValueError(f'{shard} stores trajectories of L={rec[schema.TRAJ_LEN]} steps, but config.target.traj_len='
-                       f'{spec.traj_len}; re-run data_prep with --traj_len={spec.traj_len} or lower target.traj_len')
-    spacing = spec.tubelet * spec.frame_stride
-    if spacing % rec[schema.TRAJ_START_STRIDE]:
-      raise ValueError(f'{shard} stores trajectory starts every {rec[schema.TRAJ_START_STRIDE]} frames, which does not '
-                       f'divide the tubelet spacing tubelet x frame_stride = {spacing}; use an even frame_stride or '
-                       're-run data_prep with --traj_start_stride=1')
-    return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
-  raise ValueError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
-
-
-def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
-  """Returns `fn(epoch, index, serialized) -> features` producing one clip and its target inputs."""
-  d = config.data
-  feature_spec = schema.tf_feature_spec()
-  base_seed = int(config.seed)
-
-  def fn(epoch, index, serialized):
-    rec = tf.io.parse_single_example(serialized, feature_spec)
-    seed = tf.stack([tf.cast(base_seed * _SEED_MIX, tf.int64) + epoch, index])
-    seed_clip, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    frames = tf.sparse.to_dense(rec[schema.FRAMES])
-    disp_strings = tf.sparse.to_dense(rec[schema.TRAJ_DISP])
-    inside_strings = tf.sparse.to_dense(rec[schema.TRAJ_INSIDE])
-    height, width = rec[schema.HEIGHT], rec[schema.WIDTH]
-    grid = tf.cast(rec[schema.GRID], tf.int32)
-    gh, gw = tf.cast(height, tf.int32) // grid, tf.cast(width, tf.int32) // grid
-    num_frames = rec[schema.NUM_FRAMES]
-    start_stride = tf.cast(rec[schema.TRAJ_START_STRIDE], tf.int32)
-
-    frame_idx, tubelet_first, start_idx, has_traj = pp_ops.sample_clip(
-        num_frames, rec[schema.NUM_STARTS], seed_clip, clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
-        tubelet=spec.tubelet, traj_len=spec.traj_len, start_stride=start_stride, random_start=train)
-    oy, ox, ch, cw = pp_ops.multiscale_crop_params(height, width, seed_crop, scales=tuple(d.crop_scales),
-                                                   max_distort=d.crop_max_distort, res=spec.res, random=train)
-    flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
-    video = pp_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
-                                      res=spec.res, flip=flip)
-    disp, valid = pp_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(inside_strings, start_idx),
-                                             gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
-    valid = tf.logical_and(valid, has_traj[:, None, None])
-    hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
-                            tf.cast(num_frames, tf.int32) - 1)
-    hog_strings = hog_scales = None
-    if spec.with_hog:
-      hog_strings = tf.gather(tf.sparse.to_dense(rec[schema.HOG_MAP]), hog_frames)
-      hog_scales = tf.gather(tf.sparse.to_dense(rec[schema.HOG_SCALE]), hog_frames)
-    disp, valid, hog = pp_ops.crop_flip_trajectories(
-        disp, valid, hog_strings, hog_scales, offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw, res=spec.res, flip=flip,
-        grid_step=spec.grid_step)
-    hog_feature = {'traj_hog': hog} if spec.with_hog else {}
-    return {
-        'video': video,
-        'traj_disp': disp,
-        'traj_valid': valid,
-        **hog_feature,
-        'traj_quantum': tf.cast(spec.res, tf.float32) / tf.cast(tf.minimum(ch, cw), tf.float32)
-                        / schema.DISP_UNITS_PER_PX,
-        'label': tf.cast(rec[schema.LABEL], tf.int32),
-        '_id': index,
-    }
-
-  return fn
-
-
 def record_stream(shards: list[str], seed: int, first_epoch: int, shuffle_buffer: int, cycle_length: int):
   """(epoch, global index, serialized record), epoch after epoch, each epoch shuffled with its own seed."""
   shard_t = tf.constant(shards)
@@ -292,52 +191,68 @@ def record_stream(shards: list[str], seed: int, first_epoch: int, shuffle_buffer
     files = tf.data.Dataset.from_tensor_slices(order)
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length, block_length=1,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    records = records.shuffle(shuffle_buffer, seed=seed * _SEED_MIX + epoch, reshuffle_each_iteration=False)
+    records = records.shuffle(shuffle_buffer, seed=seed * SEED_MIX + epoch, reshuffle_each_iteration=False)
     return records.map(lambda r: (epoch, r))
 
   return tf.data.Dataset.range(first_epoch, 1 << 40).flat_map(epoch_ds)
 
 
-def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                       shards: list[str] | None = None) -> tuple[tf.data.Dataset, dict[str, Any]]:
-  """Builds this process's training stream.
+def train_stream(config, clip_fn, *, clips_per_record: int = 1, stacked: bool = False, min_records: int = 1,
+                 process_index: int = 0,
+                 process_count: int = 1, start_step: int = 0, shards: list[str] | None = None,
+                 check=None) -> tuple[tf.data.Dataset, dict[str, Any]]:
+  """This process's training stream, shared by the pretraining and classification inputs.
+
+  Its shards (`process_shards` of `config.data.train_files` or `shards`) -> damaged ones named or dropped
+  (`usable_shards`) -> `check(shards)` -> the record stream positioned at `start_step` (every element keeps its global
+  stream position, so its seed does not depend on where the run (re)started) -> `clip_fn(epoch, index, serialized)`
+  -> errors become gaps in `_id` (`TrainIterator` turns them into an error or a count) -> local batches -> prefetch.
 
   Args:
-    config: the training config (`data.*`, `model.patch_size`, `target.traj_len`, `seed`).
+    config: the training config (`data.*`, `seed`).
+    clip_fn: one record -> a clip dict, or with `stacked` the `clips_per_record` clips of the record, every value
+      with a leading `clips_per_record` dim (they go into the same batch, consecutively).
+    clips_per_record, stacked: see `clip_fn`.
+    min_records: fewest records this process may have.
     process_index, process_count: this process's place among the JAX processes.
     start_step: the optimiser step the stream starts at (resume); skips the records earlier steps consumed.
     shards: override of the shard list (default: `config.data.train_files`).
+    check: optional `fn(shards)` run before the stream is built (e.g. that the stored data can serve the clips).
 
   Returns:
-    (dataset of local batches, info dict with shards, records per epoch, local batch size).
+    (dataset of local batches, info dict with shards, records per epoch, local batch size, first stream id and
+    clips per record).
   """
   d = config.data
-  spec = ClipSpec.from_config(config)
-  if d.batch_size % process_count:
-    raise ValueError(f'config.data.batch_size={d.batch_size} is not divisible by {process_count} processes')
+  if d.batch_size % (process_count * clips_per_record):
+    raise ValueError(f'config.data.batch_size={d.batch_size} is not divisible by {process_count} processes x '
+                     f'{clips_per_record} clips per video')
   local_batch = d.batch_size // process_count
+  local_videos = local_batch // clips_per_record
   shards = process_shards(shards or list_shards(d.train_files), process_index, process_count)
   shards, counts = usable_shards(shards, d.skip_corrupt)
-  check_stored_records(shards, spec)
+  if check is not None:
+    check(shards)
   epoch_records = sum(counts)
-  if not epoch_records:
-    raise ValueError(f'the {len(shards)} shards of this process hold no record: {shards[:5]}')
-  consumed = start_step * local_batch
-  first_epoch, offset = divmod(consumed, epoch_records)
+  if epoch_records < max(min_records, 1):
+    raise ValueError(f'this process has {epoch_records} records in {len(shards)} shards, fewer than '
+                     f'{max(min_records, 1)}; lower config.data.batch_size or add data: {shards[:5]}')
+  first_epoch, offset = divmod(start_step * local_videos, epoch_records)
   ds = record_stream(shards, int(config.seed), first_epoch, d.shuffle_buffer, min(len(shards), 16))
-  # Global position in the stream, so an element's seed does not depend on where the run (re)started.
   ds = ds.enumerate(start=first_epoch * epoch_records).map(lambda i, er: (er[0], i, er[1]))
   ds = ds.skip(offset)
   calls = tf.data.AUTOTUNE if d.num_parallel_calls == -1 else d.num_parallel_calls
-  ds = ds.map(make_clip_fn(config, spec, train=True), num_parallel_calls=calls, deterministic=True)
-  ds = ds.ignore_errors(log_warning=True)  # Errors surface as gaps in `_id`; the iterator decides what they mean.
+  ds = ds.map(clip_fn, num_parallel_calls=calls, deterministic=True)
+  ds = ds.ignore_errors(log_warning=True)
+  if stacked:
+    ds = ds.unbatch()
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(d.prefetch_batches)
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = 0
   ds = ds.with_options(options)
   info = {'shards': shards, 'epoch_records': epoch_records, 'local_batch': local_batch,
-          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': 1}
+          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': clips_per_record}
   return ds, info
 
 
@@ -370,13 +285,14 @@ class TrainIterator:
   With `config.data.skip_corrupt=False` a record that fails to decode stops training with a `CorruptRecordError`
   naming the shard and record; with True it is skipped and counted in `num_skipped`.
 
-  `make_dataset` builds the stream (default: the pretraining clips of `make_train_dataset`; the classification input
-  passes its own, which puts `info['clips_per_record']` consecutive clips of each record in a batch).
+  `make_dataset(config, **kwargs)` builds the stream (`pretraining.make_train_dataset`,
+  `classification.make_train_dataset`, both on `train_stream`); a batch holds `info['clips_per_record']` consecutive
+  clips of each record.
   """
 
-  def __init__(self, config, *, make_dataset=None, **kwargs):
+  def __init__(self, config, make_dataset, **kwargs):
     self._config = config
-    self._ds, self.info = (make_dataset or make_train_dataset)(config, **kwargs)
+    self._ds, self.info = make_dataset(config, **kwargs)
     self._clips_per_record = self.info['clips_per_record']
     self._it = self._ds.as_numpy_iterator()
     self._next_id = self.info['first_id']

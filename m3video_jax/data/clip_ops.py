@@ -1,4 +1,4 @@
-"""Per-clip TensorFlow ops of the input pipeline: clip sampling, target assembly, multi-scale crop, flip, normalise.
+"""Per-clip TensorFlow ops of the input pipeline: clip sampling, target assembly, multi-scale crop, flip, JPEG decode.
 
 Frames and trajectories always go through the same crop and flip (docs/design.md §3.4). Every op is a pure function of
 its inputs and an explicit stateless seed, so a clip is a deterministic function of (record, seed).
@@ -210,9 +210,3 @@ def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, 
   frames = tf.cond(tf.logical_and(tf.equal(crop_h, res), tf.equal(crop_w, res)), lambda: frames,
                    lambda: tf.saturate_cast(tf.round(tf.image.resize(frames, [res, res], method='bilinear')), tf.uint8))
   return tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-
-
-def normalize(frames: tf.Tensor, mean, std) -> tf.Tensor:
-  """[0, 255] -> ImageNet-normalised float32 on the host (classification clips); pretraining clips stay uint8 and are
-  normalised on the device (`tasks.normalize_video`)."""
-  return (tf.cast(frames, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)

@@ -1,28 +1,22 @@
-"""Imports PyTorch weights (reference MME/VideoMAE `.pth`, `.safetensors`, transformers dirs) as an orbax checkpoint.
+"""Reads weights from anywhere into our parameter tree: PyTorch sources (reference MME/VideoMAE `.pth`,
+`.safetensors`, transformers directories) converted by key layout, and our own orbax checkpoints (`load_weights`).
 
-  python -m m3video_jax.import_weights --input=checkpoint-399.pth --output=/ckpt/mme_b_ssv2 [--encoder_only]
-  python -m m3video_jax.import_weights --input=/hf/videomae-base-finetuned-kinetics --output=/ckpt/videomae_k400
-
-The output is a directory `<output>/checkpoints/0/` holding `{'params': ...}` (our parameter tree, see
-`torch_mapping`) plus `<output>/config.json`, so `config.init_from=<output>`, `export` and `features.load_encoder`
-accept it like a training workdir.
-
-Accepted inputs:
+Accepted PyTorch inputs:
 * `.pth` / `.pt` / `.bin`: a state dict, or a dict holding it under `model`, `module`, `model_state` or `state_dict`
   (reference and DeepSpeed checkpoints). Key prefixes `module.` (DDP), `encoder.` and `backbone.` are understood.
 * `.safetensors`: a flat state dict with reference names (our `safetensors` export) or transformers names.
 * a transformers directory (`config.json` + `model.safetensors`, a sharded index or `pytorch_model.bin`).
 
-What is imported is decided by the keys: an encoder (`patch_embed.*`, `blocks.*`, optional `norm.*`), a classifier
+What is read is decided by the keys: an encoder (`patch_embed.*`, `blocks.*`, optional `norm.*`), a classifier
 (plus `fc_norm.*`, `head.*`), or a pretraining model (plus `encoder_to_decoder.*`, `mask_token`, `decoder.*`, which must
 fit our decoder: blocks, norm and one linear head; VideoMAE's `decoder.blocks.*` naming is accepted). Every expected key
-must be present with the expected shape and no key may be left over; otherwise the error lists them. `--encoder_only`
+must be present with the expected shape and no key may be left over; otherwise the error lists them. `encoder_only`
 keeps just the encoder and drops (and logs) everything else, as the reference fine-tuning code does.
 
-Stored with the weights, when the source has it: our config (our own exports), the transformers config (heads, frames,
-resolution) or the reference's `args` (`num_frames`, `input_size`). Otherwise `data.num_frames` and `data.res` are
-written as the reference defaults 16 and 224: weights do not record the clip shape (the position table is not a
-parameter, so any clip shape works; the value only matters for the `hf` export's config).
+Returned with the weights, when the source has it: our config (our own exports), the transformers config (heads,
+frames, resolution) or the reference's `args` (`num_frames`, `input_size`). Otherwise `data.num_frames` and `data.res`
+are the reference defaults 16 and 224: weights do not record the clip shape (the position table is not a parameter, so
+any clip shape works; the value only matters for the `hf` export's config).
 """
 from __future__ import annotations
 
@@ -30,15 +24,14 @@ import argparse
 import json
 import logging
 import os
-import sys
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from m3video_jax import torch_mapping
-from m3video_jax.torch_mapping import Layout, WeightMismatchError
+from m3video_jax.interop import torch_mapping
+from m3video_jax.interop.torch_mapping import Layout, WeightMismatchError
 
 PyTree = Any
 REFERENCE_NUM_FRAMES, REFERENCE_RES = 16, 224
@@ -430,15 +423,6 @@ def _describe(layout: Layout, extra: Mapping[str, Any], info: Mapping[str, Any],
   return config
 
 
-def read_run_config(checkpoint_dir: str) -> dict[str, Any] | None:
-  """The `config.json` beside an orbax `checkpoints/` dir (a training workdir or an import output), if any."""
-  path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)), 'config.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def load_weights(path: str, step: int | None = None, *, encoder_only: bool = False,
                  allow_pickle: bool = False) -> tuple[PyTree, dict[str, Any] | None]:
   """Our params (host numpy) and config from an orbax checkpoint of ours or from any accepted PyTorch source.
@@ -458,75 +442,4 @@ def load_weights(path: str, step: int | None = None, *, encoder_only: bool = Fal
     state_dict, info = read_state_dict(path, allow_pickle=allow_pickle)
     return convert(state_dict, info, source=path, encoder_only=encoder_only)
   ckpt_dir, step = checkpointing.resolve_checkpoint(path, step)
-  return checkpointing.load_params(ckpt_dir, step), read_run_config(ckpt_dir)
-
-
-def write_checkpoint(params: PyTree, config: Mapping[str, Any], output: str) -> str:
-  """Writes `{'params': params}` as step 0 of `<output>/checkpoints` and `<output>/config.json`.
-
-  Raises:
-    FileExistsError: if `<output>/checkpoints` already holds a checkpoint.
-  """
-  import orbax.checkpoint as ocp
-
-  from m3video_jax import checkpointing
-
-  output = os.path.abspath(output)
-  ckpt_dir = checkpointing.checkpoint_dir(output)
-  if os.path.isdir(ckpt_dir) and ocp.utils.checkpoint_steps(ckpt_dir):
-    raise FileExistsError(f'{ckpt_dir} already holds checkpoints; choose a new --output directory')
-  os.makedirs(output, exist_ok=True)
-  with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=True)) as manager:
-    manager.save(0, args=ocp.args.StandardSave({'params': params}))
-    manager.wait_until_finished()
-  with open(os.path.join(output, 'config.json'), 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  return output
-
-
-def import_weights(input_path: str, output: str, *, encoder_only: bool = False,
-                   allow_pickle: bool = False) -> tuple[PyTree, dict[str, Any]]:
-  """Reads `input_path`, converts it and writes the orbax checkpoint to `output`. Returns (params, config)."""
-  state_dict, info = read_state_dict(input_path, allow_pickle=allow_pickle)
-  params, config = convert(state_dict, info, source=input_path, encoder_only=encoder_only)
-  write_checkpoint(params, config, output)
-  return params, config
-
-
-def main(argv=None) -> None:
-  from absl import app
-  from absl import flags
-
-  flags.DEFINE_string('input', None, '.pth/.pt/.bin, .safetensors, or a transformers directory.')
-  flags.DEFINE_string('output', None, 'New directory for the orbax checkpoint (<output>/checkpoints/0) and '
-                      'config.json.')
-  flags.DEFINE_bool('encoder_only', False, 'Import only the encoder; drop (and log) decoder/classifier keys.')
-  flags.DEFINE_bool('allow_pickle', False, 'Unpickle a .pth fully (arbitrary code: trusted files only).')
-  flags.mark_flags_as_required(['input', 'output'])
-
-  def run(args):
-    if len(args) > 1:
-      raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    f = flags.FLAGS
-    try:
-      params, config = import_weights(f.input, f.output, encoder_only=f.encoder_only, allow_pickle=f.allow_pickle)
-    except USER_ERRORS as e:  # A one-line message, not a traceback, for bad inputs.
-      sys.exit(f'error: {e}')
-    n = sum(int(np.prod(np.shape(x))) for x in _leaves(params))
-    print(f'imported {config["imported_from"]["layout"]} ({config["model"]["encoder"]}, '
-          f'patch {config["model"]["patch_size"]}, {n:,} parameters) from {f.input} into {os.path.abspath(f.output)}')
-    if config['imported_from']['guessed_fields']:
-      print(f'not stored in the source, set to the reference defaults: {config["imported_from"]["guessed_fields"]} '
-            f'(data.num_frames={config["data"]["num_frames"]}, data.res={config["data"]["res"]})')
-
-  app.run(run, argv)
-
-
-def _leaves(tree: Any) -> list[Any]:
-  if isinstance(tree, Mapping):
-    return [x for v in tree.values() for x in _leaves(v)]
-  return [tree]
-
-
-if __name__ == '__main__':
-  main()
+  return checkpointing.load_params(ckpt_dir, step), checkpointing.read_run_config(ckpt_dir)

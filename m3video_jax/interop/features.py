@@ -18,7 +18,7 @@ What the features are, by checkpoint:
   the last block, `pooled` = their mean.
 
 CLI (temporal action detection, retrieval):
-  python -m m3video_jax.features --checkpoint=/runs/m3v_k400 --input=/data/videos.csv --output_dir=/data/feats \
+  python -m m3video_jax.interop.features --checkpoint=/runs/m3v_k400 --input=/data/videos.csv --output_dir=/data/feats \
       [--num_frames=16 --stride=4 --res=224 --batch_size=8 --pool=mean|tokens --overwrite]
 
 Each video is decoded with `data_prep.video_io` (short side resized to `--res`, centre crop `res x res`), sampled
@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m3video_jax import config_lib
-from m3video_jax import import_weights
-from m3video_jax import torch_mapping
+from m3video_jax import cli
+from m3video_jax.data import schema
+from m3video_jax.interop import weights
+from m3video_jax.interop import torch_mapping
 from m3video_jax.models import layers
 from m3video_jax.models import vit
 
@@ -70,7 +71,7 @@ class Encoder:
     layout = torch_mapping.layout_of(params)
     self.kind = layout.kind
     self.final_norm = layout.final_norm
-    self.variant, self.patch_size = import_weights.encoder_arch(params['encoder'])
+    self.variant, self.patch_size = weights.encoder_arch(params['encoder'])
     self.width = vit.VARIANTS[self.variant].width
     self.config = dict(config) if config else None
     self._model = vit.VideoViT(self.variant, self.patch_size, final_norm=self.final_norm)
@@ -80,9 +81,7 @@ class Encoder:
     self._logits_fn = jax.jit(self._logits)
 
   def _tokens(self, params, video: jax.Array) -> jax.Array:
-    x = video.astype(jnp.float32) / 255.0
-    mean, std = jnp.asarray(config_lib.IMAGENET_MEAN), jnp.asarray(config_lib.IMAGENET_STD)
-    x = (x - mean) / std  # The reference's normalisation; exported models expect the same.
+    x = schema.normalize_video(video)  # The reference's normalisation; exported models expect the same.
     return self._model.apply({'params': params['encoder']}, x)
 
   def _pooled(self, params, video: jax.Array) -> jax.Array:
@@ -130,7 +129,7 @@ def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = Fal
 
   Args:
     path: a training workdir, its `checkpoints/` dir or a step dir, an `import_weights` output, a `.pth` /
-      `.safetensors` file or a transformers directory (see `import_weights.load_weights`).
+      `.safetensors` file or a transformers directory (see `weights.load_weights`).
     step: orbax checkpoint step (default: the latest).
     encoder_only: PyTorch sources: ignore decoder/classifier keys (needed for the reference's MME pretraining
       checkpoints, whose two-MLP-head decoder has no counterpart here).
@@ -139,7 +138,7 @@ def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = Fal
   Returns:
     The encoder; `enc(video)` -> `[B, N, D]`, `enc.pooled(video)` -> `[B, D]`.
   """
-  params, config = import_weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
+  params, config = weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
   return Encoder(params, config)
 
 
@@ -303,53 +302,63 @@ def _append_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]])
     writer.writerows(rows)
 
 
-def main(argv=None) -> None:
-  from absl import app
+def define_flags(fv) -> None:
   from absl import flags
 
-  flags.DEFINE_string('checkpoint', None, 'Workdir / checkpoint dir / import output / .pth / transformers dir.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
-  flags.DEFINE_string('input', None, 'Videos: a CSV/list file, a directory (recursive) or a glob.')
-  flags.DEFINE_string('data_root', None, 'Root for relative paths in a list file (default: its folder).')
-  flags.DEFINE_string('output_dir', None, 'Where the .npy files, index.csv and failures.csv go.')
-  flags.DEFINE_integer('num_frames', None, 'Frames per clip (default: data.num_frames of the checkpoint, else 16).')
-  flags.DEFINE_integer('stride', None, 'Temporal stride in frames (default: data.frame_stride, else 4).')
-  flags.DEFINE_integer('res', None, 'Short side and centre crop in px (default: data.res, else 224).')
-  flags.DEFINE_integer('batch_size', 8, 'Clips per forward pass.')
-  flags.DEFINE_enum('pool', 'mean', ['mean', 'tokens'], 'mean: [clips, D] per video; tokens: [clips, N, D].')
-  flags.DEFINE_bool('overwrite', False, 'Recompute videos whose .npy already exists.')
-  flags.DEFINE_bool('encoder_only', False, 'PyTorch checkpoints: ignore decoder/classifier keys.')
-  flags.mark_flags_as_required(['checkpoint', 'input', 'output_dir'])
+  flags.DEFINE_string('checkpoint', None, 'Workdir / checkpoint dir / import output / .pth / transformers dir.',
+                      flag_values=fv, required=True)
+  flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.', flag_values=fv)
+  flags.DEFINE_string('input', None, 'Videos: a CSV/list file, a directory (recursive) or a glob.', flag_values=fv,
+                      required=True)
+  flags.DEFINE_string('data_root', None, 'Root for relative paths in a list file (default: its folder).',
+                      flag_values=fv)
+  flags.DEFINE_string('output_dir', None, 'Where the .npy files, index.csv and failures.csv go.', flag_values=fv,
+                      required=True)
+  flags.DEFINE_integer('num_frames', None, 'Frames per clip (default: data.num_frames of the checkpoint, else 16).',
+                       flag_values=fv)
+  flags.DEFINE_integer('stride', None, 'Temporal stride in frames (default: data.frame_stride, else 4).',
+                       flag_values=fv)
+  flags.DEFINE_integer('res', None, 'Short side and centre crop in px (default: data.res, else 224).', flag_values=fv)
+  flags.DEFINE_integer('batch_size', 8, 'Clips per forward pass.', flag_values=fv)
+  flags.DEFINE_enum('pool', 'mean', ['mean', 'tokens'], 'mean: [clips, D] per video; tokens: [clips, N, D].',
+                    flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Recompute videos whose .npy already exists.', flag_values=fv)
+  flags.DEFINE_bool('encoder_only', False, 'PyTorch checkpoints: ignore decoder/classifier keys.', flag_values=fv)
 
-  def run(args):
-    if len(args) > 1:
-      raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    from data_prep import inputs as inputs_lib
-    from m3video_jax import paths
 
-    f = flags.FLAGS
-    try:
-      paths.writable_dir(f.output_dir, '--output_dir')
-      encoder = load_encoder(f.checkpoint, f.step, encoder_only=f.encoder_only)
-    except import_weights.USER_ERRORS as e:  # A one-line message, not a traceback, for bad inputs.
-      sys.exit(f'error: {e}')
-    data = (encoder.config or {}).get('data', {})
-    num_frames = f.num_frames or data.get('num_frames') or DEFAULT_NUM_FRAMES
-    stride = f.stride or data.get('frame_stride') or DEFAULT_STRIDE
-    res = f.res or data.get('res') or DEFAULT_RES
-    videos = [v.path for v in inputs_lib.list_inputs(f.input, data_root=f.data_root).videos]
-    if not videos:
-      raise app.UsageError(f'--input={f.input} lists no videos')
-    print(f'{encoder}: {len(videos)} videos, clips of {num_frames} frames every {stride} at {res}x{res}, '
-          f'pool={f.pool} -> {os.path.abspath(f.output_dir)}')
-    counts = extract(encoder, videos, f.output_dir, num_frames=num_frames, stride=stride, res=res,
-                     batch_size=f.batch_size, pool=f.pool, overwrite=f.overwrite,
-                     root=f.input if os.path.isdir(f.input) else None)
-    print(f'done {counts["done"]}, already present {counts["skipped"]}, failed {counts["failed"]}'
-          + (f' (see {os.path.join(f.output_dir, "failures.csv")})' if counts['failed'] else ''))
+def _main(f, rest) -> int:
+  del rest
+  from data_prep import inputs as inputs_lib
 
-  app.run(run, argv)
+  schema.writable_dir(f.output_dir, '--output_dir')
+  encoder = load_encoder(f.checkpoint, f.step, encoder_only=f.encoder_only)
+  data = (encoder.config or {}).get('data', {})
+  num_frames = f.num_frames or data.get('num_frames') or DEFAULT_NUM_FRAMES
+  stride = f.stride or data.get('frame_stride') or DEFAULT_STRIDE
+  res = f.res or data.get('res') or DEFAULT_RES
+  videos = [v.path for v in inputs_lib.list_inputs(f.input, data_root=f.data_root).videos]
+  if not videos:
+    raise ValueError(f'--input={f.input} lists no videos')
+  output_dir = os.path.abspath(f.output_dir)
+  print(f'{encoder}: {len(videos)} videos, clips of {num_frames} frames every {stride} at {res}x{res}, '
+        f'pool={f.pool} -> {output_dir}')
+  counts = extract(encoder, videos, f.output_dir, num_frames=num_frames, stride=stride, res=res,
+                   batch_size=f.batch_size, pool=f.pool, overwrite=f.overwrite,
+                   root=f.input if os.path.isdir(f.input) else None)
+  failures = os.path.join(output_dir, 'failures.csv')
+  cli.summary(f'done {counts["done"]}, already present {counts["skipped"]}, failed {counts["failed"]}'
+              + (f' (see {failures})' if counts['failed'] else ''),
+              [('features, one .npy per video', output_dir), ('index', os.path.join(output_dir, 'index.csv'))]
+              + ([('failures', failures)] if counts['failed'] else []),
+              [f"python -c \"import numpy as np; print(np.load('{output_dir}/<video>.npy').shape)\""])
+  return 0
+
+
+def main(argv=None) -> int:
+  """The CLI (`m3video_jax.cli` convention); returns the exit status."""
+  return cli.run(define_flags, _main, argv, doc=__doc__, prog='python -m m3video_jax.interop.features',
+                 errors=weights.USER_ERRORS)
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -73,8 +73,3 @@ def mix_batch(rng: jax.Array, video: jax.Array, labels: jax.Array, *, num_classe
   cut = jnp.where(box[None, None, :, :, None], flipped, video)
   video = jnp.where(apply, jnp.where(use_cutmix, cut, mixed), video)
   return video, lam * targets + (1.0 - lam) * targets[::-1], lam
-
-
-def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Per-example `-sum_c targets * log_softmax(logits)` `[B]` (timm `SoftTargetCrossEntropy` before the mean)."""
-  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)

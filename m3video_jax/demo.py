@@ -1,4 +1,8 @@
-"""The demos' data: synthetic motion videos and one data-prep run per split, written into the workdir once."""
+"""Everything demo-specific in one module: the demo configs' synthetic motion videos and their data prep (one
+`data_prep` run per split, by subprocess, written into the workdir once), and the held-out record of the closing
+picture. The tasks call in here only for configs with `data.prepare_if_missing` (`configs/demo.py`,
+`configs/motion_mini.py` and the configs built on them); nothing else in the package knows about demos.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,10 +10,50 @@ import os
 import subprocess
 import sys
 
+from m3video_jax import cli
+
 
 def data_dir(config, workdir: str) -> str:
   """Where a demo/experiment config prepares its data: `data.prepare_dir`, or `<workdir>/data`."""
   return os.path.abspath(config.data.prepare_dir or os.path.join(workdir, 'data'))
+
+
+def prepare_pretraining(config, workdir: str, *, is_chief: bool = True) -> str:
+  """Writes the synthetic videos and runs data prep on their train split into `<data dir>/tfrecords`, unless done.
+  Only the chief process (`is_chief`) writes; the others just get the glob.
+
+  Returns:
+    The glob of the prepared train shards.
+  """
+  root = data_dir(config, workdir)
+  videos_dir, shards_dir = os.path.join(root, 'videos'), os.path.join(root, 'tfrecords')
+  if not is_chief:
+    return os.path.join(shards_dir, 'train-*.tfrecord')
+  return prepare_split(config, videos_dir, shards_dir, 'train', seed=config.data.synthetic_seed,
+                       extract_args=(f'--traj_len={config.target.traj_len}',))
+
+
+def prepare_classification(config, workdir: str, *, is_chief: bool = True) -> tuple[str, str]:
+  """Writes the synthetic motion videos and runs data prep on their train and val splits, unless already done.
+
+  Only the chief process (`is_chief`) writes; the others just get the globs.
+
+  Returns:
+    (train shard glob, eval shard glob) under `data.prepare_dir` (default `workdir/data`).
+  """
+  root = data_dir(config, workdir)
+  videos_dir = os.path.join(root, 'videos')
+  globs = []
+  for split in ('train', 'val'):
+    shards_dir = os.path.join(root, f'tfrecords_{split}')
+    if not is_chief:
+      globs.append(os.path.join(shards_dir, f'{split}-*.tfrecord'))
+      continue
+    # Classification reads frames and labels only: the shortest trajectories, the fastest flow and no camera-motion
+    # removal are cheapest.
+    globs.append(prepare_split(config, videos_dir, shards_dir, split, seed=config.data.synthetic_seed,
+                               extract_args=('--traj_len=1', '--camera_motion=none', '--flow=dis_fast')))
+  return globs[0], globs[1]
 
 
 def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed: int,
@@ -38,7 +82,8 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
     subprocess.run([sys.executable, '-m', 'data_prep.synthetic', f'--output_dir={videos_dir}',
                     f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
                     f'--frames={d.synthetic_frames}', f'--seed={seed}', f'--max_pan={d.synthetic_max_pan}',
-                    f'--num_objects={d.synthetic_num_objects}', f'--object_scale={d.synthetic_object_scale}'],
+                    f'--num_objects={d.synthetic_num_objects}', f'--object_scale={d.synthetic_object_scale}',
+                    *_verbose()],
                    check=True)
   logging.info('demo: extracting the %s split into %s', split, shards_dir)
   _extract(config, csv, videos_dir, shards_dir, split, *extract_args)
@@ -52,8 +97,14 @@ def _extract(config, csv: str, videos_dir: str, shards_dir: str, prefix: str, *e
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--data_root={videos_dir}',
                   f'--output_dir={shards_dir}', f'--prefix={prefix}',
                   f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
-                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}', *extra], check=True,
+                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}', *_verbose(), *extra], check=True,
                  **run_kwargs)
+
+
+def _verbose() -> tuple[str, ...]:
+  """`--verbose` for the data-prep tools when this run has it (their library chatter is hidden otherwise); their
+  closing summary only then (the run's own summary says where the data went)."""
+  return ('--verbose',) if cli.verbose_from_env() else ('--nosummary',)
 
 
 def held_out_record(config, workdir: str) -> bytes | None:
@@ -83,10 +134,10 @@ def held_out_record(config, workdir: str) -> bytes | None:
              '--progress_interval_s=0', stdout=subprocess.DEVNULL)
   import glob
 
-  from m3video_jax.data import pipeline  # TF: the caller's input pipeline has loaded it already.
+  from m3video_jax.data import stream  # TF: the caller's input pipeline has loaded it already.
 
   for shard in sorted(glob.glob(os.path.join(shards_dir, 'picture-*.tfrecord'))):
-    first = next(pipeline.iterate_shard_records(shard), None)
+    first = next(stream.iterate_shard_records(shard), None)
     if first is not None:
       return first
   return None

@@ -1,0 +1,131 @@
+"""The one convention of the command-line tools (`python -m data_prep.extract`, `m3video_jax.main`, `.evaluate`,
+`.visualize`, `.interop.export`, `.interop.import_weights`, `.interop.features`, `data_prep.synthetic`):
+
+- absl flags, `--name=value` (booleans `--name` / `--noname`), `--help` lists them;
+- a tool's flags are defined by its `define_flags(fv)` into a `FlagValues` of its own (`run`), so tools can be imported
+  together and run in-process any number of times (as the tests do). `m3video_jax.main` alone defines absl's global
+  flags, which its `--config.<field>=value` overrides need (same syntax for the user);
+- quiet by default: TensorFlow's C++ notices, Beam's and Orbax's INFO lines and JAX's compile logs only with
+  `--verbose` (`quiet_libraries`); the tool's own progress and warnings always show;
+- bad input is one line, `error: <what was wrong, the flag or file, what was expected>`, and a non-zero exit status
+  (no traceback);
+- a tool ends with a summary: what was written where, and the command to run next (`summary`).
+
+Only the standard library and absl: `data_prep` imports this module and `data/schema.py`, nothing else of the package.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+
+from absl import flags
+
+# Bad input as reported by the tools: one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+# Libraries whose INFO lines would drown a tool's own output; their warnings still show.
+_QUIET_PATHS = ('/orbax/', '/jax/_src/', '/jax/experimental/', '/apache_beam/', '/tensorflow/')
+_QUIET_LOGGERS = ('apache_beam', 'orbax', 'jax', 'tensorflow', 'apitools', 'oauth2client', 'urllib3',
+                  'google.auth', 'google_auth_httplib2')
+
+
+# Warnings that say nothing to a user of these tools (Beam's optional GCP clients are not installed).
+_NOISE = ('apitools not found',)
+
+
+class _QuietLibraries(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if any(str(record.msg).startswith(n) for n in _NOISE):
+      return False
+    return record.levelno >= logging.WARNING or not any(p in record.pathname for p in _QUIET_PATHS)
+
+
+_QUIET = _QuietLibraries()
+_SUMMARY = True  # --summary of the tool running in this process (`run`).
+
+
+def quiet_libraries(verbose: bool) -> None:
+  """Keeps TensorFlow, Beam, Orbax and JAX at warnings (and TF's C++ log at errors) unless `verbose`.
+
+  Also exported as `TF_CPP_MIN_LOG_LEVEL` / `M3VIDEO_VERBOSE` to the environment, so child processes (Beam workers,
+  isolated data-prep workers, a demo's data prep) are quiet too. Call it before TensorFlow is imported.
+  """
+  os.environ['M3VIDEO_VERBOSE'] = '1' if verbose else '0'
+  if verbose:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  for name in _QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
+    if _QUIET not in handler.filters:
+      handler.addFilter(_QUIET)
+
+
+def verbose_from_env() -> bool:
+  """Whether the parent tool ran with `--verbose` (for child processes started by a tool)."""
+  return os.environ.get('M3VIDEO_VERBOSE') == '1'
+
+
+def run(define_flags: Callable[[flags.FlagValues], None], main: Callable[[flags.FlagValues, list[str]], int | None],
+        argv: Sequence[str] | None = None, *, doc: str = '', prog: str = '', known_only: bool = False,
+        errors: tuple[type[BaseException], ...] = USER_ERRORS, error_status: int = 1, error_prefix: str = '') -> int:
+  """Parses `argv` into a fresh `FlagValues` and runs `main(fv, rest)`; returns the exit status.
+
+  Args:
+    define_flags: defines the tool's flags into the `FlagValues` it is given (`flag_values=fv`).
+    main: the tool; `rest` holds the arguments no flag took (only with `known_only`, e.g. Beam pipeline options).
+      Returns an exit status (None = 0).
+    argv: the arguments after the program name (default `sys.argv[1:]`).
+    doc: the tool's usage text (its module docstring), printed by `--help`.
+    prog: the command shown in `--help` and errors (default: the program name).
+    known_only: leave unknown `--flags` to `main` instead of refusing them.
+    errors: exception types reported as one `error:` line with `error_status` (anything else is a bug: traceback).
+    error_prefix: printed before `error:` (e.g. `[data_prep] `).
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  prog = prog or os.path.basename(sys.argv[0] or 'tool')
+  fv = flags.FlagValues()
+  define_flags(fv)
+  flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of TensorFlow, Beam, Orbax and JAX.', flag_values=fv)
+  flags.DEFINE_bool('summary', True, 'End with what was written where and the next command (tools run by other tools '
+                    'pass --nosummary).', flag_values=fv)
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull', '-?') for a in argv):
+    print((doc.strip() + '\n\n' if doc else '') + 'flags:\n' + fv.get_help(include_special_flags=False))
+    return 0
+  try:
+    rest = fv([prog, *argv], known_only=known_only)[1:]
+  except flags.Error as e:
+    message = '; '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f'{error_prefix}error: {message} (see {prog} --help)', file=sys.stderr)
+    return error_status
+  if rest and not known_only:
+    print(f'{error_prefix}error: unexpected arguments {rest} (see {prog} --help)', file=sys.stderr)
+    return error_status
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.use_absl_handler()  # The tool's own INFO lines, as under `absl.app.run`.
+  absl_logging.set_verbosity(absl_logging.INFO)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl's own flags are not used; this stops its "before flag parsing" notice.
+  quiet_libraries(fv.verbose)
+  global _SUMMARY
+  _SUMMARY = fv.summary
+  try:
+    status = main(fv, rest)
+  except errors as e:
+    print(f'{error_prefix}error: {e}', file=sys.stderr)
+    return error_status
+  return int(status or 0)
+
+
+def summary(head: str, written: Iterable[tuple[str, str]] = (), next_commands: Iterable[str] = (),
+            stream=None) -> list[str]:
+  """Prints (stdout by default) and returns a tool's closing lines: `head`, then `  <what>: <where>` for every file
+  or directory written, then `  next: <command>` for each suggested command. With `--nosummary` only `head`."""
+  lines = [head]
+  if _SUMMARY:
+    lines += [f'  {what}: {where}' for what, where in written] + [f'  next: {c}' for c in next_commands]
+  print('\n'.join(lines), file=stream or sys.stdout, flush=True)
+  return lines

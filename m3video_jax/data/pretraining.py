@@ -1,0 +1,142 @@
+"""The pretraining input: prepared records -> host-local batches of clips and the inputs of the motion targets.
+
+Per record (`make_clip_fn`, seeded by (config.seed, epoch, stream position)): parse -> clip sampling -> JPEG decode of
+the needed frames only -> the same multi-scale crop and flip for the frames and the trajectories -> the
+trajectory-aligned HOG lookup. The record order, resume and damaged-record handling are the shared stream's
+(`stream.train_stream`, `stream.TrainIterator`).
+
+Batch (numpy, leading dim = local batch `b`):
+  video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `schema.normalize_video`)
+  traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8
+  traj_valid  bool    [b, T/pt, G, G]
+  traj_hog    float32 [b, T/pt, G, G, L, 9]   only when the target uses it (`ClipSpec.with_hog`)
+  traj_quantum float32 [b]                 the storage quantum of traj_disp in model-input pixels (1/4 prep px x the
+                                           crop's resize factor; `targets.moving_tokens`)
+  label       int32   [b]
+  _id         int64   [b]  position in the stream (gaps = skipped corrupt records)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+
+from m3video_jax.data import clip_ops
+from m3video_jax.data import schema
+from m3video_jax.data import stream
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+  """What one training clip looks like (static for the jitted step)."""
+  num_frames: int
+  frame_stride: int
+  tubelet: int
+  res: int
+  traj_len: int
+  grid_step: int = schema.GRID_STEP
+  with_hog: bool = True  # Look up trajectory-aligned HOG (`traj_hog`); only the trajectory target's shape part uses it.
+
+  @classmethod
+  def from_config(cls, config) -> 'ClipSpec':
+    t = config.target
+    return cls(num_frames=config.data.num_frames, frame_stride=config.data.frame_stride,
+               tubelet=config.model.patch_size[0], res=config.data.res, traj_len=t.traj_len,
+               with_hog=t.kind == 'trajectory' and t.shape)
+
+
+def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
+  """Reads the first record of the first non-empty shard and checks that the data can serve `spec`.
+
+  Raises:
+    ValueError: naming the shard, when the stored trajectories are shorter than `target.traj_len`, the start stride
+      does not divide the tubelet spacing, or the schema version differs.
+  """
+  for raw, shard in ((r, s) for s in shards for r in tf.data.TFRecordDataset(s).take(1)):
+    try:
+      rec = schema.parse_example(raw.numpy())
+    except schema.SchemaError as e:
+      raise stream.CorruptRecordError(f'{shard}: first record is unreadable: {e}') from e
+    if rec[schema.VERSION] != schema.SCHEMA_VERSION:
+      raise ValueError(f'{shard} has schema_version={rec[schema.VERSION]}, this code reads {schema.SCHEMA_VERSION}; '
+                       're-run data_prep')
+    if rec[schema.TRAJ_LEN] < spec.traj_len:
+      raise ValueError(f'{shard} stores trajectories of L={rec[schema.TRAJ_LEN]} steps, but config.target.traj_len='
+                       f'{spec.traj_len}; re-run data_prep with --traj_len={spec.traj_len} or lower target.traj_len')
+    spacing = spec.tubelet * spec.frame_stride
+    if spacing % rec[schema.TRAJ_START_STRIDE]:
+      raise ValueError(f'{shard} stores trajectory starts every {rec[schema.TRAJ_START_STRIDE]} frames, which does not '
+                       f'divide the tubelet spacing tubelet x frame_stride = {spacing}; use an even frame_stride or '
+                       're-run data_prep with --traj_start_stride=1')
+    return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
+  raise ValueError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
+
+
+def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
+  """Returns `fn(epoch, index, serialized) -> features` producing one clip and its target inputs."""
+  d = config.data
+  feature_spec = schema.tf_feature_spec()
+  base_seed = int(config.seed)
+
+  def fn(epoch, index, serialized):
+    rec = tf.io.parse_single_example(serialized, feature_spec)
+    seed = stream.element_seed(base_seed, epoch, index)
+    seed_clip, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    frames = tf.sparse.to_dense(rec[schema.FRAMES])
+    disp_strings = tf.sparse.to_dense(rec[schema.TRAJ_DISP])
+    inside_strings = tf.sparse.to_dense(rec[schema.TRAJ_INSIDE])
+    height, width = rec[schema.HEIGHT], rec[schema.WIDTH]
+    grid = tf.cast(rec[schema.GRID], tf.int32)
+    gh, gw = tf.cast(height, tf.int32) // grid, tf.cast(width, tf.int32) // grid
+    num_frames = rec[schema.NUM_FRAMES]
+    start_stride = tf.cast(rec[schema.TRAJ_START_STRIDE], tf.int32)
+
+    frame_idx, tubelet_first, start_idx, has_traj = clip_ops.sample_clip(
+        num_frames, rec[schema.NUM_STARTS], seed_clip, clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
+        tubelet=spec.tubelet, traj_len=spec.traj_len, start_stride=start_stride, random_start=train)
+    oy, ox, ch, cw = clip_ops.multiscale_crop_params(height, width, seed_crop, scales=tuple(d.crop_scales),
+                                                   max_distort=d.crop_max_distort, res=spec.res, random=train)
+    flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
+    video = clip_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
+                                      res=spec.res, flip=flip)
+    disp, valid = clip_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(inside_strings, start_idx),
+                                             gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
+    valid = tf.logical_and(valid, has_traj[:, None, None])
+    hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
+                            tf.cast(num_frames, tf.int32) - 1)
+    hog_strings = hog_scales = None
+    if spec.with_hog:
+      hog_strings = tf.gather(tf.sparse.to_dense(rec[schema.HOG_MAP]), hog_frames)
+      hog_scales = tf.gather(tf.sparse.to_dense(rec[schema.HOG_SCALE]), hog_frames)
+    disp, valid, hog = clip_ops.crop_flip_trajectories(
+        disp, valid, hog_strings, hog_scales, offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw, res=spec.res, flip=flip,
+        grid_step=spec.grid_step)
+    hog_feature = {'traj_hog': hog} if spec.with_hog else {}
+    return {
+        'video': video,
+        'traj_disp': disp,
+        'traj_valid': valid,
+        **hog_feature,
+        'traj_quantum': tf.cast(spec.res, tf.float32) / tf.cast(tf.minimum(ch, cw), tf.float32)
+                        / schema.DISP_UNITS_PER_PX,
+        'label': tf.cast(rec[schema.LABEL], tf.int32),
+        '_id': index,
+    }
+
+  return fn
+
+
+def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                       shards: list[str] | None = None) -> tuple[tf.data.Dataset, dict[str, Any]]:
+  """This process's stream of pretraining clips (`stream.train_stream`), after checking that the stored records can
+  serve `ClipSpec.from_config(config)` (`check_stored_records`)."""
+  spec = ClipSpec.from_config(config)
+  return stream.train_stream(config, make_clip_fn(config, spec, train=True), process_index=process_index,
+                             process_count=process_count, start_step=start_step, shards=shards,
+                             check=lambda s: check_stored_records(s, spec))
+
+
+def train_iterator(config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                   **kwargs) -> stream.TrainIterator:
+  return stream.TrainIterator(config, make_train_dataset, process_index=process_index, process_count=process_count,
+                              start_step=start_step, **kwargs)
