@@ -443,12 +443,44 @@ def _main(f, beam_args: list[str]) -> int:
                    max_bad_fraction=f.max_bad_fraction, isolation=f.isolation, video_timeout_s=f.video_timeout_s,
                    opencv_threads=f.opencv_threads, progress_interval_s=f.progress_interval_s, overwrite=f.overwrite)
   inputs = f.input[0] if len(f.input) == 1 else f.input
+  _warn_unknown_beam_args(beam_args)
   try:
     run(inputs, f.output_dir, config, job, beam_args=beam_args, data_root=f.data_root, label_map_path=f.label_map)
   except TooManyFailuresError as e:
     print(f'[data_prep] FAILED: {e}', file=sys.stderr)
     return 1
   return 0
+
+
+def _warn_unknown_beam_args(beam_args: Sequence[str]) -> None:
+  """Says on the terminal which arguments neither this job nor Beam knows (a mistyped flag would otherwise vanish:
+  Beam's own warning goes to `_work/beam.log`). Only a warning: a runner's options are known once it is imported."""
+  if not beam_args:
+    return
+  import logging
+
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  unknown: list[str] = []
+
+  class Catch(logging.Handler):
+
+    def emit(self, record):
+      if record.msg.startswith('Discarding unparseable args'):
+        unknown.extend(record.args[0] if record.args else [])
+
+  logger = logging.getLogger('apache_beam.options.pipeline_options')
+  catch, propagate = Catch(), logger.propagate
+  logger.addHandler(catch)
+  logger.propagate = False  # Said once, below.
+  try:
+    PipelineOptions(list(beam_args)).get_all_options()
+  finally:
+    logger.removeHandler(catch)
+    logger.propagate = propagate
+  if unknown:
+    print(f'[data_prep] warning: {unknown} are neither data_prep.extract flags nor Beam pipeline options known here; '
+          'Beam ignores them (see python -m data_prep.extract --help)', file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -387,8 +387,8 @@ def _main(f, rest) -> None:
   out = os.path.abspath(f.output_dir)
   cli.summary(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {out}; '
               f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json',
-              [('videos', os.path.join(out, 'videos')), ('train / val lists', os.path.join(out, 'train.csv') + ', '
-                                                          + os.path.join(out, 'val.csv'))],
+              [('videos', os.path.join(out, 'videos')),
+               ('train / val lists', os.path.join(out, 'train.csv') + ', ' + os.path.join(out, 'val.csv'))],
               [f'python -m data_prep.extract --input={os.path.join(out, "train.csv")} '
                f'--label_map={os.path.join(out, "label_map.json")} --output_dir={out}_prep/train'])
 

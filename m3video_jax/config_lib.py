@@ -24,7 +24,6 @@ DTYPES = ('float32', 'bfloat16')
 SAMPLINGS = ('dense', 'segment')
 
 
-
 def sibling_config(config_file: str, name: str) -> types.ModuleType:
   """The config module `name` from the folder of `config_file` (a config's `__file__`), loaded by path, so configs
   that build on each other load from any working directory (`configs/` is not an installed package)."""

@@ -144,7 +144,7 @@ def start_panel(rec: dict, start: int, *, scale: int, min_path: float) -> np.nda
   frame = rec['frames'][rec['traj_start_frames'][start]]
   disp = rec['traj_disp'][start].transpose(1, 2, 0, 3).reshape(gh * gw, -1, 2)  # [P, L, 2]
   return draw_trajectories(frame, x0.reshape(-1), y0.reshape(-1), disp, rec['traj_valid'][start].reshape(-1),
-                                   scale=scale, min_path=min_path)
+                           scale=scale, min_path=min_path)
 
 
 def render_stored(rec: dict, output: str, *, panels: int = 4, scale: int = 2, min_path: float = 0.5) -> str:
@@ -154,11 +154,11 @@ def render_stored(rec: dict, output: str, *, panels: int = 4, scale: int = 2, mi
     raise ValueError(f'record {rec["video_id"]!r} stores no trajectory start (video of {rec["num_frames"]} frames)')
   if output.lower().endswith('.mp4'):
     write_mp4(output, np.stack([start_panel(rec, i, scale=scale, min_path=min_path)
-                                          for i in range(num_starts)]), fps=4.0)
+                                for i in range(num_starts)]), fps=4.0)
     return f'{num_starts} starts as video frames'
   chosen = sorted(set(np.linspace(0, num_starts - 1, min(panels, num_starts)).round().astype(int).tolist()))
   images = [with_title(start_panel(rec, i, scale=scale, min_path=min_path),
-                               f'frame {rec["traj_start_frames"][i]}, L={rec["traj_len"]}') for i in chosen]
+                       f'frame {rec["traj_start_frames"][i]}, L={rec["traj_len"]}') for i in chosen]
   cols = min(len(images), 4)
   write_image(output, tile([images[i:i + cols] for i in range(0, len(images), cols)]))
   return f'starts {chosen} of {num_starts}'
@@ -207,8 +207,8 @@ def render(*, video: np.ndarray, model_video: np.ndarray, hidden: np.ndarray, ta
     def draw(disp, base):
       k = disp.shape[1]
       return draw_trajectories(base, xs[sel].reshape(-1), ys[sel].reshape(-1),
-                                       gain * disp[sel].reshape(len(sel) * k, -1, 2), valid[sel].reshape(-1),
-                                       scale=scale, thickness=max(1, scale // 2), min_path=0.5 * gain)
+                               gain * disp[sel].reshape(len(sel) * k, -1, 2), valid[sel].reshape(-1),
+                               scale=scale, thickness=max(1, scale // 2), min_path=0.5 * gain)
 
     cols = [('input', upscale(shaded, scale)), ('target', draw(target_disp, light))]
     if pred_disp is not None:

@@ -25,6 +25,7 @@ from m3video_jax.data import schema
 NUM_BINS = schema.HOG_BINS
 CELL_SIZE = schema.GRID_STEP
 
+
 def _check_cells(h: int, w: int, cell_size: int) -> None:
   if h % cell_size or w % cell_size:
     raise ValueError(f'image height x width = {h}x{w} must be multiples of cell_size={cell_size}')

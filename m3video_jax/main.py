@@ -30,6 +30,8 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'Also show the INFO lines of Tens
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _MULTI_PROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')
+
+
 def _launched_multiprocess() -> bool:
   if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
     return True

@@ -207,7 +207,7 @@ class PretrainTask:
     title = f'step {step}, target {self.config.target.kind}' + (', static input' if self.config.data.static_input
                                                                  else '')
     return {'viz/trajectories': drawing.prediction_picture(self, params, host_batch, seed=self.config.seed,
-                                                             title=title)}
+                                                           title=title)}
 
   def summary_lines(self, metrics: dict[str, float]) -> list[str]:
     """The closing summary's lines about what was learned (from the last logging interval's metrics)."""
@@ -254,7 +254,7 @@ class PretrainTask:
   def make_train_iterator(self, start_step: int):
     from m3video_jax.data import pretraining  # TF is imported only when the real pipeline is used.
     return pretraining.train_iterator(self.config, process_index=jax.process_index(), process_count=jax.process_count(),
-                                  start_step=start_step)
+                                      start_step=start_step)
 
   def evaluate(self, params: Any, *, mesh, workdir: str, step: int, final: bool) -> dict[str, float]:
     del params, mesh, workdir, step, final  # Pretraining has no evaluation; its encoder is judged downstream.

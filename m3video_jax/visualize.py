@@ -38,7 +38,6 @@ from m3video_jax import drawing
 from m3video_jax.data import schema
 
 
-
 def iterate_records(pattern: str) -> Iterator[tuple[str, bytes]]:
   """(shard, serialized record) for every record of the shards matching the comma-separated globs, in order."""
   from m3video_jax.data import stream  # TF reads local or gs:// shards.

@@ -52,3 +52,13 @@ def test_extract_is_quiet_by_default_and_ends_with_what_it_wrote_and_what_to_run
   assert any(line == f'  manifest: {out / "manifest.json"}' for line in lines), lines
   log = (out / '_work' / 'beam.log').read_text()
   assert 'sdk_worker' in log or 'apache_beam' in log or 'Beam' in log, log[-2000:]  # The chatter went here.
+
+
+def test_extract_names_arguments_that_neither_it_nor_beam_knows(capsys):
+  from data_prep import extract
+
+  extract._warn_unknown_beam_args(['--short_sid=128', '--direct_num_workers=2'])  # pylint: disable=protected-access
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "['--short_sid=128']" in err[0] and 'direct_num_workers' not in err[0], err
+  extract._warn_unknown_beam_args(['--direct_num_workers=2'])  # pylint: disable=protected-access
+  assert capsys.readouterr().err == ''

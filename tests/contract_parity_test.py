@@ -40,7 +40,7 @@ def test_numpy_trajectory_hog_lookup_of_decode_matches_the_tf_lookup_of_the_inpu
   x0, y0 = schema.start_positions(gh, gw)
   frame_idx = np.asarray(starts)[:, None] + np.arange(traj_len)[None]
   tf_hog = clip_ops.trajectory_hog(tf.constant(np.asarray(strings, object)[frame_idx]),
-                                 tf.constant(np.asarray(scales, np.float32)[frame_idx]), tf.constant(disp),
-                                 tf.constant(x0[0]), tf.constant(y0[:, 0]), tf.constant(gh), tf.constant(gw),
-                                 schema.GRID_STEP).numpy()
+                                   tf.constant(np.asarray(scales, np.float32)[frame_idx]), tf.constant(disp),
+                                   tf.constant(x0[0]), tf.constant(y0[:, 0]), tf.constant(gh), tf.constant(gw),
+                                   schema.GRID_STEP).numpy()
   np.testing.assert_allclose(tf_hog, numpy_hog, rtol=1e-5, atol=1e-6)

@@ -119,7 +119,7 @@ def test_hf_classifier_logits_match_transformers(tmp_path):
   np.testing.assert_allclose(np.asarray(features.Encoder(params).logits(video)), ours, atol=1e-5)
   export.save_hf(params, str(tmp_path / 'hf'), num_frames=4, image_size=(48, 32))
   model, info = transformers.VideoMAEForVideoClassification.from_pretrained(str(tmp_path / 'hf'),
-                                                                           output_loading_info=True)
+                                                                            output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
   model.eval()
   with torch.no_grad():

@@ -83,7 +83,7 @@ def test_multi_view_evaluation_averages_softmax_per_video():
 
   predict = jax.jit(lambda params, video: jax.nn.softmax(video[:, 0, 0, :6, 0] * params, axis=-1))
   scores, labels, counts = evaluation.video_scores(predict, jnp.float32(1.0), batches(), num_videos=3, num_classes=6,
-                                                 mesh=mesh)
+                                                   mesh=mesh)
   np.testing.assert_array_equal(counts, [3, 3, 3])
   np.testing.assert_array_equal(labels, [0, 2, 5])
   expected0 = np.mean(jax.nn.softmax(np.array(views[0][1], np.float32), axis=-1), axis=0)

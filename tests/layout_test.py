@@ -58,8 +58,8 @@ def test_data_prep_uses_only_the_schema_and_the_cli_of_the_package():
 def test_the_package_reaches_data_prep_only_to_read_videos_for_features():
   users = {m: sorted(d for d in deps if d.startswith('data_prep'))
            for m, deps in graph().items() if m.startswith('m3video_jax')}
-  assert {m: d for m, d in users.items() if d} == {'m3video_jax.interop.features': ['data_prep.inputs',
-                                                                               'data_prep.video_io']}
+  expected = {'m3video_jax.interop.features': ['data_prep.inputs', 'data_prep.video_io']}
+  assert {m: d for m, d in users.items() if d} == expected
 
 
 def test_no_import_cycles():

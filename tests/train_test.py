@@ -241,7 +241,7 @@ def test_tuple_fields_are_type_and_length_checked():
 
 
 @pytest.mark.parametrize('name', sorted(n[:-3] for n in os.listdir(os.path.join(os.path.dirname(__file__), '..',
-                                                                                   'configs'))
+                                                                                'configs'))
                                         if n.endswith('.py') and n != '__init__.py'))
 def test_every_config_accepts_a_5_step_run(name):
   """Tools and users shorten runs with --config.total_steps; the demo's 20-step warmup used to refuse 5 steps."""

@@ -39,6 +39,7 @@ from m3video_jax.data import clip_ops
 from m3video_jax.data import schema
 from m3video_jax.data import stream
 
+
 def _feature_spec() -> dict[str, Any]:
   full = schema.tf_feature_spec()
   return {k: full[k] for k in (schema.FRAMES, schema.LABEL, schema.NUM_FRAMES, schema.HEIGHT, schema.WIDTH)}
@@ -102,7 +103,7 @@ def make_train_clip_fn(config):
     flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if d.flip else tf.constant(False)
     frames = tf.sparse.to_dense(rec[schema.FRAMES])
     video = clip_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
-                                      res=d.res, flip=flip)
+                                        res=d.res, flip=flip)
     video = tf.cast(video, tf.float32)  # (resize may return the uint8 input when the crop is already res x res)
     if a.randaug_num_ops > 0:
       video = clip_augment.rand_augment(video, seed_ra, num_ops=a.randaug_num_ops, magnitude=a.randaug_magnitude,
@@ -139,7 +140,7 @@ def make_eval_clip_fn(config, *, num_temporal: int, num_spatial: int):
                          num_views=num_temporal)
     oy, ox, ch, cw = spatial_view_window(rec[schema.HEIGHT], rec[schema.WIDTH], view % num_spatial, num_spatial)
     video = clip_ops.decode_crop_frames(tf.gather(frames, idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
-                                      res=d.res, flip=False)
+                                        res=d.res, flip=False)
     video = tf.ensure_shape(video, [d.num_frames, d.res, d.res, 3])  # uint8; normalised on the device.
     return {'video': video, 'label': tf.cast(rec[schema.LABEL], tf.int32), 'video_index': video_index}
 
@@ -210,7 +211,7 @@ def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int,
     except tf.errors.OpError as e:
       where = (stream.find_damaged_record(shards) if shards else None) or stream.tf_error_text(e)
       raise stream.CorruptRecordError(f'reading the eval shards failed at {where}; a damaged shard is rewritten by '
-                                        'deleting it and re-running the same data_prep command (it resumes)') from e
+                                      'deleting it and re-running the same data_prep command (it resumes)') from e
     if batch is None:
       if template is None:
         raise ValueError('this process has no eval data to shape the padding batches from')

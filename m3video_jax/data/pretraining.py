@@ -26,6 +26,7 @@ from m3video_jax.data import clip_ops
 from m3video_jax.data import schema
 from m3video_jax.data import stream
 
+
 @dataclasses.dataclass(frozen=True)
 class ClipSpec:
   """What one training clip looks like (static for the jitted step)."""
@@ -95,12 +96,12 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
         num_frames, rec[schema.NUM_STARTS], seed_clip, clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
         tubelet=spec.tubelet, traj_len=spec.traj_len, start_stride=start_stride, random_start=train)
     oy, ox, ch, cw = clip_ops.multiscale_crop_params(height, width, seed_crop, scales=tuple(d.crop_scales),
-                                                   max_distort=d.crop_max_distort, res=spec.res, random=train)
+                                                     max_distort=d.crop_max_distort, res=spec.res, random=train)
     flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
     video = clip_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
-                                      res=spec.res, flip=flip)
+                                        res=spec.res, flip=flip)
     disp, valid = clip_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(inside_strings, start_idx),
-                                             gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
+                                               gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
     valid = tf.logical_and(valid, has_traj[:, None, None])
     hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
                             tf.cast(num_frames, tf.int32) - 1)

@@ -22,6 +22,7 @@ from m3video_jax.interop import weights
 
 PyTree = Any
 
+
 def write_checkpoint(params: PyTree, config: Mapping[str, Any], output: str) -> str:
   """Writes `{'params': params}` as step 0 of `<output>/checkpoints` and `<output>/config.json`.
 
