@@ -98,7 +98,7 @@ def main() -> None:
     config.data.shuffle_buffer = 16
 
   records = [r for s in shards for r in stream.iterate_shard_records(s)]
-  frames = [schema._parse_example(r)[schema.NUM_FRAMES] for r in records]  # pylint: disable=protected-access
+  frames = [schema.parse_example(r)[schema.NUM_FRAMES] for r in records]
   record_bytes = np.mean([len(r) for r in records])
   non_jpeg = np.mean([schema.non_jpeg_bytes(r) for r in records])
 

@@ -171,7 +171,7 @@ class JobOptions:
 
 def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, job: JobOptions | None = None, *,
         beam_args: Sequence[str] | None = None, data_root: str | None = None,
-        label_map_path: str | None = None, log=None) -> dict[str, Any]:
+        label_map_path: str | None = None, log=None, quiet_libraries: bool = False) -> dict[str, Any]:
   """Runs the extraction job and returns the manifest (also written to `output_dir/manifest.json`).
 
   Args:
@@ -183,6 +183,8 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
     data_root: base of relative paths in list files (default: the list file's folder).
     label_map_path: JSON `{class name: index}` to use instead of sorted class names.
     log: stream for the summary and progress lines (default stderr).
+    quiet_libraries: send what Beam, its workers and TensorFlow print while the pipeline runs to
+      `<output_dir>/_work/beam.log` instead of the terminal (the CLI without `--verbose`).
 
   Returns:
     The manifest dict.
@@ -203,27 +205,29 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
     shards.gfile().makedirs(output_dir)
   schema.writable_dir(output_dir, '--output_dir')
   with shards.output_dir_lock(output_dir):
-    return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start)
+    return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
+                       quiet_libraries)
 
 
 @contextlib.contextmanager
-def _library_output_to_log(output_dir: str, log):
-  """Unless `--verbose` (`cli.verbose_from_env`): everything written to file descriptor 2 while the pipeline runs
-  (Beam's worker processes, the isolated video workers, TensorFlow and Beam in this process) goes to
-  `<output_dir>/_work/beam.log` (a temp file for a URL output), and the job's own lines go on to `log`. On an error the
-  last lines of that log are shown.
+def _library_output_to_log(output_dir: str, log, enabled: bool):
+  """With `enabled`: everything written to file descriptor 2 while the pipeline runs (Beam's worker processes, the
+  isolated video workers, TensorFlow and Beam in this process) goes to `<output_dir>/_work/beam.log` (this run's only;
+  a temp file, removed after a success, for a URL output), and the job's own lines go on to `log`. When the pipeline
+  fails, the last lines of that log are shown.
 
   Yields:
     The stream for the job's own lines.
   """
-  if cli.verbose_from_env():
+  if not enabled:
     yield log
     return
-  if '://' in output_dir:
+  url = '://' in output_dir
+  if url:
     fd, path = tempfile.mkstemp(prefix='data_prep_beam_', suffix='.log')
   else:
     path = os.path.join(output_dir, shards.WORK_DIR, shards.BEAM_LOG)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
   try:
     ours = os.fdopen(os.dup(log.fileno()), 'w', buffering=1) if log.fileno() == 2 else log
   except (AttributeError, OSError, ValueError):  # A stream without a descriptor (a StringIO, a test's capture).
@@ -245,8 +249,9 @@ def _library_output_to_log(output_dir: str, log):
     sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
-    if ours is not log:
-      ours.close()
+    ours.flush()  # Left open: the progress thread may still print its last line to it.
+    if url and not failed:
+      os.remove(path)
     if failed:
       try:
         with open(path, errors='replace') as f:
@@ -257,9 +262,13 @@ def _library_output_to_log(output_dir: str, log):
             + '\n  '.join(tail), file=log, flush=True)
 
 
-def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start) -> dict[str, Any]:
+def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
+                quiet_libraries) -> dict[str, Any]:
   """`run` once the output directory's lock is held."""
-  with _library_output_to_log(output_dir, log) as ours:
+  shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
+  if listed.label_map:
+    shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
+  with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
     return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start)
 
 
@@ -268,9 +277,6 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
   from apache_beam.options.pipeline_options import PipelineOptions
   from data_prep import progress
 
-  shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
-  if listed.label_map:
-    shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
   pending = [t for t in tasks if shards.completed_result(output_dir, t) is None]
   print(f'[data_prep] {len(listed.videos)} videos in {len(tasks)} shards; {len(tasks) - len(pending)} shards already '
         f'complete, {len(pending)} to do -> {output_dir}', file=log, flush=True)
@@ -445,7 +451,8 @@ def _main(f, beam_args: list[str]) -> int:
   inputs = f.input[0] if len(f.input) == 1 else f.input
   _warn_unknown_beam_args(beam_args)
   try:
-    run(inputs, f.output_dir, config, job, beam_args=beam_args, data_root=f.data_root, label_map_path=f.label_map)
+    run(inputs, f.output_dir, config, job, beam_args=beam_args, data_root=f.data_root, label_map_path=f.label_map,
+        quiet_libraries=not f.verbose)
   except TooManyFailuresError as e:
     print(f'[data_prep] FAILED: {e}', file=sys.stderr)
     return 1

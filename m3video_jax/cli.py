@@ -43,6 +43,7 @@ class _QuietLibraries(logging.Filter):
 
 
 _QUIET = _QuietLibraries()
+_TF_QUIET = '2'  # TF_CPP_MIN_LOG_LEVEL: errors only.
 _SUMMARY = True  # --summary of the tool running in this process (`run`).
 
 
@@ -52,14 +53,22 @@ def quiet_libraries(verbose: bool) -> None:
   Also exported as `TF_CPP_MIN_LOG_LEVEL` / `M3VIDEO_VERBOSE` to the environment, so child processes (Beam workers,
   isolated data-prep workers, a demo's data prep) are quiet too. Call it before TensorFlow is imported.
   """
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
   os.environ['M3VIDEO_VERBOSE'] = '1' if verbose else '0'
-  if verbose:
+  handlers = logging.getLogger().handlers + [absl_logging.get_absl_handler()]
+  if verbose:  # Undoes an earlier quiet run in this process.
+    if os.environ.get('TF_CPP_MIN_LOG_LEVEL') == _TF_QUIET:
+      del os.environ['TF_CPP_MIN_LOG_LEVEL']
+    for name in _QUIET_LOGGERS:
+      logging.getLogger(name).setLevel(logging.NOTSET)
+    for handler in handlers:
+      handler.removeFilter(_QUIET)
     return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', _TF_QUIET)
   for name in _QUIET_LOGGERS:
     logging.getLogger(name).setLevel(logging.WARNING)
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
+  for handler in handlers:
     if _QUIET not in handler.filters:
       handler.addFilter(_QUIET)
 
@@ -117,6 +126,8 @@ def run(define_flags: Callable[[flags.FlagValues], None], main: Callable[[flags.
   except errors as e:
     print(f'{error_prefix}error: {e}', file=sys.stderr)
     return error_status
+  finally:
+    _SUMMARY = True  # Library calls after this run print their summaries again.
   return int(status or 0)
 
 

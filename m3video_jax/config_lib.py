@@ -238,7 +238,8 @@ TUPLE_FIELDS = {
 }
 
 
-def _check_tuples(c: ml_collections.ConfigDict) -> None:
+def check_tuple_fields(c: ml_collections.ConfigDict) -> None:
+  """The `TUPLE_FIELDS` the config has: each a tuple of the right length and element type."""
   for field, (length, kind, example) in TUPLE_FIELDS.items():
     node, present = c, True
     for key in field.split('.'):
@@ -268,7 +269,7 @@ def validate_shared(config: ml_collections.ConfigDict, num_devices: int | None =
     ConfigError: naming the first invalid field, its value and the allowed values.
   """
   c = config
-  _check_tuples(c)
+  check_tuple_fields(c)
   for name in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     check(isinstance(c[name], int) and c[name] > 0, name, c[name], 'a positive integer')
   check(isinstance(c.eval_every_steps, int) and c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps,

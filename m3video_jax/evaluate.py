@@ -42,9 +42,7 @@ def _main(f, rest) -> None:
   import jax
   import ml_collections
 
-  from m3video_jax import checkpointing
   from m3video_jax import metrics as metrics_lib
-  from m3video_jax import sharding
   from m3video_jax import tasks
 
   workdir = os.path.abspath(f.workdir)
@@ -59,15 +57,12 @@ def _main(f, rest) -> None:
     config.data.eval_files = f.eval_files
   config.model.patch_size = tuple(config.model.patch_size)
   task = tasks.get_task(config)
-  mesh = sharding.make_mesh(config.mesh)
-  ckpt_dir, step = checkpointing.resolve_checkpoint(workdir, f.step)
-  params = jax.device_put(checkpointing.load_params(workdir, step), sharding.replicated(mesh))
-  results, results_path = task.evaluate_checkpoint(params, mesh=mesh, workdir=workdir, step=step, views=views)
+  results, results_path, step = task.evaluate_checkpoint(workdir, step=f.step, views=views)
   writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
   writer.write(step, {f'eval/{k}': v for k, v in results.items() if k != 'num_videos'})
   writer.close()
   print(json.dumps({'step': step, **results}))
-  cli.summary(f'test of {ckpt_dir} step {step}: top-1 {results["top1"]:.1f} %, top-5 {results["top5"]:.1f} % on '
+  cli.summary(f'test of {workdir} step {step}: top-1 {results["top1"]:.1f} %, top-5 {results["top5"]:.1f} % on '
               f'{int(results["num_videos"])} videos',
               [('results', results_path), ('TensorBoard events', workdir)], [f'tensorboard --logdir {workdir}'])
 

@@ -86,13 +86,16 @@ class PretrainTask:
   config: Any
 
   def validate(self, num_devices: int | None = None) -> None:
-    """The shared fields, then the pretraining ones (clip crop, decoder, mask, target)."""
+    """The patch size (first: the other checks divide by it), the shared fields, then the pretraining ones (clip
+    crop, decoder, mask, target)."""
     c = self.config
-    config_lib.validate_shared(c, num_devices)
     d, m = c.data, c.model
     check = config_lib.check
-    check(m.patch_size[1] % schema.GRID_STEP == 0, 'model.patch_size', tuple(m.patch_size),
+    config_lib.check_tuple_fields(c)
+    pt, ph, pw = m.patch_size
+    check(pt > 0 and ph > 0 and ph % schema.GRID_STEP == 0 and ph == pw, 'model.patch_size', tuple(m.patch_size),
           f'(t, p, p) with p a multiple of the {schema.GRID_STEP}-px trajectory grid step')
+    config_lib.validate_shared(c, num_devices)
     check(len(d.crop_scales) >= 1 and all(0 < s <= 1 for s in d.crop_scales), 'data.crop_scales',
           tuple(d.crop_scales), 'a non-empty tuple of scales in (0, 1]')
     check(d.crop_max_distort >= 0, 'data.crop_max_distort', d.crop_max_distort, 'an integer >= 0')
@@ -260,9 +263,9 @@ class PretrainTask:
     del params, mesh, workdir, step, final  # Pretraining has no evaluation; its encoder is judged downstream.
     return {}
 
-  def evaluate_checkpoint(self, params: Any, *, mesh, workdir: str, step: int,
-                          views: tuple[int, int] | None) -> tuple[dict[str, float], str]:
-    del params, mesh, step, views
+  def evaluate_checkpoint(self, workdir: str, *, step: int | None = None,
+                          views: tuple[int, int] | None = None) -> tuple[dict[str, float], str, int]:
+    del step, views
     raise ValueError(f'{workdir} is a pretraining run; evaluate a finetune or linear_probe run (its encoder is judged '
                      'by fine-tuning or probing it: configs/finetune_*.py, configs/linear_probe_*.py)')
 
@@ -417,19 +420,26 @@ class FinetuneTask:
   def _predict_fn(self):
     return evaluation.classifier_predict_fn(self.model, self.config.data.mean, self.config.data.std)
 
-  def evaluate_checkpoint(self, params: Any, *, mesh, workdir: str, step: int,
-                          views: tuple[int, int] | None) -> tuple[dict[str, float], str]:
-    """The multi-view test of `params` (default views: `eval.test_*_views`); writes `eval_results.json`.
+  def evaluate_checkpoint(self, workdir: str, *, step: int | None = None,
+                          views: tuple[int, int] | None = None) -> tuple[dict[str, float], str, int]:
+    """The multi-view test (default views: `eval.test_*_views`) of the checkpoint at `step` (default: the latest) in
+    `workdir`; writes `<workdir>/eval_results.json`.
 
     Returns:
-      (results, path of the results file).
+      (results, path of the results file, the step tested).
     """
+    from m3video_jax import checkpointing
+    from m3video_jax import sharding
+
     c = self.config
+    mesh = sharding.make_mesh(c.mesh)
+    _, step = checkpointing.resolve_checkpoint(workdir, step)
+    params = jax.device_put(checkpointing.load_params(workdir, step), sharding.replicated(mesh))
     num_temporal, num_spatial = views or (c.eval.test_temporal_views, c.eval.test_spatial_views)
     results = evaluation.evaluate_params(c, self._predict_fn, params, mesh, num_temporal=num_temporal,
                                          num_spatial=num_spatial)
     path = evaluation.write_results(workdir, step, results, c, num_temporal=num_temporal, num_spatial=num_spatial)
-    return results, path
+    return results, path, step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -236,3 +236,26 @@ def test_tiny_finetune_runs_evaluates_and_writes_results(tmp_path, caplog):
   assert last.startswith(f'finetune result: test top-1 {results["top1"]:.1f} % on 4 held-out videos (2x3 views; '
                          f'chance {chance:.1f} %, so {results["top1"] - chance:+.1f} points)'), last
   assert last.endswith('encoder: random init'), last
+
+
+def test_evaluate_cli_tests_a_run_again_with_other_views_and_refuses_a_pretraining_run(tmp_path, capsys):
+  from m3video_jax import evaluate
+  from tests.train_test import tiny_config
+
+  config = small_config(tmp_path)
+  config.total_steps, config.eval_every_steps = 2, 0
+  train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  capsys.readouterr()
+  assert evaluate.main([f'--workdir={tmp_path / "run"}', '--views=1x1']) == 0
+  out = capsys.readouterr().out.splitlines()
+  printed = json.loads(out[0])
+  results = json.load(open(tmp_path / 'run' / evaluation.RESULTS_FILE))
+  assert printed['step'] == results['step'] == 2 and (results['temporal_views'], results['spatial_views']) == (1, 1)
+  assert results['num_videos'] == 4 and printed['top1'] == results['top1']
+  assert out[1].startswith(f'test of {tmp_path / "run"} step 2: top-1') and out[-1].startswith('  next: tensorboard')
+  pretrain = tmp_path / 'pretrain'
+  os.makedirs(pretrain)
+  (pretrain / 'config.json').write_text(tiny_config().to_json())
+  assert evaluate.main([f'--workdir={pretrain}']) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'is a pretraining run' in err[0], err
