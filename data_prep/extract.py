@@ -268,6 +268,7 @@ def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, l
   shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
   if listed.label_map:
     shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
+  _warn_unknown_beam_args(beam_args or (), log)  # After the lock: a refused second job exits without importing Beam.
   with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
     return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start)
 
@@ -449,7 +450,6 @@ def _main(f, beam_args: list[str]) -> int:
                    max_bad_fraction=f.max_bad_fraction, isolation=f.isolation, video_timeout_s=f.video_timeout_s,
                    opencv_threads=f.opencv_threads, progress_interval_s=f.progress_interval_s, overwrite=f.overwrite)
   inputs = f.input[0] if len(f.input) == 1 else f.input
-  _warn_unknown_beam_args(beam_args)
   try:
     run(inputs, f.output_dir, config, job, beam_args=beam_args, data_root=f.data_root, label_map_path=f.label_map,
         quiet_libraries=not f.verbose)
@@ -459,7 +459,7 @@ def _main(f, beam_args: list[str]) -> int:
   return 0
 
 
-def _warn_unknown_beam_args(beam_args: Sequence[str]) -> None:
+def _warn_unknown_beam_args(beam_args: Sequence[str], log=None) -> None:
   """Says on the terminal which arguments neither this job nor Beam knows (a mistyped flag would otherwise vanish:
   Beam's own warning goes to `_work/beam.log`). Only a warning: a runner's options are known once it is imported."""
   if not beam_args:
@@ -487,7 +487,7 @@ def _warn_unknown_beam_args(beam_args: Sequence[str]) -> None:
     logger.propagate = propagate
   if unknown:
     print(f'[data_prep] warning: {unknown} are neither data_prep.extract flags nor Beam pipeline options known here; '
-          'Beam ignores them (see python -m data_prep.extract --help)', file=sys.stderr, flush=True)
+          'Beam ignores them (see python -m data_prep.extract --help)', file=log or sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -338,7 +338,7 @@ def test_cli_killed_and_resumed(tmp_path):
 def test_cli_second_job_is_refused_and_workers_end_with_a_killed_launcher(tmp_path):
   """A second job on a running job's --output_dir exits at once naming the holder; after SIGKILL of the launcher
   alone, its Beam workers and their isolated children used to keep running and writing for >= 9 s. ~40 s."""
-  out, cmd, env = _cli_job(tmp_path, num_videos=8, seed=2, min_shards=8, progress_interval_s=0)
+  out, cmd, env = _cli_job(tmp_path, num_videos=12, seed=2, min_shards=8, progress_interval_s=0)
   proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True)
   try:
@@ -371,4 +371,4 @@ def test_cli_second_job_is_refused_and_workers_end_with_a_killed_launcher(tmp_pa
   done = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   manifest = json.load(open(os.path.join(out, 'manifest.json')))
-  assert manifest['records'] == 8
+  assert manifest['records'] == 12
