@@ -197,8 +197,7 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
         g.remove(join(output_dir, name))
     work = join(output_dir, WORK_DIR)
     for name in (g.listdir(work) if g.isdir(work) else []):
-      if name not in (LOCK, BEAM_LOG):  # The running job's lock stays (deleting it would let a second job lock a new
-        # file), and so does the log the running job is writing.
+      if name != LOCK:  # The running job's lock stays (deleting it would let a second job lock a new file).
         path = join(work, name.rstrip('/'))
         g.rmtree(path) if g.isdir(path) else g.remove(path)
   for sub in ('shards', 'progress', 'tmp'):

@@ -83,7 +83,7 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
                     f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
                     f'--frames={d.synthetic_frames}', f'--seed={seed}', f'--max_pan={d.synthetic_max_pan}',
                     f'--num_objects={d.synthetic_num_objects}', f'--object_scale={d.synthetic_object_scale}',
-                    *_verbose()],
+                    *_child_flags()],
                    check=True)
   logging.info('demo: extracting the %s split into %s', split, shards_dir)
   _extract(config, csv, videos_dir, shards_dir, split, *extract_args)
@@ -97,13 +97,13 @@ def _extract(config, csv: str, videos_dir: str, shards_dir: str, prefix: str, *e
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--data_root={videos_dir}',
                   f'--output_dir={shards_dir}', f'--prefix={prefix}',
                   f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
-                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}', *_verbose(), *extra], check=True,
+                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}', *_child_flags(), *extra], check=True,
                  **run_kwargs)
 
 
-def _verbose() -> tuple[str, ...]:
-  """`--verbose` for the data-prep tools when this run has it (their library chatter is hidden otherwise); their
-  closing summary only then (the run's own summary says where the data went)."""
+def _child_flags() -> tuple[str, ...]:
+  """Flags for the data-prep tools this run starts: `--verbose` when the run has it (their library chatter is hidden
+  otherwise), else `--nosummary` (the run's own summary says where the data went)."""
   return ('--verbose',) if cli.verbose_from_env() else ('--nosummary',)
 
 
