@@ -19,6 +19,9 @@ CORE = [
     'protobuf<7',
     'tensorboard>=2.20',
     'tensorflow-cpu==2.21.*',
+    # The prepared shards are also a TFDS dataset directory, and TFDS video datasets are data prep inputs. (Not the
+    # [beam] extra: it pins an old Beam.)
+    'tensorflow-datasets>=4.9.9,<5',
     'tqdm>=4.60',
 ]
 

@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,11 +28,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from data_prep import input_files
 from data_prep import inputs as inputs_lib
+from data_prep import datasets
+from data_prep.datasets import FORMATS
 from data_prep import shards
 from data_prep import video_io
 from data_prep.options import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig
-from data_prep.inputs import VideoInput
+from data_prep.input_files import VideoInput
 from m3video_jax import cli
 from m3video_jax.data import schema
 
@@ -171,42 +175,141 @@ class JobOptions:
 
 def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, job: JobOptions | None = None, *,
         beam_args: Sequence[str] | None = None, data_root: str | None = None,
-        label_map_path: str | None = None, log=None, quiet_libraries: bool = False) -> dict[str, Any]:
-  """Runs the extraction job and returns the manifest (also written to `output_dir/manifest.json`).
+        label_map_path: str | None = None, log=None, quiet_libraries: bool = False, fmt: str = 'auto',
+        split: str | None = None, split_id: int = 0) -> dict[str, Any]:
+  """Runs the extraction job and returns the manifest (also written to the job directory's `manifest.json`).
 
   Args:
-    input_spec: list file(s), directory or glob (see `data_prep.inputs`).
-    output_dir: local directory or `tf.io.gfile` URL.
+    input_spec: list file(s), directory, glob, official annotation file or `tfds:` input (`data_prep.inputs`).
+    output_dir: local directory or `tf.io.gfile` URL. With a split (`split`, or the split an official annotation
+      file names) it is the dataset directory: the split's shards go to `<output_dir>/<split>/<prefix>-*.tfrecord`
+      and the dataset's `label_map.json` and TFDS metadata stay in `output_dir`.
     config: per-video settings.
     job: job-level settings.
     beam_args: Beam pipeline options; None -> the local multi-processing defaults (`DEFAULT_BEAM_ARGS`).
-    data_root: base of relative paths in list files (default: the list file's folder).
-    label_map_path: JSON `{class name: index}` to use instead of sorted class names.
+    data_root: base of relative paths in list files and of the videos of annotation files.
+    label_map_path: JSON class list to use instead of sorted class names (or the SSV2 labels file).
     log: stream for the summary and progress lines (default stderr).
     quiet_libraries: send what Beam, its workers and TensorFlow print while the pipeline runs to
-      `<output_dir>/_work/beam.log` instead of the terminal (the CLI without `--verbose`).
+      `<job dir>/_work/beam.log` instead of the terminal (the CLI without `--verbose`).
+    fmt: input format (`datasets.FORMATS`; 'auto' detects it).
+    split, split_id: the split to prepare (official formats, TFDS) and UCF101/HMDB51's split number.
 
   Returns:
     The manifest dict.
 
   Raises:
     TooManyFailuresError: more than `job.max_bad_fraction` of the inputs failed (outputs are still written).
-    ValueError: bad arguments, no inputs, an unusable output directory or one that holds another job's shards.
-    shards.OutputDirInUseError: another job is running on `output_dir` (a ValueError).
+    ValueError: bad arguments, no inputs, a label out of range, a class list that differs from the one of a split
+      already in the dataset directory, an unusable output directory or one that holds another job's shards.
+    shards.OutputDirInUseError: another job is running on the output directory (a ValueError).
   """
   job = job or JobOptions()
   log = log or sys.stderr
   t_start = time.time()
-  listed = inputs_lib.list_inputs(input_spec, data_root=data_root, label_map_path=label_map_path)
+  if split is not None and not re.fullmatch(r'[A-Za-z0-9_]+', split):
+    raise ValueError(f'--split={split!r} must be a name of letters, digits and "_" (e.g. train, val, test)')
+  dataset_map = _read_dataset_label_map(output_dir)
+  # A list's class names take the indices of the splits already written (official formats bring their own list).
+  listed = inputs_lib.list_inputs(input_spec, data_root=data_root, label_map_path=label_map_path, fmt=fmt,
+                                  split=split, split_id=split_id, default_label_map=dataset_map if split else None)
   if not listed.videos:
-    raise ValueError(f'--input={input_spec!r} lists no video files (extensions: {inputs_lib.VIDEO_EXTENSIONS})')
+    raise ValueError(f'--input={input_spec!r} lists no video files (extensions: {input_files.VIDEO_EXTENSIONS})')
+  dataset_dir = None
+  if listed.split:
+    dataset_dir, output_dir = output_dir, shards.join(output_dir, listed.split)
+    _check_same_classes(dataset_dir, dataset_map, listed)
+  _check_labels(listed)
   tasks = shards.plan_shards(listed.videos, job.prefix, job.videos_per_shard, job.min_shards)
   if '://' in output_dir:
     shards.gfile().makedirs(output_dir)
   schema.writable_dir(output_dir, '--output_dir')
+  _report_missing(listed, data_root, log)
   with shards.output_dir_lock(output_dir):
     return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
-                       quiet_libraries)
+                       quiet_libraries, dataset_dir)
+
+
+def _read_dataset_label_map(output_dir: str) -> dict[str, int] | None:
+  """The class list of the splits already written to `output_dir` (its `label_map.json`), if any."""
+  path = shards.join(output_dir, shards.LABEL_MAP)
+  if '://' not in output_dir and not os.path.isfile(path):
+    return None
+  if '://' in output_dir and not shards.gfile().exists(path):
+    return None
+  with shards.gfile().GFile(path) as f:
+    try:
+      return input_files.label_map_from_json(json.load(f), path)
+    except ValueError as e:
+      raise ValueError(f'{path} (the class list of this dataset directory) is damaged: {e}') from None
+
+
+def _check_same_classes(dataset_dir: str, dataset_map: dict[str, int] | None, listed) -> None:
+  """Refuses a split whose class list differs from the one already in the dataset directory."""
+  if dataset_map is None or not listed.label_map or listed.label_map == dataset_map:
+    return
+  path = shards.join(dataset_dir, shards.LABEL_MAP)
+  diff = sorted(set(listed.label_map.items()) ^ set(dataset_map.items()))[:3]
+  raise ValueError(f'the class list of this split ({len(listed.label_map)} classes) differs from {path} '
+                   f'({len(dataset_map)} classes, written with an earlier split), e.g. {diff}: every split of a '
+                   'dataset must use one class list; pass that file as --label_map, or use another --output_dir')
+
+
+def _check_labels(listed) -> None:
+  """Every label is -1 (unlabelled) or an index of the class list."""
+  n = input_files.num_classes(listed.label_map)
+  for v in listed.videos:
+    if v.label < -1 or (n and v.label >= n):
+      raise ValueError(f'{v.path} has label {v.label}, outside the label map\'s classes 0..{n - 1}'
+                       if n else f'{v.path} has label {v.label}; expected -1 (unlabelled) or a class index >= 0')
+
+
+def _report_missing(listed, data_root: str | None, log) -> None:
+  """Says how many listed local videos do not exist (they are reported as `missing` failures); refuses a list none
+  of whose videos exist (a wrong --data_root)."""
+  local = [v.path for v in listed.videos if '://' not in v.path and not v.path.startswith('tfds:')]
+  missing = [p for p in local if not os.path.exists(p)]
+  if not missing:
+    return
+  where = f'--data_root={data_root}' if data_root else 'the default --data_root (the annotation file\'s folder)'
+  if len(missing) == len(listed.videos):
+    raise ValueError(f'none of the {len(missing)} listed videos exists (e.g. {missing[0]}); check {where}')
+  print(f'[data_prep] {len(missing)} of the {len(listed.videos)} listed videos do not exist (e.g. {missing[0]}); '
+        'they are reported as "missing" in failures.jsonl', file=log, flush=True)
+
+
+def _write_dataset_metadata(dataset_dir: str, listed, manifest: dict[str, Any], *, split_layout: bool, log) -> bool:
+  """Writes the TFDS description (`tfds_io.write_metadata`) of every split in `dataset_dir`
+  (`<split>/<prefix>-*.tfrecord`; without a split the shard prefix is the split name). Returns whether it did."""
+  names = [n for n, _ in sorted(listed.label_map.items(), key=lambda kv: kv[1])] or None
+  prefix = manifest['job']['prefix']
+  if split_layout:
+    splits = {}
+    for entry in shards.gfile().listdir(dataset_dir):
+      path = shards.join(dataset_dir, entry.rstrip('/'), shards.MANIFEST)
+      if shards.gfile().exists(path):
+        with shards.gfile().GFile(path) as f:
+          other = json.load(f)
+        if other.get('split') != entry.rstrip('/'):
+          continue
+        if other['job']['prefix'] != prefix:
+          print(f'[data_prep] warning: split {other["split"]} has shard prefix {other["job"]["prefix"]!r}, this one '
+                f'{prefix!r}: the TFDS metadata describes only the splits with prefix {prefix!r}', file=log)
+          continue
+        splits[other['split']] = other
+    template = '{SPLIT}/' + prefix + '-{SHARD_X_OF_Y}.tfrecord'
+  else:
+    splits = {manifest['job']['prefix']: manifest}
+    template = '{SPLIT}-{SHARD_X_OF_Y}.tfrecord'
+  try:
+    from data_prep import tfds_io
+    tfds_io.write_metadata(dataset_dir, splits, names, template,
+                           description=f'{listed.dataset or "videos"}: data_prep.extract output')
+  except Exception as e:  # The shards are complete either way; only the TFDS description is missing.
+    print(f'[data_prep] warning: the TFDS metadata (dataset_info.json) was not written: {type(e).__name__}: {e}',
+          file=log, flush=True)
+    return False
+  return True
 
 
 @contextlib.contextmanager
@@ -263,17 +366,22 @@ def _library_output_to_log(output_dir: str, log, enabled: bool):
 
 
 def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
-                quiet_libraries) -> dict[str, Any]:
+                quiet_libraries, dataset_dir) -> dict[str, Any]:
   """`run` once the output directory's lock is held."""
   shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
   if listed.label_map:
     shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
+    if dataset_dir is not None:  # Now, so that a split started while this one runs is held to the same list.
+      shards.write_json_atomic(shards.join(dataset_dir, shards.LABEL_MAP), listed.label_map)
   _warn_unknown_beam_args(beam_args or (), log)  # After the lock: a refused second job exits without importing Beam.
   with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
-    return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start)
+    return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start, dataset_dir)
 
 
-def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start) -> dict[str, Any]:
+def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
+                  dataset_dir) -> dict[str, Any]:
+  """The pipeline, the manifest, the dataset's metadata (`dataset_dir`: the dataset directory of a split, else None)
+  and the summary."""
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
   from data_prep import progress
@@ -304,7 +412,10 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
     counters = _counters(result)
 
   manifest = write_manifest(output_dir, tasks, config, job, listed, input_spec, time.time() - t_start)
-  _print_summary(manifest, counters, log, output_dir)
+  tfds_dir = dataset_dir or output_dir
+  if not _write_dataset_metadata(tfds_dir, listed, manifest, split_layout=dataset_dir is not None, log=log):
+    tfds_dir = None
+  _print_summary(manifest, counters, log, output_dir, tfds_dir)
   if manifest['status'] != 'ok':
     raise TooManyFailuresError(
         f'{manifest["videos_failed"]} of {manifest["videos"]} inputs failed ({manifest["failed_fraction"]:.1%}), '
@@ -368,6 +479,10 @@ def write_manifest(output_dir: str, tasks: Sequence[shards.ShardTask], config: P
       'non_jpeg_bytes_per_frame': non_jpeg / frames if frames else 0.0,
       'jpeg_bytes_per_frame': jpeg / frames if frames else 0.0,
       'label_map': listed.label_map,
+      'num_classes': input_files.num_classes(listed.label_map),
+      'dataset': listed.dataset,
+      'split': listed.split,
+      'split_id': listed.split_id,
       'cpu_seconds_per_stage': stage_seconds,
       'wall_seconds_last_run': seconds,
       'status': 'ok' if failed_fraction <= job.max_bad_fraction else 'too_many_failures',
@@ -381,7 +496,8 @@ def write_manifest(output_dir: str, tasks: Sequence[shards.ShardTask], config: P
   return manifest
 
 
-def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log, output_dir: str) -> None:
+def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log, output_dir: str,
+                   tfds_dir: str | None) -> None:
   m = manifest
   print(f'[data_prep] done: {m["records"]} records in {m["num_shards"]} shards, {m["videos_failed"]} of {m["videos"]} '
         f'inputs failed{" " + json.dumps(m["failure_reasons"]) if m["failure_reasons"] else ""}, '
@@ -394,10 +510,16 @@ def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log, outp
   written = [('manifest', shards.join(output_dir, shards.MANIFEST))]
   if m['videos_failed']:
     written.append(('failure report', shards.join(output_dir, m['failure_report'])))
-  cli.summary(f'[data_prep] wrote {pattern}', written,
-              [f"python -m m3video_jax.visualize --shards='{pattern}' --output=/tmp/trajectories.png  # check by eye",
-               f"python -m m3video_jax.main --config=configs/pretrain_ssv2.py --workdir=$WD "
-               f"--config.data.train_files='{pattern}'"], stream=log)
+  if tfds_dir:
+    written.append(('TFDS dataset (tfds.builder_from_directory)', shards.join(tfds_dir, 'dataset_info.json')))
+  commands = [f"python -m m3video_jax.visualize --shards='{pattern}' --output=/tmp/trajectories.png  # check by eye",
+              f"python -m m3video_jax.main --config=configs/pretrain_{'k400' if m['dataset'] == 'k400' else 'ssv2'}.py "
+              f"--workdir=$WD --config.data.train_files='{pattern}'"]
+  if m['dataset'] in datasets.OFFICIAL and m['split']:
+    dataset_dir = os.path.dirname(output_dir.rstrip('/'))
+    commands.append(f'python -m m3video_jax.main --config=configs/finetune_{m["dataset"]}.py:data={dataset_dir} '
+                    '--workdir=$FT --config.init_from=$WD  # once its held-out split is prepared too')
+  cli.summary(f'[data_prep] wrote {pattern}', written, commands, stream=log)
 
 
 def define_flags(fv) -> None:
@@ -410,11 +532,19 @@ def define_flags(fv) -> None:
   def flag(kind, name, default, help_text, **kwargs):
     getattr(flags, f'DEFINE_{kind}')(name=name, default=default, help=help_text, flag_values=fv, **kwargs)
 
-  flag('multi_string', 'input', None, 'CSV/list file (path,label or "path label"), directory of class folders, or '
-       'glob. Repeatable.', required=True)
-  flag('string', 'output_dir', None, 'Output directory (local or gs://...).', required=True)
-  flag('string', 'data_root', None, 'Base of relative paths in list files (default: its folder).')
-  flag('string', 'label_map', None, 'JSON {class name: index} (default: sorted class names).')
+  flag('multi_string', 'input', None, 'CSV/list file (path,label or "path label"), directory of class folders, glob, '
+       'official annotation file of SSV2 (*.json), Kinetics (*.csv), UCF101 (ucfTrainTestlist/) or HMDB51 '
+       '(testTrainMulti_7030_splits/), or tfds:<name>[/<config>]:<split>. Repeatable.', required=True)
+  flag('string', 'output_dir', None, 'Output directory (local or gs://...); with a split, the dataset directory '
+       '(shards in <output_dir>/<split>/).', required=True)
+  flag('enum', 'format', 'auto', 'Input format (auto: detected from each --input).', enum_values=list(FORMATS))
+  flag('string', 'split', None, 'Split to prepare (official formats, TFDS; for a list: write it as this split of '
+       'the dataset in --output_dir). Default: the split the annotation file names.')
+  flag('integer', 'split_id', 0, 'UCF101/HMDB51 split number 1, 2 or 3 (default: the list file\'s, else 1).')
+  flag('string', 'data_root', None, 'Base of relative paths in list files and folder of the videos of annotation '
+       'files (default: the annotation file\'s folder; UCF101/HMDB51: the folder above the split files).')
+  flag('string', 'label_map', None, 'JSON {class name: index} or list of names (SSV2: the official labels file; '
+       'default: sorted class names, or the list of the splits already in --output_dir).')
   flag('string', 'prefix', j.prefix, 'Shard file prefix: <prefix>-NNNNN-of-MMMMM.tfrecord.')
   flag('integer', 'short_side', d.short_side, 'Prep short side in px (0 = native size).')
   flag('integer', 'traj_len', d.traj_len, 'Trajectory length L (flow steps).')
@@ -452,7 +582,7 @@ def _main(f, beam_args: list[str]) -> int:
   inputs = f.input[0] if len(f.input) == 1 else f.input
   try:
     run(inputs, f.output_dir, config, job, beam_args=beam_args, data_root=f.data_root, label_map_path=f.label_map,
-        quiet_libraries=not f.verbose)
+        quiet_libraries=not f.verbose, fmt=f.format, split=f.split, split_id=f.split_id)
   except TooManyFailuresError as e:
     print(f'[data_prep] FAILED: {e}', file=sys.stderr)
     return 1

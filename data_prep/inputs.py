@@ -1,4 +1,6 @@
-"""Lists the input videos of a job: a CSV/list file, a directory of class folders, or a glob (local or `tf.io.gfile`).
+"""Lists the input videos of a job: a CSV/list file, a directory of class folders, or a glob (local or `tf.io.gfile`);
+the official annotation files of SSV2, Kinetics, UCF101 and HMDB51 are read by `data_prep.datasets` and TFDS video
+datasets (`tfds:<name>[/<config>]:<split>`) by `data_prep.tfds_io`.
 
 * CSV / list file (`.csv`, `.txt`, `.lst`): one video per line, `path,label` or `path label` (the reference's list
   files), label optional, a `path,label` header line is skipped. A label is an integer class index or a class name.
@@ -16,30 +18,17 @@ order is kept). Remote URLs are used as given.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import glob as glob_lib
 import io
-import json
 import os
 from collections.abc import Sequence
 
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv', '.3gp', '.ogv',
-                    '.ts', '.mts', '.y4m')
+from data_prep import datasets
+# VideoInput, InputList, canonical and load_label_map are used from here too.
+from data_prep.input_files import (InputList, VideoInput, canonical, exists, gfile, has_video_extension, isdir,
+                                   is_remote, load_label_map, read_text, walk)
+
 LIST_EXTENSIONS = ('.csv', '.txt', '.lst', '.list', '.tsv')
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoInput:
-  """One input video. `label` is -1 and `label_name` '' when unlabelled."""
-  path: str
-  label: int = -1
-  label_name: str = ''
-
-
-@dataclasses.dataclass
-class InputList:
-  videos: list[VideoInput]
-  label_map: dict[str, int]  # class name -> index; empty when the labels carry no names
 
 
 def _resolve_label_map(names: set[str], label_map: dict[str, int] | None, source: str,
@@ -57,51 +46,15 @@ def _resolve_label_map(names: set[str], label_map: dict[str, int] | None, source
   return label_map
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
-def _gfile():
-  import tensorflow as tf  # Only for remote inputs.
-  return tf.io.gfile
-
-
-def _read_text(path: str) -> str:
-  if _is_remote(path):
-    with _gfile().GFile(path, 'r') as f:
-      return f.read()
-  with open(path, encoding='utf-8') as f:
-    return f.read()
-
-
-def canonical(path: str) -> str:
-  """The spelling of a local path used everywhere (absolute, normalised, symlinks kept); URLs unchanged."""
-  return path if _is_remote(path) else os.path.normpath(os.path.abspath(path))
-
-
 def _real(path: str) -> str:
   """The file a path names (symlinks resolved): the de-duplication key."""
-  return path if _is_remote(path) else os.path.realpath(path)
+  return path if is_remote(path) else os.path.realpath(path)
 
 
 def _join(root: str, path: str) -> str:
-  if _is_remote(path) or os.path.isabs(path) or not root:
+  if is_remote(path) or os.path.isabs(path) or not root:
     return canonical(path)
-  return root.rstrip('/') + '/' + path if _is_remote(root) else canonical(os.path.join(root, path))
-
-
-def has_video_extension(path: str) -> bool:
-  return path.lower().endswith(VIDEO_EXTENSIONS)
-
-
-def load_label_map(path: str) -> dict[str, int]:
-  """Reads a JSON `{class name: index}` map (or a JSON list of names, index = position)."""
-  data = json.loads(_read_text(path))
-  if isinstance(data, list):
-    data = {str(name): i for i, name in enumerate(data)}
-  if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
-    raise ValueError(f'label map {path} must be a JSON object {{name: int}} or a list of names')
-  return {str(k): int(v) for k, v in data.items()}
+  return root.rstrip('/') + '/' + path if is_remote(root) else canonical(os.path.join(root, path))
 
 
 def _split_line(line: str) -> tuple[str, str]:
@@ -122,7 +75,7 @@ def read_list_file(path: str, data_root: str | None = None,
   """Parses a CSV/list file (see the module docstring)."""
   root = data_root if data_root is not None else os.path.dirname(path)
   rows = []
-  for n, raw in enumerate(_read_text(path).splitlines()):
+  for n, raw in enumerate(read_text(path).splitlines()):
     line = raw.strip()
     if not line or line.startswith('#'):
       continue
@@ -138,7 +91,12 @@ def read_list_file(path: str, data_root: str | None = None,
     if not lab:
       videos.append(VideoInput(video))
     elif _is_int(lab):
-      videos.append(VideoInput(video, int(lab), index_to_name.get(int(lab), '')))
+      index = int(lab)
+      if index < -1 or (label_map and index not in index_to_name):
+        raise ValueError(f'{path}: {video} has label {index}; expected -1 (unlabelled) or '
+                         + (f'one of the {len(label_map)} class indices of the label map' if label_map else
+                            'a class index >= 0'))
+      videos.append(VideoInput(video, index, index_to_name.get(index, '')))
     else:
       videos.append(VideoInput(video, label_map[lab], lab))
   return InputList(videos, dict(label_map))
@@ -152,29 +110,11 @@ def _is_int(text: str) -> bool:
     return False
 
 
-def _walk(root: str) -> list[str]:
-  out = []
-  if _is_remote(root):
-    for dirpath, _, files in _gfile().walk(root):
-      out += [dirpath.rstrip('/') + '/' + f for f in files]
-  else:
-    seen_dirs = set()
-    for dirpath, dirnames, files in os.walk(root, followlinks=True):
-      real = os.path.realpath(dirpath)
-      if real in seen_dirs:  # A symlink back into a directory already walked (a loop, or a second link to it).
-        dirnames[:] = []
-        continue
-      seen_dirs.add(real)
-      dirnames.sort()  # Deterministic: which spelling of a linked directory is walked first does not depend on the OS.
-      out += [os.path.join(dirpath, f) for f in files]
-  return out
-
-
 def read_directory(root: str, label_map: dict[str, int] | None = None) -> InputList:
   """Lists the video files below `root`; the first sub-folder level names the class."""
   videos_by_class: list[tuple[str, str]] = []
-  root_clean = root.rstrip('/') if _is_remote(root) else canonical(root)
-  for path in _walk(root_clean):
+  root_clean = root.rstrip('/') if is_remote(root) else canonical(root)
+  for path in walk(root_clean):
     if not has_video_extension(path):
       continue
     rel = path[len(root_clean):].lstrip('/')
@@ -186,57 +126,76 @@ def read_directory(root: str, label_map: dict[str, int] | None = None) -> InputL
 
 
 def read_glob(pattern: str) -> InputList:
-  if _is_remote(pattern):
-    paths = _gfile().glob(pattern)
+  if is_remote(pattern):
+    paths = gfile().glob(pattern)
   else:
     paths = [canonical(p) for p in glob_lib.glob(pattern, recursive=True) if os.path.isfile(p)]
   return InputList([VideoInput(p) for p in paths if has_video_extension(p)], {})
 
 
-def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None,
-                label_map_path: str | None = None) -> InputList:
-  """Lists the videos of `spec` (a list file, a directory, a glob, or a sequence of those), sorted by path, deduplicated.
+def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None, label_map_path: str | None = None,
+                fmt: str = 'auto', split: str | None = None, split_id: int = 0,
+                default_label_map: dict[str, int] | None = None) -> InputList:
+  """Lists the videos of `spec` (list files, directories, globs, videos, official annotation files of
+  `data_prep.datasets` or `tfds:` inputs, or a sequence of those), sorted by path, deduplicated.
 
   Local paths are canonical (`canonical`); one entry per real file (symlinks resolved).
 
+  Args:
+    spec: one `--input` value or several.
+    data_root: base of relative paths in list files and of the videos of annotation files.
+    label_map_path: JSON class list (`load_label_map`) to index class names by.
+    fmt: one of `datasets.FORMATS`; 'auto' detects each input's format (`datasets.detect`).
+    split, split_id: the split to read from an official annotation file or TFDS dataset.
+    default_label_map: the map to use when `label_map_path` is not given and the inputs carry class names (the map
+      of a split already written to the same dataset directory).
+
   Raises:
-    ValueError: if `spec` matches nothing of the three kinds, or the same path appears with two different labels.
+    ValueError: if a spec matches nothing, a label is out of range, or the same path appears with two labels.
   """
+  if fmt not in datasets.FORMATS:
+    raise ValueError(f'--format={fmt!r} is not one of {datasets.FORMATS}')
   specs = [spec] if isinstance(spec, str) else list(spec)
-  label_map = load_label_map(label_map_path) if label_map_path else None
+  label_map = load_label_map(label_map_path) if label_map_path else default_label_map
   videos: list[VideoInput] = []
   merged_map: dict[str, int] = dict(label_map or {})
+  kinds: set[tuple[str, str, int]] = set()
   for s in specs:
-    if any(ch in s for ch in '*?['):
+    kind = datasets.detect(s) if fmt == 'auto' else fmt
+    if kind == 'tfds':
+      from data_prep import tfds_io
+      found = tfds_io.list_videos(s, split=split)
+    elif kind in datasets.OFFICIAL:
+      found = datasets.read(s, kind, data_root=data_root, label_map_path=label_map_path, split=split,
+                            split_id=split_id)
+    elif any(ch in s for ch in '*?['):
       found = read_glob(s)
-    elif _isdir(s):
+    elif isdir(s):
       found = read_directory(s, label_map)
     elif s.lower().endswith(LIST_EXTENSIONS):
-      if not _exists(s):
+      if not exists(s):
         raise ValueError(f'--input list file {s} does not exist')
       found = read_list_file(s, data_root, label_map)
     elif has_video_extension(s):
       found = InputList([VideoInput(canonical(s))], {})
     else:
-      raise ValueError(f'--input={s!r} is not a directory, a glob, a list file ({", ".join(LIST_EXTENSIONS)}) '
-                       'or a video file')
+      raise ValueError(f'--input={s!r} is not a directory, a glob, a list file ({", ".join(LIST_EXTENSIONS)}), a '
+                       'video file, an official annotation file (--format) or tfds:<name>[/<config>]:<split>')
+    kinds.add((found.dataset, found.split or (split or ''), found.split_id))
     for name, idx in found.label_map.items():
       if merged_map.setdefault(name, idx) != idx:
         raise ValueError(f'class {name!r} has index {merged_map[name]} in one input and {idx} in another; '
                          'pass --label_map to fix the mapping')
     videos += found.videos
+  if len(kinds) > 1:
+    raise ValueError(f'the --input values are of different datasets or splits {sorted(kinds)}; prepare each split '
+                     'with its own command')
   by_file: dict[str, VideoInput] = {}
   for v in sorted(videos, key=lambda v: v.path):
     old = by_file.setdefault(_real(v.path), v)
     if old.label != v.label:
       what = v.path if old.path == v.path else f'{old.path} and {v.path} (the same file)'
       raise ValueError(f'{what} is listed with labels {old.label} and {v.label}; give each video one label')
-  return InputList(sorted(by_file.values(), key=lambda v: v.path), merged_map)
-
-
-def _isdir(path: str) -> bool:
-  return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-  return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+  dataset, found_split, found_split_id = kinds.pop() if kinds else ('', split or '', 0)
+  return InputList(sorted(by_file.values(), key=lambda v: v.path), merged_map, dataset=dataset,
+                   split=found_split, split_id=found_split_id)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from data_prep.options import PrepConfig
-from data_prep.inputs import VideoInput
+from data_prep.input_files import VideoInput
 
 WORK_DIR = '_work'
 BEAM_LOG = 'beam.log'  # In WORK_DIR: what Beam, its workers and TF printed (data_prep.extract; all with --verbose).

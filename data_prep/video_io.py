@@ -18,7 +18,8 @@ import numpy as np
 from m3video_jax.data import schema
 
 # Reasons a video is rejected (the `reason` field of the failure report).
-UNREADABLE = 'unreadable'  # path does not exist or cannot be read
+MISSING = 'missing'  # the listed path does not exist
+UNREADABLE = 'unreadable'  # path cannot be read
 ZERO_BYTE = 'zero_byte'
 NOT_A_VIDEO = 'not_a_video'  # OpenCV cannot open it or decode a single frame
 TRUNCATED = 'truncated'  # far fewer frames decode than the container announces
@@ -129,7 +130,7 @@ class VideoInfo:
 def check_file(path: str) -> None:
   """Raises `BadVideoError` for a local path that does not exist, cannot be read, or is empty."""
   if not os.path.exists(path):
-    raise BadVideoError(UNREADABLE, f'{path} does not exist')
+    raise BadVideoError(MISSING, f'{path} does not exist')
   if not os.path.isfile(path):
     raise BadVideoError(UNREADABLE, f'{path} is not a regular file')
   if not os.access(path, os.R_OK):

@@ -166,6 +166,8 @@ def extract_video(path: str, config: PrepConfig, *, timer: StageTimer | None = N
     video_io.BadVideoError: with the reason the video is unusable.
   """
   timer = timer or _NoTimer()
+  if path.startswith('tfds:'):
+    return _extract_tfds(path, config, timer)
   with video_io.local_path(path) as local:
     with timer.stage('decode'):
       reader = video_io.VideoReader(local, config.short_side, max_frames=config.max_frames,
@@ -174,6 +176,25 @@ def extract_video(path: str, config: PrepConfig, *, timer: StageTimer | None = N
       targets = extract_from_frames(_timed(reader, timer), config, fps=reader.info.fps, timer=timer)
       reader.check_complete()
   return targets
+
+
+def _extract_tfds(path: str, config: PrepConfig, timer) -> VideoTargets:
+  """`extract_video` for an example of a TFDS video dataset (`data_prep.tfds_io`): frames resized to prep size."""
+  from data_prep import tfds_io
+
+  with timer.stage('decode'):
+    frames, _ = tfds_io.read_frames(path)
+  if len(frames) == 0:
+    raise video_io.BadVideoError(video_io.NOT_A_VIDEO, f'{path} has no frames')
+  nh, nw = frames.shape[1:3]
+  if min(nh, nw) < config.min_native_side:
+    raise video_io.BadVideoError(video_io.TOO_SMALL, f'{path} is {nw}x{nh}; both sides must be >= '
+                                 f'{config.min_native_side} px')
+  h, w = video_io.prep_size(nh, nw, config.short_side)
+  if config.max_frames:
+    frames = frames[:config.max_frames]
+  resized = (video_io.resize(f, h, w) for f in frames)  # RGB already.
+  return extract_from_frames(_timed(resized, timer), config, timer=timer)
 
 
 def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> bytes:

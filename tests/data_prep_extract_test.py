@@ -51,7 +51,7 @@ def _make_dataset(root, num_good=4, frames=12):
   with open(os.path.join(root, 'text.mp4'), 'w') as f:
     f.write('not a video\n' * 50)
   bad[os.path.join(root, 'text.mp4')] = video_io.NOT_A_VIDEO
-  bad[os.path.join(root, 'missing.mp4')] = video_io.UNREADABLE
+  bad[os.path.join(root, 'missing.mp4')] = video_io.MISSING
   short = os.path.join(root, 'short.mp4')
   synthetic.write_mp4(short, synthetic.render(synthetic.sample_spec(rng, 2, 64, 64, 5)))
   bad[short] = video_io.TOO_SHORT

@@ -69,7 +69,7 @@ def test_zero_byte(tmp_path):
 
 
 def test_unreadable_paths(tmp_path):
-  assert _reason(str(tmp_path / 'missing.mp4')) == video_io.UNREADABLE
+  assert _reason(str(tmp_path / 'missing.mp4')) == video_io.MISSING
   os.makedirs(tmp_path / 'folder.mp4')
   assert _reason(str(tmp_path / 'folder.mp4')) == video_io.UNREADABLE
 
@@ -161,7 +161,7 @@ def test_isolated_worker_survives_segfault_and_timeout(tmp_path):
       worker.call(time.sleep, 5, timeout_s=0.3)
     with pytest.raises(video_io.BadVideoError) as e:
       worker.call(video_targets.extract_video, str(tmp_path / 'missing.mp4'), PrepConfig())
-    assert e.value.reason == video_io.UNREADABLE
+    assert e.value.reason == video_io.MISSING
     again = worker.call(video_targets.extract_video, path, PrepConfig(short_side=0))
     np.testing.assert_array_equal(again.traj_disp, got.traj_disp)
     assert worker.restarts == 2
