@@ -54,9 +54,11 @@ def main(argv):
   from m3video_jax import config_lib
   from m3video_jax import train_lib
 
+  from m3video_jax.data import stream
+
   try:
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except config_lib.ConfigError as e:  # A bad field or workdir: one line, not a traceback.
+  except (config_lib.ConfigError, stream.DataError) as e:  # A bad field, workdir or record: one line.
     sys.exit(f'error: {e}')
 
 

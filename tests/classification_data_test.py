@@ -159,3 +159,39 @@ def test_eval_stream_gives_every_view_of_every_video_once(tmp_path):
   # Square frames: the 3 spatial views coincide; the 2 temporal views differ.
   np.testing.assert_allclose(video[0], video[2], atol=1e-6)
   assert not np.allclose(video[0], video[3])
+
+
+def test_a_label_beyond_num_classes_or_unlabelled_stops_training_and_evaluation_naming_the_record(tmp_path):
+  import json
+
+  from m3video_jax.data import stream
+
+  config = tiny_config(tmp_path, batch_size=2, repeated_aug=1)  # Train labels 0..5 (6 videos), eval 0..2.
+  with config.unlocked():
+    config.model.num_classes = 5
+  with pytest.raises(stream.LabelError, match=r'record .*train-0000[01]-of-00002.tfrecord \(record \d\) has label 5, '
+                     r'outside \[0, config.model.num_classes=5\)'):
+    take(classification.train_iterator(config), 3)  # One epoch: the label-5 record comes in it.
+  with config.unlocked():
+    config.model.num_classes = 2
+  ds, info = classification.make_eval_dataset(config, num_temporal=1, num_spatial=1)
+  with pytest.raises(stream.LabelError, match=r'eval record .*val-00000-of-00001.tfrecord \(record 2\) has label 2'):
+    list(classification.padded_batches(ds, info['local_batch'], info['num_batches'], info['shards'],
+                                       counts=info['counts'], num_classes=2))
+  # The class list data_prep writes beside the shards is checked before any record is read.
+  (tmp_path / 'val' / 'label_map.json').write_text(json.dumps({'a': 0, 'b': 1, 'c': 2}))
+  with pytest.raises(stream.LabelError, match=r'label_map.json \(the class list of config.data.eval_files\) has 3 '
+                     r'classes, but config.model.num_classes=2'):
+    classification.make_eval_dataset(config, num_temporal=1, num_spatial=1)
+  # Unlabelled records (label -1, fine for pretraining) are refused by classification.
+  unlabelled = tmp_path / 'unlabelled'
+  unlabelled.mkdir()
+  rng = np.random.default_rng(1)
+  with tf.io.TFRecordWriter(str(unlabelled / 'u-00000-of-00001.tfrecord')) as w:
+    for i in range(2):
+      frames = motion_records.synthetic.render(motion_records.synthetic.sample_spec(rng, 0, 48, 48, 12))
+      w.write(motion_records.encode_video(frames, -1, f'u{i}'))
+  with config.unlocked():
+    config.data.train_files = str(unlabelled / '*.tfrecord')
+  with pytest.raises(stream.LabelError, match=r'u-00000-of-00001.tfrecord \(record \d\) is unlabelled'):
+    take(classification.train_iterator(config), 1)

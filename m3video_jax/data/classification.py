@@ -28,7 +28,9 @@ eval stream).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -154,13 +156,49 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   local_videos = d.batch_size // process_count // d.repeated_aug
   return stream.train_stream(config, make_train_clip_fn(config), clips_per_record=d.repeated_aug, stacked=True,
                              min_records=local_videos, process_index=process_index, process_count=process_count,
-                             start_step=start_step, shards=shards)
+                             start_step=start_step, shards=shards,
+                             check=lambda s: check_class_count(s, int(config.model.num_classes),
+                                                               'config.data.train_files'))
+
+
+def bad_label(labels: np.ndarray, num_classes: int) -> tuple[int, str] | None:
+  """The first label that is not a class index in [0, num_classes): (row, what is wrong), or None."""
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if not len(bad):
+    return None
+  value = int(labels[bad[0]])
+  what = ('is unlabelled (label -1); classification needs labelled records: prepare them from a labelled list or '
+          'an official annotation file' if value == -1 else
+          f'has label {value}, outside [0, config.model.num_classes={num_classes})')
+  return int(bad[0]), what
+
+
+def check_class_count(shards: list[str], num_classes: int, what: str) -> None:
+  """Refuses shards whose label map (`label_map.json` beside them, written by data_prep) has more classes than the
+  model: their labels could not all be classes of it.
+
+  Raises:
+    stream.LabelError: naming the label map, its class count and `config.model.num_classes`.
+  """
+  for folder in sorted({os.path.dirname(s) for s in shards}):
+    path = os.path.join(folder, 'label_map.json')
+    if not tf.io.gfile.exists(path):
+      continue
+    with tf.io.gfile.GFile(path) as f:
+      label_map = json.load(f)
+    n = max((int(v) for v in label_map.values()), default=-1) + 1
+    if n > num_classes:
+      raise stream.LabelError(f'{path} (the class list of {what}) has {n} classes, but config.model.num_classes='
+                              f'{num_classes}; set --config.model.num_classes={n} or use the shards of the dataset '
+                              'the config is for')
 
 
 def train_iterator(config, *, process_index: int = 0, process_count: int = 1,
                    start_step: int = 0) -> stream.TrainIterator:
-  return stream.TrainIterator(config, make_train_dataset, process_index=process_index, process_count=process_count,
-                              start_step=start_step)
+  """The training batches; every batch's labels are checked to be classes of the model (`bad_label`)."""
+  num_classes = int(config.model.num_classes)
+  return stream.TrainIterator(config, make_train_dataset, check_batch=lambda b: bad_label(b['label'], num_classes),
+                              process_index=process_index, process_count=process_count, start_step=start_step)
 
 
 def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_index: int = 0,
@@ -182,6 +220,7 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
     raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible by {process_count} processes')
   local_batch = config.eval.batch_size // process_count
   shards, counts = stream.usable_shards(shards, False, 'config.data.eval_files')  # Evaluation never drops data.
+  check_class_count(shards, int(config.model.num_classes), 'config.data.eval_files')
   num_videos = sum(counts)
   views = num_temporal * num_spatial
   ds = tf.data.TFRecordDataset(shards).enumerate()
@@ -191,17 +230,19 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
               num_parallel_calls=calls, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=False).prefetch(d.prefetch_batches)
   num_clips = num_videos * views
-  info = {'shards': shards, 'num_videos': num_videos, 'num_clips': num_clips, 'local_batch': local_batch,
-          'num_batches': math.ceil(num_clips / local_batch)}
+  info = {'shards': shards, 'counts': counts, 'num_videos': num_videos, 'num_clips': num_clips,
+          'local_batch': local_batch, 'num_batches': math.ceil(num_clips / local_batch)}
   return ds, info
 
 
-def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int,
-                   shards: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int, shards: list[str] | None = None, *,
+                   counts: list[int] | None = None,
+                   num_classes: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Numpy batches of exactly `local_batch` rows with a `_mask` (False on padding), `num_batches` of them.
 
   `num_batches` may exceed the dataset's (other processes may have more eval data): the rest are all padding.
-  A read error names the damaged record of `shards` (the dataset's shards, `info['shards']`).
+  A read error names the damaged record of `shards` (the dataset's shards, `info['shards']`); with `num_classes`
+  (and `counts`, `info['counts']`) a label outside [0, num_classes) raises a `stream.LabelError` naming its record.
   """
   template = None
   it = ds.as_numpy_iterator()
@@ -218,6 +259,15 @@ def padded_batches(ds: tf.data.Dataset, local_batch: int, num_batches: int,
       batch = {k: v[:0] for k, v in template.items()}
     template = batch
     n = len(batch['label'])
+    problem = bad_label(batch['label'], num_classes) if num_classes is not None else None
+    if problem is not None:
+      row, what = problem
+      position = int(batch['video_index'][row])
+      where = f'at position {position} of this process\'s eval stream'
+      if shards and counts:
+        k = int(np.searchsorted(np.cumsum(counts), position, side='right'))
+        where = f'{shards[k]} (record {position - int(np.sum(counts[:k]))})'
+      raise stream.LabelError(f'eval record {where} {what}')
     out = {k: np.concatenate([v, np.zeros((local_batch - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
     out['_mask'] = np.arange(local_batch) < n
     yield out

@@ -40,8 +40,16 @@ def element_seed(config_seed: int, epoch, index) -> tf.Tensor:
   return tf.stack([tf.cast(int(config_seed) * SEED_MIX, tf.int64) + epoch, index])
 
 
-class CorruptRecordError(ValueError):
+class DataError(ValueError):
+  """Training or evaluation data that cannot be used; the message names the shard and record (a one-line error)."""
+
+
+class CorruptRecordError(DataError):
   """A record or shard could not be read or decoded."""
+
+
+class LabelError(DataError):
+  """A record's label is not a class of the model (unlabelled, or beyond `config.model.num_classes`)."""
 
 
 def list_shards(patterns: str) -> list[str]:
@@ -287,11 +295,13 @@ class TrainIterator:
 
   `make_dataset(config, **kwargs)` builds the stream (`pretraining.make_train_dataset`,
   `classification.make_train_dataset`, both on `train_stream`); a batch holds `info['clips_per_record']` consecutive
-  clips of each record.
+  clips of each record. `check_batch(batch)` (optional) returns None or `(row, what is wrong)` for a bad row: the
+  iterator raises a `LabelError` naming that row's shard and record.
   """
 
-  def __init__(self, config, make_dataset, **kwargs):
+  def __init__(self, config, make_dataset, check_batch=None, **kwargs):
     self._config = config
+    self._check_batch = check_batch
     self._ds, self.info = make_dataset(config, **kwargs)
     self._clips_per_record = self.info['clips_per_record']
     self._it = self._ds.as_numpy_iterator()
@@ -308,7 +318,15 @@ class TrainIterator:
       where = find_damaged_record(self.info['shards']) or f'one of {self.info["shards"][:5]}: {tf_error_text(e)}'
       raise CorruptRecordError(f'reading the training shards failed at {where}; a damaged shard is rewritten by '
                                'deleting it and re-running the same data_prep command (it resumes)') from e
-    ids = batch.pop('_id')[::self._clips_per_record]
+    row_ids = batch.pop('_id')
+    if self._check_batch is not None:
+      problem = self._check_batch(batch)
+      if problem is not None:
+        row, what = problem
+        where = locate_record(self.info['shards'], int(self._config.seed), self._config.data.shuffle_buffer,
+                              int(row_ids[row]), self.info['epoch_records'])
+        raise LabelError(f'record {where} {what}')
+    ids = row_ids[::self._clips_per_record]
     expected = self._next_id + np.arange(len(ids))
     if not np.array_equal(ids, expected):
       gaps = int(ids[-1] - self._next_id + 1 - len(ids))
