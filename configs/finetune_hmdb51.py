@@ -5,11 +5,11 @@ epochs, 100 epochs, batch 512 videos x repeated augmentation 2, drop path 0.1, l
 cutmix 1.0, RandAug (9, 0.5), random erasing 0.25; test 10 temporal x 3 spatial views (reference script; the paper
 does not say). `recipe=reference`: RandAug m7-n4.
 
-Run:   python -m m3video_jax.main --config=configs/finetune_hmdb51.py --workdir=$WD \
-           --config.init_from=$K400_PRETRAIN_WD \
-           --config.data.train_files='/data/hmdb51_prep/train/*.tfrecord' \
-           --config.data.eval_files='/data/hmdb51_prep/test/*.tfrecord'
-Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, tiny (CPU-sized model, used by tests).
+Run:   python -m m3video_jax.main --config=configs/finetune_hmdb51.py[:data=<dataset dir>] --workdir=$WD \
+           --config.init_from=$K400_PRETRAIN_WD
+Data:  `data=<dataset dir>` (default /data/hmdb51_split1) holds the train/ and test/ splits that data prep writes
+       for hmdb51 (docs/data_prep.md).
+Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, data=<dir>, tiny (CPU-sized model, used by tests).
 """
 from m3video_jax import config_lib
 
@@ -20,6 +20,7 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, **config_lib.CLASSIFICATION_ARGS)
   c = config_lib.classification_base('finetune')
   config_lib.apply_classification_args(c, a)
+  config_lib.use_prepared_splits(c, a.data or '/data/hmdb51_split1', eval_split='test')
   c.model.num_classes = 51
   c.data.update(sampling='dense', frame_stride=4, flip=True)
   c.eval.test_temporal_views = 10

@@ -5,11 +5,11 @@ epochs, 100 epochs, batch 512 videos x repeated augmentation 2, drop path 0.1, l
 cutmix 1.0, RandAug (9, 0.5), random erasing 0.25; test 5 temporal x 3 spatial views.
 `recipe=reference`: the released script instead (75 epochs, RandAug m7-n4, 7 x 3 test views).
 
-Run:   python -m m3video_jax.main --config=configs/finetune_k400.py --workdir=$WD \
-           --config.init_from=$PRETRAIN_WD \
-           --config.data.train_files='/data/k400_prep/train/*.tfrecord' \
-           --config.data.eval_files='/data/k400_prep/val/*.tfrecord'
-Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, tiny (CPU-sized model, used by tests).
+Run:   python -m m3video_jax.main --config=configs/finetune_k400.py[:data=<dataset dir>] --workdir=$WD \
+           --config.init_from=$PRETRAIN_WD
+Data:  `data=<dataset dir>` (default /data/k400) holds the train/ and validate/ splits that data prep writes
+       for k400 (docs/data_prep.md).
+Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, data=<dir>, tiny (CPU-sized model, used by tests).
 """
 from m3video_jax import config_lib
 
@@ -20,6 +20,7 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, **config_lib.CLASSIFICATION_ARGS)
   c = config_lib.classification_base('finetune')
   config_lib.apply_classification_args(c, a)
+  config_lib.use_prepared_splits(c, a.data or '/data/k400', eval_split='validate')
   paper = a.recipe == 'paper'
   c.model.num_classes = 400
   c.data.update(sampling='dense', frame_stride=4, flip=True)

@@ -5,11 +5,11 @@ warmup 5 epochs, 50 epochs, batch 512 videos x repeated augmentation 2, drop pat
 cutmix 1.0, RandAug (9, 0.5), random erasing 0.25; test 2 temporal x 3 spatial views.
 `recipe=reference`: the released script instead (lr 5e-4, 30 epochs, RandAug m7-n4).
 
-Run:   python -m m3video_jax.main --config=configs/finetune_ssv2.py --workdir=$WD \
-           --config.init_from=$PRETRAIN_WD \
-           --config.data.train_files='/data/ssv2_prep/train/*.tfrecord' \
-           --config.data.eval_files='/data/ssv2_prep/val/*.tfrecord'
-Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, tiny (CPU-sized model, used by tests).
+Run:   python -m m3video_jax.main --config=configs/finetune_ssv2.py[:data=<dataset dir>] --workdir=$WD \
+           --config.init_from=$PRETRAIN_WD
+Data:  `data=<dataset dir>` (default /data/ssv2) holds the train/ and validation/ splits that data prep writes
+       for ssv2 (docs/data_prep.md).
+Args:  variant=S|B|L, recipe=paper|reference, repeated_aug=N, data=<dir>, tiny (CPU-sized model, used by tests).
 """
 from m3video_jax import config_lib
 
@@ -20,6 +20,7 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, **config_lib.CLASSIFICATION_ARGS)
   c = config_lib.classification_base('finetune')
   config_lib.apply_classification_args(c, a)
+  config_lib.use_prepared_splits(c, a.data or '/data/ssv2', eval_split='validation')
   paper = a.recipe == 'paper'
   c.model.num_classes = 174
   c.data.update(sampling='segment', frame_stride=1, flip=False)

@@ -4,7 +4,7 @@ ViT-B, 16 frames at 224², stride 2, tube mask 0.7, trajectory target with L = 6
 batch 512, 400 epochs with 40 warmup epochs, no flip.
 
 Run:   python -m m3video_jax.main --config=configs/pretrain_ssv2.py --workdir=$WD \
-           --config.data.train_files='/data/ssv2_prep/train-*.tfrecord'
+           --config.data.train_files='/data/ssv2/train/*.tfrecord'
 Args:  variant=S|B|L, mask_ratio=0.9, target=pixel|hog|trajectory_position_only|trajectory_reference, traj_len=4,
        patch_norm=false, decoder=separate, decoder_depth=2, tiny (CPU-sized model, used by tests).
        e.g. --config=configs/pretrain_ssv2.py:target=pixel,mask_ratio=0.9

@@ -400,8 +400,18 @@ def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDi
     c.target.position_norm = 'per_step' if a.patch_norm else 'none'  # The reference's PatchStd.
 
 
-CLASSIFICATION_ARGS = dict(variant='B', recipe='paper', repeated_aug=2, tiny=False)
+# data=<dataset dir>: where `python -m data_prep.extract --output_dir=<dir> --split=...` wrote the splits.
+CLASSIFICATION_ARGS = dict(variant='B', recipe='paper', repeated_aug=2, tiny=False, data='')
 RECIPES = ('paper', 'reference')
+
+
+def use_prepared_splits(c: ml_collections.ConfigDict, dataset_dir: str, *, eval_split: str,
+                        train_split: str = 'train') -> None:
+  """Points `data.train_files` / `data.eval_files` at the splits data prep wrote into `dataset_dir`
+  (`<dataset_dir>/<split>/*.tfrecord`, docs/data_prep.md)."""
+  root = dataset_dir.rstrip('/')
+  c.data.train_files = f'{root}/{train_split}/*.tfrecord'
+  c.data.eval_files = f'{root}/{eval_split}/*.tfrecord'
 
 
 def apply_classification_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
