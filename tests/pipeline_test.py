@@ -226,6 +226,28 @@ def test_processes_read_disjoint_shards(tmp_path):
   assert labels[0] | labels[1] == set(range(8))
 
 
+def test_each_process_draws_its_own_shuffle_and_augmentation_and_resumes_exactly(tmp_path):
+  """Two processes reading identical records (shard 0 and 1 are copies) get different record orders and clip draws;
+  each process's stream still resumes exactly, and process 0's stream is the one-process stream."""
+  paths = write_shards(str(tmp_path), num_shards=1, per_shard=6)
+  copy = str(tmp_path / 'train-00001-of-00002.tfrecord')
+  tf.io.gfile.copy(paths[0], copy)
+  tf.io.gfile.rename(paths[0], str(tmp_path / 'train-00000-of-00002.tfrecord'))
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=4, shuffle_buffer=6)
+  config.data.res = 32
+  first = [take(pretraining.train_iterator(config, process_index=p, process_count=2), 4) for p in range(2)]
+  # Same six records on both sides, but not the same sequence of clips.
+  assert sorted(np.concatenate([b['label'] for b in first[0][:3]]).tolist()) == \
+      sorted(np.concatenate([b['label'] for b in first[1][:3]]).tolist())
+  assert not any(np.array_equal(x['video'], y['video']) for x, y in zip(first[0], first[1]))
+  for p in range(2):
+    resumed = take(pretraining.train_iterator(config, process_index=p, process_count=2, start_step=1), 3)
+    for x, y in zip(first[p][1:], resumed):
+      for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+  assert stream.process_seed(config.seed, 0) == config.seed  # One process: the stream of earlier versions.
+
+
 def test_corrupt_record_error_names_the_shard(tmp_path):
   paths = write_shards(str(tmp_path), corrupt=(1, 2))
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2)

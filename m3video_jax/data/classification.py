@@ -90,11 +90,11 @@ def spatial_view_window(height, width, view, num_views: int):
   return oy, ox, side, side
 
 
-def make_train_clip_fn(config):
+def make_train_clip_fn(config, *, process_index: int = 0):
   """`fn(epoch, index, serialized) -> {'video': [k, T, res, res, 3], 'label': [k], '_id': [k]}`, k = repeated_aug."""
   d, a = config.data, config.aug
   spec = _feature_spec()
-  base_seed = int(config.seed)
+  base_seed = stream.process_seed(config.seed, process_index)
 
   def one_clip(rec, seed):
     seed_time, seed_crop, seed_flip, seed_ra, seed_erase = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
@@ -154,7 +154,8 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   """This process's stream of augmented training clips (`stream.train_stream`), `data.repeated_aug` per record."""
   d = config.data
   local_videos = d.batch_size // process_count // d.repeated_aug
-  return stream.train_stream(config, make_train_clip_fn(config), clips_per_record=d.repeated_aug, stacked=True,
+  return stream.train_stream(config, make_train_clip_fn(config, process_index=process_index),
+                             clips_per_record=d.repeated_aug, stacked=True,
                              min_records=local_videos, process_index=process_index, process_count=process_count,
                              start_step=start_step, shards=shards,
                              check=lambda s: check_class_count(s, int(config.model.num_classes),

@@ -1,8 +1,8 @@
 """The pretraining input: prepared records -> host-local batches of clips and the inputs of the motion targets.
 
-Per record (`make_clip_fn`, seeded by (config.seed, epoch, stream position)): parse -> clip sampling -> JPEG decode of
-the needed frames only -> the same multi-scale crop and flip for the frames and the trajectories -> the
-trajectory-aligned HOG lookup. The record order, resume and damaged-record handling are the shared stream's
+Per record (`make_clip_fn`, seeded by (config.seed, process, epoch, stream position)): parse -> clip sampling ->
+JPEG decode of the needed frames only -> the same multi-scale crop and flip for the frames and the trajectories ->
+the trajectory-aligned HOG lookup. The record order, resume and damaged-record handling are the shared stream's
 (`stream.train_stream`, `stream.TrainIterator`).
 
 Batch (numpy, leading dim = local batch `b`):
@@ -73,11 +73,11 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   raise ValueError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
 
 
-def make_clip_fn(config, spec: ClipSpec, *, train: bool = True):
+def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: int = 0):
   """Returns `fn(epoch, index, serialized) -> features` producing one clip and its target inputs."""
   d = config.data
   feature_spec = schema.tf_feature_spec()
-  base_seed = int(config.seed)
+  base_seed = stream.process_seed(config.seed, process_index)
 
   def fn(epoch, index, serialized):
     rec = tf.io.parse_single_example(serialized, feature_spec)
@@ -132,7 +132,8 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   """This process's stream of pretraining clips (`stream.train_stream`), after checking that the stored records can
   serve `ClipSpec.from_config(config)` (`check_stored_records`)."""
   spec = ClipSpec.from_config(config)
-  return stream.train_stream(config, make_clip_fn(config, spec, train=True), process_index=process_index,
+  return stream.train_stream(config, make_clip_fn(config, spec, train=True, process_index=process_index),
+                             process_index=process_index,
                              process_count=process_count, start_step=start_step, shards=shards,
                              check=lambda s: check_stored_records(s, spec))
 

@@ -4,8 +4,8 @@ this process's records, in a seeded, resumable order, with damaged shards and re
 Per process: its share of the shards (`process_shards`) -> a cheap check of every shard against its manifest
 (`usable_shards`) -> per-epoch stateless shard shuffle -> interleaved reads -> record shuffle -> (epoch, global
 position, record) -> the input's clip function -> local batches -> prefetch (`train_stream`). Everything random is
-seeded by (config.seed, epoch, position), so the stream is a deterministic function of the seed and `start_step`
-resumes it exactly where a run at that step was. `TrainIterator` turns records that fail to decode into an error
+seeded by (config.seed, process index, epoch, position), so each process's stream is a deterministic function of the
+seed and `start_step` resumes it exactly where a run at that step was; processes draw different sequences. `TrainIterator` turns records that fail to decode into an error
 naming the shard and record, or counts them (`data.skip_corrupt`).
 
 The clip functions and batch layouts of the two inputs: `pretraining.py` (clips + trajectories + HOG) and
@@ -32,12 +32,21 @@ except (ValueError, RuntimeError):  # No TPU device type registered.
   pass
 
 SEED_MIX = 1_000_003  # Mixes config.seed with the epoch into per-element seeds.
+PROCESS_MIX = 1_000_000_007  # Gives every JAX process its own stream seed (`process_seed`).
 
 
-def element_seed(config_seed: int, epoch, index) -> tf.Tensor:
-  """The stateless seed of the stream element at global position `index` of `epoch`: every random choice of a clip
-  derives from it, so a clip does not depend on where the run (re)started."""
-  return tf.stack([tf.cast(int(config_seed) * SEED_MIX, tf.int64) + epoch, index])
+def process_seed(config_seed: int, process_index: int = 0) -> int:
+  """The seed of process `process_index`'s stream (shard order, record shuffle, every clip's draws): `config.seed`
+  itself for process 0, so a one-process run does not change, and another seed for every other process, so processes
+  do not repeat each other's augmentation sequence on their different videos."""
+  return int(config_seed) + PROCESS_MIX * int(process_index)
+
+
+def element_seed(stream_seed: int, epoch, index) -> tf.Tensor:
+  """The stateless seed of the stream element at position `index` of `epoch` of a process's stream (`stream_seed`
+  from `process_seed`): every random choice of a clip derives from it, so a clip does not depend on where the run
+  (re)started."""
+  return tf.stack([tf.cast(int(stream_seed) * SEED_MIX, tf.int64) + epoch, index])
 
 
 class DataError(ValueError):
@@ -246,7 +255,8 @@ def train_stream(config, clip_fn, *, clips_per_record: int = 1, stacked: bool = 
     raise ValueError(f'this process has {epoch_records} records in {len(shards)} shards, fewer than '
                      f'{max(min_records, 1)}; lower config.data.batch_size or add data: {shards[:5]}')
   first_epoch, offset = divmod(start_step * local_videos, epoch_records)
-  ds = record_stream(shards, int(config.seed), first_epoch, d.shuffle_buffer, min(len(shards), 16))
+  ds = record_stream(shards, process_seed(config.seed, process_index), first_epoch, d.shuffle_buffer,
+                     min(len(shards), 16))
   ds = ds.enumerate(start=first_epoch * epoch_records).map(lambda i, er: (er[0], i, er[1]))
   ds = ds.skip(offset)
   calls = tf.data.AUTOTUNE if d.num_parallel_calls == -1 else d.num_parallel_calls
@@ -260,7 +270,8 @@ def train_stream(config, clip_fn, *, clips_per_record: int = 1, stacked: bool = 
   options.threading.private_threadpool_size = 0
   ds = ds.with_options(options)
   info = {'shards': shards, 'epoch_records': epoch_records, 'local_batch': local_batch,
-          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': clips_per_record}
+          'first_id': first_epoch * epoch_records + offset, 'clips_per_record': clips_per_record,
+          'seed': process_seed(config.seed, process_index)}
   return ds, info
 
 
@@ -323,7 +334,7 @@ class TrainIterator:
       problem = self._check_batch(batch)
       if problem is not None:
         row, what = problem
-        where = locate_record(self.info['shards'], int(self._config.seed), self._config.data.shuffle_buffer,
+        where = locate_record(self.info['shards'], self.info['seed'], self._config.data.shuffle_buffer,
                               int(row_ids[row]), self.info['epoch_records'])
         raise LabelError(f'record {where} {what}')
     ids = row_ids[::self._clips_per_record]
@@ -332,7 +343,7 @@ class TrainIterator:
       gaps = int(ids[-1] - self._next_id + 1 - len(ids))
       first_missing = int(np.setdiff1d(np.arange(self._next_id, ids[-1] + 1), ids)[0])
       if not self._config.data.skip_corrupt:
-        where = locate_record(self.info['shards'], int(self._config.seed), self._config.data.shuffle_buffer,
+        where = locate_record(self.info['shards'], self.info['seed'], self._config.data.shuffle_buffer,
                               first_missing, self.info['epoch_records'])
         raise CorruptRecordError(f'record {where} could not be read or decoded into a clip (see the TensorFlow '
                                  'warning above for the cause); rewrite its shard (delete it and re-run the same '
