@@ -83,6 +83,8 @@ def add_demo_data(c: ml_collections.ConfigDict) -> None:
   d = c.data
   d.prepare_if_missing = True
   d.prepare_dir = ''
+  # In a multi-process run process 0 prepares the data; the others wait this long for it, then stop with an error.
+  d.prepare_timeout_s = 3600.0
   d.synthetic_num_videos = 0
   d.synthetic_size = 0
   d.synthetic_frames = 0

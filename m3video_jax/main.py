@@ -51,6 +51,8 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  if jax.process_index() > 0 and not _VERBOSE.value:  # Process 0 speaks for the run; the others only warn.
+    logging.set_verbosity(logging.WARNING)
   from m3video_jax import config_lib
   from m3video_jax import train_lib
 

@@ -54,10 +54,12 @@ def check_finite(history: list[Mapping[str, Any]], first_step: int) -> None:
 
 
 class MetricWriter:
-  """Writes scalars to TensorBoard (process 0 only) and logs one line per interval."""
+  """Writes scalars to TensorBoard and `metrics.jsonl` and logs one line per interval (all only when `enabled`:
+  process 0 of a multi-process run)."""
 
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True):
     self._total = total_steps
+    self._enabled = enabled
     self._writer = None
     self._jsonl = None
     if enabled:
@@ -82,7 +84,8 @@ class MetricWriter:
     if self._jsonl is not None:
       with open(self._jsonl, 'a') as f:
         f.write(json.dumps({'step': step, **{k: _json_number(v) for k, v in scalars.items()}}) + '\n')
-    logging.info(self.format_line(step, scalars))
+    if self._enabled:
+      logging.info(self.format_line(step, scalars))
     return scalars
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:

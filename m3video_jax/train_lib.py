@@ -32,6 +32,29 @@ from m3video_jax.data import schema
 from m3video_jax.train_state import TrainState
 
 
+def wait_for_process_0(name: str, timeout_s: float, what: str) -> None:
+  """A barrier of all JAX processes at `name`, reached by process 0 once it has done `what`; no-op in one process.
+
+  Raises:
+    RuntimeError: naming this process, `what` and the timeout when process 0 does not arrive within `timeout_s`.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # The coordination service's barrier is the one with a timeout.
+
+  if jax.process_index() > 0:
+    logging.warning('process %d: waiting up to %.0f s for process 0 to %s', jax.process_index(), timeout_s, what)
+  try:
+    client = distributed.global_state.client
+    if client is None:
+      raise RuntimeError('jax.distributed is not initialised')
+    client.wait_at_barrier(name, int(timeout_s * 1000))
+  except Exception as e:  # XlaRuntimeError (DEADLINE_EXCEEDED, or a process that died) or no client.
+    raise RuntimeError(f'process {jax.process_index()} of {jax.process_count()} waited for process 0 to {what}, '
+                       f'which did not finish within {timeout_s:.0f} s (config.data.prepare_timeout_s) or failed; '
+                       f'see process 0\'s log ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -168,6 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.data.get('prepare_if_missing') and make_batch_iterator is None:
     with config.unlocked():
       tasks.get_task(config).prepare_demo_data(workdir, is_chief=jax.process_index() == 0)
+    wait_for_process_0('m3video_demo_data', float(config.data.get('prepare_timeout_s', 3600)),
+                       f'prepare the demo data in {workdir} (the workdir must be on a file system all processes share)')
   save_config(config, workdir)
 
   trainer = make_trainer(config)
