@@ -48,6 +48,27 @@ class TooManyFailuresError(RuntimeError):
   """More than `max_bad_fraction` of the inputs failed (the shards of the good inputs are still written)."""
 
 
+class RunnerStartError(ValueError):
+  """The Beam runner could not start (a job server jar it cannot fetch); the message names the flag that fixes it."""
+
+
+_JOB_SERVER_JAR_FLAGS = {'flinkrunner': '--flink_job_server_jar', 'sparkrunner': '--spark_job_server_jar'}
+
+
+def _runner_start_error(args: Sequence[str], error: Exception) -> RunnerStartError | None:
+  """A one-line `RunnerStartError` for a runner that failed to start because a job server jar could not be fetched."""
+  text = str(error)
+  if 'Unable to fetch remote job server jar' not in text:
+    return None
+  runner = next((a.split('=', 1)[1] for a in args if a.startswith('--runner=')), 'the runner')
+  flag = _JOB_SERVER_JAR_FLAGS.get(runner.rsplit('.', 1)[-1].lower(), '--<runner>_job_server_jar')
+  m = re.search(r'jar at (\S+): ', text)
+  url = m.group(1) if m else 'its URL'
+  return RunnerStartError(f'--runner={runner} cannot start: Beam could not download its job server jar ({url}; no '
+                          f'network access?). Download that jar where there is network and pass {flag}=<local jar>, '
+                          'or start the job server yourself and pass --job_endpoint=HOST:PORT')
+
+
 def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.VideoOutcome:
   """Runs the per-video path on one input and serialises it; never raises for a bad input.
 
@@ -343,7 +364,7 @@ def _library_output_to_log(output_dir: str, log, enabled: bool):
   failed = False
   try:
     yield ours
-  except TooManyFailuresError:  # The job ran; its summary says what failed.
+  except (TooManyFailuresError, RunnerStartError):  # Their messages say all there is.
     raise
   except BaseException:
     failed = True
@@ -404,7 +425,13 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
            | 'Distribute' >> beam.Reshuffle()
            | 'ExtractShard' >> beam.ParDo(_make_dofn(config, output_dir, job.isolation, job.video_timeout_s,
                                                      job.opencv_threads, launcher=(socket.gethostname(), os.getpid()))))
-      result = pipeline.run()
+      try:
+        result = pipeline.run()
+      except RuntimeError as e:
+        start_error = _runner_start_error(args, e)
+        if start_error is None:
+          raise
+        raise start_error from None
       result.wait_until_finish()
     finally:
       monitor.stop()

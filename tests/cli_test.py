@@ -62,3 +62,20 @@ def test_extract_names_arguments_that_neither_it_nor_beam_knows(capsys):
   assert len(err) == 1 and "['--short_sid=128']" in err[0] and 'direct_num_workers' not in err[0], err
   extract._warn_unknown_beam_args(['--direct_num_workers=2'])  # pylint: disable=protected-access
   assert capsys.readouterr().err == ''
+
+
+@pytest.mark.parametrize('runner,jar_flag', [('FlinkRunner', '--flink_job_server_jar'),
+                                             ('SparkRunner', '--spark_job_server_jar')])
+def test_a_runner_whose_job_server_cannot_be_fetched_is_a_one_line_error(tmp_path, runner, jar_flag):
+  frames = np.random.default_rng(0).integers(0, 256, size=(10, 64, 64, 3), dtype=np.uint8)
+  synthetic.write_mp4(str(tmp_path / 'a.mp4'), frames)
+  # A jar URL nothing listens on: the same failure as an offline download, without the network.
+  proc = subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={tmp_path / "a.mp4"}',
+                         f'--output_dir={tmp_path / "out"}', '--short_side=64', f'--runner={runner}',
+                         f'{jar_flag}=http://127.0.0.1:9/job-server.jar', '--progress_interval_s=0'],
+                        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if 'error' in line.lower()]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert errors[0].startswith(f'[data_prep] error: --runner={runner} cannot start') and jar_flag in errors[0], errors
+  assert 'http://127.0.0.1:9/job-server.jar' in errors[0]
