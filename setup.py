@@ -29,9 +29,12 @@ EXTRAS = {
     # Export/import of PyTorch checkpoints and the PyTorch side of the benchmarks.
     # torch 2.13.0 matches the CPU wheel on the development machines.
     'torch': ['torch==2.13.0', 'transformers>=5.0,<6', 'safetensors>=0.4'],
+    # data_prep on a Dask cluster (--runner=dask): Beam's own pins of dask and distributed.
+    'dask': ['apache-beam[dask]==2.77.*'],
     # experiments/motion_mini.py plots.
     'experiments': ['matplotlib>=3.8'],
     'test': [
+        'apache-beam[dask]==2.77.*',  # The Dask-cluster test of data_prep.
         'matplotlib>=3.8',  # The smoke run of experiments/motion_mini.py draws its plots.
         'pytest>=8',
         'pytest-timeout>=2.3',

@@ -4,7 +4,8 @@ Local run (all cores, Beam's in-process portable runner in multi-processing mode
 given):
   python -m data_prep.extract --input=videos.csv --output_dir=/data/prep [--short_side=256 --traj_len=6 ...]
 Any Beam pipeline option can follow (e.g. `--runner=DataflowRunner --project=... --region=... --temp_location=gs://...
---setup_file=./setup.py`); see docs/data_prep.md for Dataflow, Flink and Spark.
+--setup_file=./setup.py`, or `--runner=dask --dask_client_address=HOST:8786` for a Dask cluster); see
+docs/data_prep.md for Dask, Dataflow, Flink and Spark.
 
 Pipeline: the launcher lists the inputs and plans the shards (`shards.plan_shards`), skips shards that are already
 complete (resume), then `Create(pending shards) | Reshuffle | ParDo(ExtractShardFn)`; each shard's videos are processed
@@ -53,11 +54,50 @@ class RunnerStartError(ValueError):
 
 
 _JOB_SERVER_JAR_FLAGS = {'flinkrunner': '--flink_job_server_jar', 'sparkrunner': '--spark_job_server_jar'}
+DASK_RUNNER = 'apache_beam.runners.dask.dask_runner.DaskRunner'
+RUNNER_NAMES = {'dask': DASK_RUNNER, 'daskrunner': DASK_RUNNER}  # Short names Beam itself does not know.
+
+
+def runner_args(args: Sequence[str], num_tasks: int) -> list[str]:
+  """The Beam arguments with short runner names expanded (`--runner=dask` -> the Dask runner's full name) and, on
+  Dask, one partition per pending shard unless `--dask_npartitions`/`--dask_partition_size` is given (Beam's own
+  guess put every shard on one worker)."""
+  out = []
+  for a in args:
+    if a.startswith('--runner='):
+      name = a.split('=', 1)[1]
+      a = '--runner=' + RUNNER_NAMES.get(name.lower(), name)
+    out.append(a)
+  if _runner(out) == DASK_RUNNER and not any(a.startswith(('--dask_npartitions', '--dask_partition_size'))
+                                             for a in out):
+    out.append(f'--dask_npartitions={max(num_tasks, 1)}')
+  return out
+
+
+def _runner(args: Sequence[str]) -> str:
+  return next((a.split('=', 1)[1] for a in args if a.startswith('--runner=')), '')
+
+
+def _check_runner_installed(args: Sequence[str]) -> None:
+  """Imports the Dask runner when it is asked for (so its options are known), or says how to install it."""
+  if _runner(args) != DASK_RUNNER:
+    return
+  import importlib
+  try:
+    for module in ('dask.distributed', 'apache_beam.runners.dask.dask_runner'):
+      importlib.import_module(module)
+  except ImportError as e:
+    raise RunnerStartError(f'--runner=dask needs Dask ({e}); install it with pip install -e ".[dask]"') from None
 
 
 def _runner_start_error(args: Sequence[str], error: Exception) -> RunnerStartError | None:
   """A one-line `RunnerStartError` for a runner that failed to start because a job server jar could not be fetched."""
   text = str(error)
+  if _runner(args) == DASK_RUNNER and isinstance(error, OSError):
+    address = next((a.split('=', 1)[1] for a in args if a.startswith('--dask_client_address=')), '')
+    return RunnerStartError(f'--runner=dask cannot reach the Dask scheduler at --dask_client_address={address} '
+                            f'({text.splitlines()[0] if text else type(error).__name__}); start it (dask scheduler) '
+                            'or fix the address, or leave the flag out for a local cluster on this machine')
   if 'Unable to fetch remote job server jar' not in text:
     return None
   runner = next((a.split('=', 1)[1] for a in args if a.startswith('--runner=')), 'the runner')
@@ -394,6 +434,7 @@ def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, l
     shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
     if dataset_dir is not None:  # Now, so that a split started while this one runs is held to the same list.
       shards.write_json_atomic(shards.join(dataset_dir, shards.LABEL_MAP), listed.label_map)
+  _check_runner_installed(runner_args(beam_args or (), 1))
   _warn_unknown_beam_args(beam_args or (), log)  # After the lock: a refused second job exits without importing Beam.
   with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
     return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start, dataset_dir)
@@ -413,7 +454,7 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
 
   counters: dict[str, int] = {}
   if pending:
-    args = list(beam_args) if beam_args is not None else []
+    args = runner_args(beam_args if beam_args is not None else [], len(pending))
     if not any(a.startswith('--runner') for a in args):
       args = list(DEFAULT_BEAM_ARGS) + args
     options = PipelineOptions(args)
@@ -427,7 +468,7 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
                                                      job.opencv_threads, launcher=(socket.gethostname(), os.getpid()))))
       try:
         result = pipeline.run()
-      except RuntimeError as e:
+      except (RuntimeError, OSError) as e:  # OSError: distributed's "Timed out trying to connect".
         start_error = _runner_start_error(args, e)
         if start_error is None:
           raise
@@ -437,6 +478,9 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
       monitor.stop()
     print(f'[data_prep] {monitor.line()}', file=log, flush=True)
     counters = _counters(result)
+    if not counters:
+      print(f'[data_prep] Beam counters: not reported by {_runner(args).rsplit(".", 1)[-1]} (the manifest below has '
+            'the same figures)', file=log, flush=True)
 
   manifest = write_manifest(output_dir, tasks, config, job, listed, input_spec, time.time() - t_start)
   tfds_dir = dataset_dir or output_dir

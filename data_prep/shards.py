@@ -268,6 +268,7 @@ def write_shard(output_dir: str, task: ShardTask, process: Callable[[VideoInput]
       g.remove(tmp)
   result = {'shard': task.name, 'index': task.index, 'records': records, 'bytes': g.stat(final).length,
             'videos': len(task.videos), 'failures': failures, 'frames': frames, 'non_jpeg_bytes': non_jpeg,
-            'jpeg_bytes': jpeg, 'seconds': time.time() - t0, 'stage_seconds': stage_seconds}
+            'jpeg_bytes': jpeg, 'seconds': time.time() - t0, 'stage_seconds': stage_seconds,
+            'worker': f'{socket.gethostname()}:{os.getpid()}'}  # Which worker process wrote it (spread checks).
   write_json_atomic(result_path(output_dir, task.name), result)
   return result

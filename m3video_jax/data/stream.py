@@ -5,8 +5,9 @@ Per process: its share of the shards (`process_shards`) -> a cheap check of ever
 (`usable_shards`) -> per-epoch stateless shard shuffle -> interleaved reads -> record shuffle -> (epoch, global
 position, record) -> the input's clip function -> local batches -> prefetch (`train_stream`). Everything random is
 seeded by (config.seed, process index, epoch, position), so each process's stream is a deterministic function of the
-seed and `start_step` resumes it exactly where a run at that step was; processes draw different sequences. `TrainIterator` turns records that fail to decode into an error
-naming the shard and record, or counts them (`data.skip_corrupt`).
+seed and `start_step` resumes it exactly where a run at that step was; processes draw different sequences.
+`TrainIterator` turns records that fail to decode into an error naming the shard and record, or counts them
+(`data.skip_corrupt`).
 
 The clip functions and batch layouts of the two inputs: `pretraining.py` (clips + trajectories + HOG) and
 `classification.py` (labelled clips and evaluation views).
