@@ -248,6 +248,31 @@ def test_each_process_draws_its_own_shuffle_and_augmentation_and_resumes_exactly
   assert stream.process_seed(config.seed, 0) == config.seed  # One process: the stream of earlier versions.
 
 
+def test_a_stream_started_inside_an_epoch_is_the_full_stream_from_there(tmp_path):
+  """`record_stream` skips whole windows of shards by their record counts: started at any offset, it yields what the
+  stream from the epoch's start yields from that offset on, across window and epoch boundaries."""
+  shards, counts = [], []
+  for s in range(37):  # 3 windows of 16 shards (the last one short), uneven shard sizes.
+    path = str(tmp_path / f'r-{s:05d}.tfrecord')
+    with tf.io.TFRecordWriter(path) as w:
+      for i in range(1 + s % 4):
+        w.write(f'{s}/{i}'.encode())
+    shards.append(path)
+    counts.append(1 + s % 4)
+  epoch = sum(counts)
+  full = [(int(e), r.numpy()) for e, r in stream.record_stream(shards, 5, 0, 8, 16).take(2 * epoch + 10)]
+  assert sorted(r for e, r in full[:epoch]) == sorted(f'{s}/{i}'.encode() for s in range(37)
+                                                      for i in range(counts[s]))
+  assert [r for _, r in full[:epoch]] != [r for _, r in full[epoch:2 * epoch]]  # Each epoch its own order.
+  for offset in (1, 15, 16, 40, 41, epoch - 1):
+    got = [(int(e), r.numpy()) for e, r in stream.record_stream(shards, 5, 0, 8, 16, counts=counts,
+                                                                 offset=offset).take(epoch)]
+    assert got == full[offset:offset + epoch], offset
+  got = [(int(e), r.numpy()) for e, r in stream.record_stream(shards, 5, 1, 8, 16, counts=counts,
+                                                               offset=7).take(3)]
+  assert got == full[epoch + 7:epoch + 10]
+
+
 def test_corrupt_record_error_names_the_shard(tmp_path):
   paths = write_shards(str(tmp_path), corrupt=(1, 2))
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=2)

@@ -2,9 +2,9 @@
 this process's records, in a seeded, resumable order, with damaged shards and records named or skipped.
 
 Per process: its share of the shards (`process_shards`) -> a cheap check of every shard against its manifest
-(`usable_shards`) -> per-epoch stateless shard shuffle -> interleaved reads -> record shuffle -> (epoch, global
-position, record) -> the input's clip function -> local batches -> prefetch (`train_stream`). Everything random is
-seeded by (config.seed, process index, epoch, position), so each process's stream is a deterministic function of the
+(`usable_shards`) -> per-epoch stateless shard shuffle -> windows of 16 shards, each read interleaved and
+record-shuffled on its own (`record_stream`; a resume skips whole windows unread) -> (epoch, global position, record)
+-> the input's clip function -> local batches -> prefetch (`train_stream`). Everything random is seeded by (config.seed, process index, epoch, position), so each process's stream is a deterministic function of the
 seed and `start_step` resumes it exactly where a run at that step was; processes draw different sequences.
 `TrainIterator` turns records that fail to decode into an error naming the shard and record, or counts them
 (`data.skip_corrupt`).
@@ -200,19 +200,48 @@ def find_damaged_record(shards: list[str]) -> str | None:
   return None
 
 
-def record_stream(shards: list[str], seed: int, first_epoch: int, shuffle_buffer: int, cycle_length: int):
-  """(epoch, global index, serialized record), epoch after epoch, each epoch shuffled with its own seed."""
-  shard_t = tf.constant(shards)
+def record_stream(shards: list[str], seed: int, first_epoch: int, shuffle_buffer: int, cycle_length: int, *,
+                  counts: list[int] | None = None, offset: int = 0):
+  """(epoch, serialized record), epoch after epoch from record `offset` of `first_epoch`.
 
-  def epoch_ds(epoch):
-    order = tf.random.experimental.stateless_shuffle(shard_t, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-    files = tf.data.Dataset.from_tensor_slices(order)
+  An epoch takes the shards in a seeded order (`seed`, epoch) and cuts it into windows of `cycle_length`
+  consecutive shards; a window's records are interleaved and shuffled (buffer `shuffle_buffer`, seeded by the epoch
+  and the window) on their own. So starting `offset` records into an epoch skips whole windows without reading them
+  (their sizes come from `counts`, the records per shard) and reads only the part of one window before `offset`: a
+  resume re-reads at most one window, not up to a whole epoch.
+  """
+  n = len(shards)
+  num_windows = -(-n // cycle_length)
+  shard_t = tf.constant(shards)
+  seed_t = tf.constant(int(seed), tf.int64)
+
+  def order(epoch):
+    return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                    seed=tf.stack([seed_t, tf.cast(epoch, tf.int64)]))
+
+  def window(epoch, k):
+    epoch, k = tf.cast(epoch, tf.int64), tf.cast(k, tf.int64)
+    mine = order(epoch)[k * cycle_length:(k + 1) * cycle_length]
+    files = tf.data.Dataset.from_tensor_slices(tf.gather(shard_t, mine))
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length, block_length=1,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    records = records.shuffle(shuffle_buffer, seed=seed * SEED_MIX + epoch, reshuffle_each_iteration=False)
+    records = records.shuffle(shuffle_buffer, seed=seed_t * SEED_MIX + epoch * num_windows + k,
+                              reshuffle_each_iteration=False)
     return records.map(lambda r: (epoch, r))
 
-  return tf.data.Dataset.range(first_epoch, 1 << 40).flat_map(epoch_ds)
+  def epoch_ds(epoch, first_window=0):
+    return tf.data.Dataset.range(first_window, num_windows).flat_map(lambda k: window(epoch, k))
+
+  first_window, skip = 0, offset
+  if offset:
+    if counts is None or len(counts) != n:
+      raise ValueError('record_stream needs the record count of every shard to start inside an epoch')
+    sizes = np.add.reduceat(np.asarray(counts, np.int64)[order(first_epoch).numpy()],
+                            np.arange(0, n, cycle_length))
+    first_window = int(np.searchsorted(np.cumsum(sizes), offset, side='right'))
+    skip = offset - int(np.sum(sizes[:first_window]))
+  first = window(first_epoch, first_window).skip(skip).concatenate(epoch_ds(first_epoch, first_window + 1))
+  return first.concatenate(tf.data.Dataset.range(first_epoch + 1, 1 << 40).flat_map(epoch_ds))
 
 
 def train_stream(config, clip_fn, *, clips_per_record: int = 1, stacked: bool = False, min_records: int = 1,
@@ -257,9 +286,8 @@ def train_stream(config, clip_fn, *, clips_per_record: int = 1, stacked: bool = 
                      f'{max(min_records, 1)}; lower config.data.batch_size or add data: {shards[:5]}')
   first_epoch, offset = divmod(start_step * local_videos, epoch_records)
   ds = record_stream(shards, process_seed(config.seed, process_index), first_epoch, d.shuffle_buffer,
-                     min(len(shards), 16))
-  ds = ds.enumerate(start=first_epoch * epoch_records).map(lambda i, er: (er[0], i, er[1]))
-  ds = ds.skip(offset)
+                     min(len(shards), 16), counts=counts, offset=offset)
+  ds = ds.enumerate(start=first_epoch * epoch_records + offset).map(lambda i, er: (er[0], i, er[1]))
   calls = tf.data.AUTOTUNE if d.num_parallel_calls == -1 else d.num_parallel_calls
   ds = ds.map(clip_fn, num_parallel_calls=calls, deterministic=True)
   ds = ds.ignore_errors(log_warning=True)
@@ -270,24 +298,24 @@ def train_stream(config, clip_fn, *, clips_per_record: int = 1, stacked: bool = 
   options.deterministic = True
   options.threading.private_threadpool_size = 0
   ds = ds.with_options(options)
-  info = {'shards': shards, 'epoch_records': epoch_records, 'local_batch': local_batch,
+  info = {'shards': shards, 'counts': counts, 'epoch_records': epoch_records, 'local_batch': local_batch,
           'first_id': first_epoch * epoch_records + offset, 'clips_per_record': clips_per_record,
           'seed': process_seed(config.seed, process_index)}
   return ds, info
 
 
-def locate_record(shards: list[str], seed: int, shuffle_buffer: int, record_id: int, epoch_records: int) -> str:
+def locate_record(shards: list[str], seed: int, shuffle_buffer: int, record_id: int, counts: list[int]) -> str:
   """Names the shard and record at stream position `record_id`: `<shard> (record k)`, `... : why` for an unreadable one.
 
-  Replays the (cheap, undecoded) record stream to get the record's bytes, then finds them in the shards. When the
-  replay itself fails (a damaged shard), the shards are read one by one to find the damaged record.
+  Replays the (cheap, undecoded) record stream from `record_id` (`counts`: records per shard) to get the record's
+  bytes, then finds them in the shards. When the replay itself fails (a damaged shard), the shards are read one by one
+  to find the damaged record.
   """
-  epoch = record_id // epoch_records
-  ds = record_stream(shards, seed, epoch, shuffle_buffer, min(len(shards), 16))
-  ds = ds.enumerate(start=epoch * epoch_records)
+  epoch, offset = divmod(record_id, sum(counts))
+  ds = record_stream(shards, seed, epoch, shuffle_buffer, min(len(shards), 16), counts=counts, offset=offset)
   by_content = None
   try:
-    for _, (_, rec) in ds.skip(record_id - epoch * epoch_records).take(1):
+    for _, rec in ds.take(1):
       by_content = rec.numpy()
     if by_content is not None:
       for shard in shards:
@@ -336,7 +364,7 @@ class TrainIterator:
       if problem is not None:
         row, what = problem
         where = locate_record(self.info['shards'], self.info['seed'], self._config.data.shuffle_buffer,
-                              int(row_ids[row]), self.info['epoch_records'])
+                              int(row_ids[row]), self.info['counts'])
         raise LabelError(f'record {where} {what}')
     ids = row_ids[::self._clips_per_record]
     expected = self._next_id + np.arange(len(ids))
@@ -345,7 +373,7 @@ class TrainIterator:
       first_missing = int(np.setdiff1d(np.arange(self._next_id, ids[-1] + 1), ids)[0])
       if not self._config.data.skip_corrupt:
         where = locate_record(self.info['shards'], self.info['seed'], self._config.data.shuffle_buffer,
-                              first_missing, self.info['epoch_records'])
+                              first_missing, self.info['counts'])
         raise CorruptRecordError(f'record {where} could not be read or decoded into a clip (see the TensorFlow '
                                  'warning above for the cause); rewrite its shard (delete it and re-run the same '
                                  'data_prep command, which resumes), or set config.data.skip_corrupt=True to skip '
