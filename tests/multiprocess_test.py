@@ -66,7 +66,8 @@ def test_only_an_enabled_metric_writer_logs_its_lines(tmp_path, caplog):
 
 TRAINER = textwrap.dedent('''
     import sys
-    address, count, index, workdir, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+    address, workdir = sys.argv[1], sys.argv[4]
+    count, index, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
     import jax
     if count > 1:
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -134,7 +135,9 @@ def test_two_processes_train_like_one_and_their_checkpoints_resume_either_way(tm
   _train(one_then_two, 4, processes=2)
   got = _losses(two_then_one)
   for step in (1, 2, 3, 4):
-    np.testing.assert_allclose(got[step], reference[step], rtol=0, atol=1e-6, err_msg=f'2 then 1 process, step {step}')
+    np.testing.assert_allclose(got[step], reference[step], rtol=0, atol=1e-6,
+                               err_msg=f'2 then 1 process, step {step}')
   got = _losses(one_then_two)
   for step in (3, 4):
-    np.testing.assert_allclose(got[step], reference[step], rtol=0, atol=1e-6, err_msg=f'1 then 2 processes, step {step}')
+    np.testing.assert_allclose(got[step], reference[step], rtol=0, atol=1e-6,
+                               err_msg=f'1 then 2 processes, step {step}')
