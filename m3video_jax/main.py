@@ -45,14 +45,20 @@ def main(argv):
   cli.quiet_libraries(_VERBOSE.value)  # Before TF and JAX are imported.
   import jax  # After flag parsing, so --help is fast.
 
+  multiprocess = bool(_COORDINATOR.value) or _MULTIPROCESS.value == 'true' or (
+      _MULTIPROCESS.value == 'auto' and _launched_multiprocess())
+  if multiprocess and not os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # Collectives across CPU processes.
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif _MULTIPROCESS.value == 'true' or (_MULTIPROCESS.value == 'auto' and _launched_multiprocess()):
+  elif multiprocess:
     jax.distributed.initialize()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
   if jax.process_index() > 0 and not _VERBOSE.value:  # Process 0 speaks for the run; the others only warn.
-    logging.set_verbosity(logging.WARNING)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
   from m3video_jax import config_lib
   from m3video_jax import train_lib
 
