@@ -66,7 +66,7 @@ def main(argv):
 
   try:
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, stream.DataError) as e:  # A bad field, workdir or record: one line.
+  except (config_lib.ConfigError, stream.DataError, train_lib.WaitTimeoutError) as e:  # One line, no traceback.
     sys.exit(f'error: {e}')
 
 

@@ -32,11 +32,15 @@ from m3video_jax.data import schema
 from m3video_jax.train_state import TrainState
 
 
+class WaitTimeoutError(RuntimeError):
+  """A process waited longer than its limit for process 0 (`wait_for_process_0`)."""
+
+
 def wait_for_process_0(name: str, timeout_s: float, what: str) -> None:
   """A barrier of all JAX processes at `name`, reached by process 0 once it has done `what`; no-op in one process.
 
   Raises:
-    RuntimeError: naming this process, `what` and the timeout when process 0 does not arrive within `timeout_s`.
+    WaitTimeoutError: naming this process, `what` and the timeout when process 0 does not arrive within `timeout_s`.
   """
   if jax.process_count() == 1:
     return
@@ -50,7 +54,7 @@ def wait_for_process_0(name: str, timeout_s: float, what: str) -> None:
       raise RuntimeError('jax.distributed is not initialised')
     client.wait_at_barrier(name, int(timeout_s * 1000))
   except Exception as e:  # XlaRuntimeError (DEADLINE_EXCEEDED, or a process that died) or no client.
-    raise RuntimeError(f'process {jax.process_index()} of {jax.process_count()} waited for process 0 to {what}, '
+    raise WaitTimeoutError(f'process {jax.process_index()} of {jax.process_count()} waited for process 0 to {what}, '
                        f'which did not finish within {timeout_s:.0f} s (config.data.prepare_timeout_s) or failed; '
                        f'see process 0\'s log ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
 
