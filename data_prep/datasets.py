@@ -31,6 +31,7 @@ import os
 import re
 
 from data_prep import input_files as files
+from data_prep import tfds_io
 from data_prep.input_files import InputList, VideoInput
 
 FORMATS = ('auto', 'list', 'ssv2', 'k400', 'ucf101', 'hmdb51', 'tfds')
@@ -63,7 +64,7 @@ def _k400_header(path: str) -> list[str] | None:
 
 def detect(spec: str) -> str:
   """The format of one `--input` value: one of `OFFICIAL`, 'tfds' or 'list' (lists, directories, globs, files)."""
-  if spec.startswith('tfds:'):
+  if tfds_io.is_tfds_path(spec):
     return 'tfds'
   base = os.path.basename(spec.rstrip('/'))
   if spec.lower().endswith('.json'):

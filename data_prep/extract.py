@@ -34,6 +34,7 @@ from data_prep import inputs as inputs_lib
 from data_prep import datasets
 from data_prep.datasets import FORMATS
 from data_prep import shards
+from data_prep import tfds_io
 from data_prep import video_io
 from data_prep.options import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig
 from data_prep.input_files import VideoInput
@@ -91,7 +92,8 @@ def _check_runner_installed(args: Sequence[str]) -> None:
 
 
 def _runner_start_error(args: Sequence[str], error: Exception) -> RunnerStartError | None:
-  """A one-line `RunnerStartError` for a runner that failed to start because a job server jar could not be fetched."""
+  """A one-line `RunnerStartError` for a runner that could not start (an unreachable Dask scheduler, a job server jar
+  that could not be fetched), or None for any other error."""
   text = str(error)
   if _runner(args) == DASK_RUNNER and isinstance(error, OSError):
     address = next((a.split('=', 1)[1] for a in args if a.startswith('--dask_client_address=')), '')
@@ -100,7 +102,7 @@ def _runner_start_error(args: Sequence[str], error: Exception) -> RunnerStartErr
                             'or fix the address, or leave the flag out for a local cluster on this machine')
   if 'Unable to fetch remote job server jar' not in text:
     return None
-  runner = next((a.split('=', 1)[1] for a in args if a.startswith('--runner=')), 'the runner')
+  runner = _runner(args) or 'the runner'
   flag = _JOB_SERVER_JAR_FLAGS.get(runner.rsplit('.', 1)[-1].lower(), '--<runner>_job_server_jar')
   m = re.search(r'jar at (\S+): ', text)
   url = m.group(1) if m else 'its URL'
@@ -294,15 +296,12 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
 def _read_dataset_label_map(output_dir: str) -> dict[str, int] | None:
   """The class list of the splits already written to `output_dir` (its `label_map.json`), if any."""
   path = shards.join(output_dir, shards.LABEL_MAP)
-  if '://' not in output_dir and not os.path.isfile(path):
+  if not input_files.exists(path):
     return None
-  if '://' in output_dir and not shards.gfile().exists(path):
-    return None
-  with shards.gfile().GFile(path) as f:
-    try:
-      return input_files.label_map_from_json(json.load(f), path)
-    except ValueError as e:
-      raise ValueError(f'{path} (the class list of this dataset directory) is damaged: {e}') from None
+  try:
+    return input_files.label_map_from_json(json.loads(input_files.read_text(path)), path)
+  except ValueError as e:
+    raise ValueError(f'{path} (the class list of this dataset directory) is damaged: {e}') from None
 
 
 def _check_same_classes(dataset_dir: str, dataset_map: dict[str, int] | None, listed) -> None:
@@ -328,7 +327,7 @@ def _check_labels(listed) -> None:
 def _report_missing(listed, data_root: str | None, log) -> None:
   """Says how many listed local videos do not exist (they are reported as `missing` failures); refuses a list none
   of whose videos exist (a wrong --data_root)."""
-  local = [v.path for v in listed.videos if '://' not in v.path and not v.path.startswith('tfds:')]
+  local = [v.path for v in listed.videos if not input_files.is_remote(v.path) and not tfds_io.is_tfds_path(v.path)]
   missing = [p for p in local if not os.path.exists(p)]
   if not missing:
     return

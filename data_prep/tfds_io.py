@@ -7,8 +7,8 @@ is downloaded). The launcher reads the split once for the labels (without decodi
 read by its position (`<split>[i:i+1]`) where it is processed. Its first `Video` feature gives the frames and its
 first `ClassLabel` the label and the class list.
 
-Output: `write_metadata` writes `dataset_info.json` and `features.json` (`tfds.folder_dataset.write_metadata`) for the
-shards already written, so `tfds.builder_from_directory(dir).as_dataset(split=...)` reads them: `frames` decode to
+Output: `write_metadata` writes `dataset_info.json` and `features.json` for the shards already written (what
+`tfds.folder_dataset.write_metadata` writes, from the manifests' record counts), so `tfds.builder_from_directory(dir).as_dataset(split=...)` reads them: `frames` decode to
 uint8 `[N, H, W, 3]`; the trajectory and HOG fields are the stored bytes (`m3video_jax.data.schema.decode` turns a
 whole record into arrays).
 
@@ -99,19 +99,19 @@ def is_tfds_path(path: str) -> bool:
 
 
 def read_frames(path: str):
-  """(uint8 RGB frames `[N, H, W, 3]`, label) of input `tfds:<name>:<split>[i]`."""
+  """The uint8 RGB frames `[N, H, W, 3]` of input `tfds:<name>:<split>[i]` (its label was read when listing)."""
   m = _PATH.match(path)
   if not m:
     raise ValueError(f'{path} is not a TFDS input path tfds:<name>:<split>[<index>]')
   name, split = parse_spec(m.group(1))
   index = int(m.group(2))
   tfds = _tfds()
-  video_key, label_key, _ = _keys(name)
+  video_key, _, _ = _keys(name)
   ds = _builder(name).as_dataset(split=f'{split}[{index}:{index + 1}]', shuffle_files=False)
   examples = list(tfds.as_numpy(ds.take(index + 2)))
   # A reader that ignores the slice (TFDS's mock data) yields the whole split: then the example is at `index`.
   example = examples[0] if len(examples) == 1 else examples[index]
-  return example[video_key], (int(example[label_key]) if label_key else -1)
+  return example[video_key]
 
 
 # ---------------------------------------------------------------------------------------------------- metadata

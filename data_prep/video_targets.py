@@ -19,6 +19,7 @@ import numpy as np
 
 from data_prep import hog as hog_lib
 from data_prep import optical_flow
+from data_prep import tfds_io
 from data_prep import tracking
 from data_prep import video_io
 from data_prep.options import PrepConfig
@@ -166,7 +167,7 @@ def extract_video(path: str, config: PrepConfig, *, timer: StageTimer | None = N
     video_io.BadVideoError: with the reason the video is unusable.
   """
   timer = timer or _NoTimer()
-  if path.startswith('tfds:'):
+  if tfds_io.is_tfds_path(path):
     return _extract_tfds(path, config, timer)
   with video_io.local_path(path) as local:
     with timer.stage('decode'):
@@ -180,10 +181,8 @@ def extract_video(path: str, config: PrepConfig, *, timer: StageTimer | None = N
 
 def _extract_tfds(path: str, config: PrepConfig, timer) -> VideoTargets:
   """`extract_video` for an example of a TFDS video dataset (`data_prep.tfds_io`): frames resized to prep size."""
-  from data_prep import tfds_io
-
   with timer.stage('decode'):
-    frames, _ = tfds_io.read_frames(path)
+    frames = tfds_io.read_frames(path)
   if len(frames) == 0:
     raise video_io.BadVideoError(video_io.NOT_A_VIDEO, f'{path} has no frames')
   nh, nw = frames.shape[1:3]
