@@ -120,7 +120,8 @@ def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.
     worker: an `isolated_worker.IsolatedWorker` to decode and compute in (crash isolation), or None for in-process.
 
   Returns:
-    A `VideoOutcome` with the record, or with `reason`/`message` if the video failed.
+    A `VideoOutcome` with the record(s) (several with `config.segment_frames`), or with `reason`/`message` if the
+    video failed.
   """
   from data_prep import isolated_worker
   from data_prep import video_targets
@@ -133,7 +134,7 @@ def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.
     t0 = time.perf_counter()
     meta = schema.VideoMeta(video_id=video_targets.video_id(video.path), label=video.label,
                             label_name=video.label_name, source_path=video.path, fps=targets.fps)
-    record = video_targets.to_record(targets, meta, config)
+    records = video_targets.to_records(targets, meta, config)
     seconds['encode'] = seconds.get('encode', 0.0) + time.perf_counter() - t0
   except video_io.BadVideoError as e:
     return shards.VideoOutcome(video.path, reason=e.reason, message=e.message)
@@ -144,8 +145,9 @@ def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.
   except Exception as e:  # Anything unexpected is one failed input, not a failed job.
     return shards.VideoOutcome(video.path, reason=video_io.ERROR, message=f'{type(e).__name__}: {e}')
   jpeg = sum(len(b) for b in targets.jpeg_frames)
-  return shards.VideoOutcome(video.path, record=record, num_frames=targets.num_frames,
-                             non_jpeg_bytes=schema.non_jpeg_bytes(record), jpeg_bytes=jpeg, stage_seconds=seconds)
+  return shards.VideoOutcome(video.path, records=records, num_frames=targets.num_frames,
+                             non_jpeg_bytes=sum(schema.non_jpeg_bytes(r) for r in records), jpeg_bytes=jpeg,
+                             stage_seconds=seconds)
 
 
 def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeout_s: float, opencv_threads: int,
@@ -176,7 +178,7 @@ def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeou
         isolated_worker.exit_with_parent(on_exit=self._worker.kill if self._worker is not None else None)
 
     def _count(self, out: shards.VideoOutcome) -> None:
-      if out.record is None:
+      if out.records is None:
         self._failed.inc()
       else:
         self._ok.inc()
@@ -573,7 +575,7 @@ def _print_summary(manifest: dict[str, Any], counters: dict[str, int], log, outp
         f'inputs failed{" " + json.dumps(m["failure_reasons"]) if m["failure_reasons"] else ""}, '
         f'{m["frames"]:,} frames', file=log)
   print(f'[data_prep] non-JPEG bytes per source frame: {m["non_jpeg_bytes_per_frame"] / 1024:.2f} KiB '
-        f'(budget 16 KiB); JPEG: {m["jpeg_bytes_per_frame"] / 1024:.2f} KiB', file=log)
+        f'(budget 20 KiB); JPEG: {m["jpeg_bytes_per_frame"] / 1024:.2f} KiB', file=log)
   if counters:
     print('[data_prep] Beam counters: ' + ', '.join(f'{k}={v}' for k, v in sorted(counters.items())), file=log)
   pattern = shards.join(output_dir, m['file_pattern'])
@@ -629,6 +631,10 @@ def define_flags(fv) -> None:
   flag('integer', 'jpeg_quality', d.jpeg_quality, 'JPEG quality of stored frames.')
   flag('integer', 'max_frames', d.max_frames, 'Keep at most this many frames (0 = all).')
   flag('integer', 'min_native_side', d.min_native_side, 'Reject smaller videos (px).')
+  flag('integer', 'segment_frames', d.segment_frames, 'Write videos longer than this as records of this many '
+       'frames (segments; 0 = one record per video). For pretraining-only data: a clip then reads ~K frames, not the '
+       'whole video. Classification needs whole videos.')
+  flag('integer', 'segment_overlap', d.segment_overlap, 'Frames shared by consecutive segments.')
   flag('integer', 'videos_per_shard', j.videos_per_shard, 'Max videos per shard.')
   flag('integer', 'min_shards', j.min_shards, 'At least this many shards (if enough videos).')
   flag('float', 'max_bad_fraction', j.max_bad_fraction, 'Fail the job (exit 1) if more than this fraction of inputs '
@@ -645,7 +651,8 @@ def _main(f, beam_args: list[str]) -> int:
   config = PrepConfig(short_side=f.short_side, traj_len=f.traj_len, traj_start_stride=f.traj_start_stride,
                       flow=f.flow, camera_motion='none' if f.no_camera_motion else f.camera_motion,
                       flow_bound=f.flow_bound, ransac_threshold=f.ransac_threshold, jpeg_quality=f.jpeg_quality,
-                      max_frames=f.max_frames, min_native_side=f.min_native_side)
+                      max_frames=f.max_frames, min_native_side=f.min_native_side, segment_frames=f.segment_frames,
+                      segment_overlap=f.segment_overlap)
   job = JobOptions(prefix=f.prefix, videos_per_shard=f.videos_per_shard, min_shards=f.min_shards,
                    max_bad_fraction=f.max_bad_fraction, isolation=f.isolation, video_timeout_s=f.video_timeout_s,
                    opencv_threads=f.opencv_threads, progress_interval_s=f.progress_interval_s, overwrite=f.overwrite)

@@ -31,6 +31,11 @@ class PrepConfig:
     jpeg_quality: JPEG quality of the stored frames (0-100).
     max_frames: keep at most this many frames per video (0 = all).
     min_native_side: videos whose native width or height is below this are rejected as too small.
+    segment_frames: 0 writes one record per video; K > 0 writes a video longer than K frames as records of K
+      consecutive frames (segments, each with its trajectories and HOG maps), so that pretraining reads about K
+      frames per clip instead of the whole video (docs/data_prep.md, "Segment records").
+    segment_overlap: frames shared by consecutive segments (the hop is `segment_frames - segment_overlap`, a multiple
+      of `traj_start_stride`). A clip spanning F frames can start anywhere only if the overlap is >= F - 1.
   """
   short_side: int = 256
   traj_len: int = 6
@@ -43,6 +48,8 @@ class PrepConfig:
   jpeg_quality: int = 90
   max_frames: int = 0
   min_native_side: int = 16
+  segment_frames: int = 0
+  segment_overlap: int = 0
 
   def __post_init__(self):
     g = schema.GRID_STEP
@@ -69,6 +76,17 @@ class PrepConfig:
       raise ValueError(f'max_frames={self.max_frames} must be 0 (all) or >= traj_len + 1 = {self.traj_len + 1}')
     if self.min_native_side < 1:
       raise ValueError(f'min_native_side={self.min_native_side} must be >= 1')
+    if self.segment_frames < 0 or 0 < self.segment_frames < self.traj_len + 1:
+      raise ValueError(f'segment_frames={self.segment_frames} must be 0 (whole videos) or >= traj_len + 1 = '
+                       f'{self.traj_len + 1}')
+    if self.segment_frames:
+      hop = self.segment_frames - self.segment_overlap
+      if self.segment_overlap < 0 or hop <= 0 or hop % self.traj_start_stride:
+        raise ValueError(f'segment_overlap={self.segment_overlap} must be >= 0 and leave a hop segment_frames - '
+                         f'segment_overlap = {hop} that is positive and a multiple of traj_start_stride='
+                         f'{self.traj_start_stride}')
+    elif self.segment_overlap:
+      raise ValueError(f'segment_overlap={self.segment_overlap} needs segment_frames > 0')
 
   @property
   def min_frames(self) -> int:

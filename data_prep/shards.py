@@ -210,9 +210,9 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
 
 @dataclasses.dataclass
 class VideoOutcome:
-  """What processing one video produced: a serialized record, or a failure."""
+  """What processing one video produced: its serialized records (one, or its segments), or a failure (None)."""
   path: str
-  record: bytes | None = None
+  records: list[bytes] | None = None
   num_frames: int = 0
   non_jpeg_bytes: int = 0
   jpeg_bytes: int = 0
@@ -250,11 +250,12 @@ def write_shard(output_dir: str, task: ShardTask, process: Callable[[VideoInput]
         done_count += 1
         for k, v in out.stage_seconds.items():
           stage_seconds[k] = stage_seconds.get(k, 0.0) + v
-        if out.record is None:
+        if out.records is None:
           failures.append({'path': video.path, 'reason': out.reason, 'message': out.message, 'shard': task.name})
         else:
-          writer.write(out.record)
-          records += 1
+          for record in out.records:
+            writer.write(record)
+          records += len(out.records)
           frames += out.num_frames
           non_jpeg += out.non_jpeg_bytes
           jpeg += out.jpeg_bytes

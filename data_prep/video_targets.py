@@ -197,10 +197,49 @@ def _extract_tfds(path: str, config: PrepConfig, timer) -> VideoTargets:
 
 
 def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> bytes:
-  """Serialises one video with `schema.encode`."""
+  """Serialises one whole video with `schema.encode`."""
   return schema.encode(meta, targets.jpeg_frames, targets.height, targets.width, targets.traj_disp,
                        targets.traj_valid, targets.hog_map, traj_start_stride=config.traj_start_stride,
                        traj_inside_steps=targets.traj_inside_steps)
+
+
+def segment_bounds(num_frames: int, segment_frames: int, overlap: int, start_stride: int) -> list[tuple[int, int]]:
+  """Frame ranges `[a, b)` of the segments of a video (one range, the whole video, when `segment_frames` is 0 or the
+  video is not longer).
+
+  Segments start every `segment_frames - overlap` frames while a whole segment fits; the frames after the last one go
+  into a final segment that ends with the video and starts at `num_frames - segment_frames` rounded down to a multiple
+  of `start_stride` (so it overlaps its predecessor more, and may be up to `start_stride - 1` frames longer). Every
+  segment start is a multiple of `start_stride`, so its trajectory starts are the video's.
+  """
+  if not segment_frames or num_frames <= segment_frames:
+    return [(0, num_frames)]
+  hop = segment_frames - overlap
+  bounds = [(a, a + segment_frames) for a in range(0, num_frames - segment_frames + 1, hop)]
+  if bounds[-1][1] < num_frames:
+    tail = num_frames - segment_frames
+    tail -= tail % start_stride
+    if tail == bounds[-1][0]:  # The last full segment just grows by the < start_stride frames left over.
+      bounds.pop()
+    bounds.append((tail, num_frames))
+  return bounds
+
+
+def to_records(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> list[bytes]:
+  """Serialises a video as one record, or as its segments (`config.segment_frames`, `segment_bounds`)."""
+  bounds = segment_bounds(targets.num_frames, config.segment_frames, config.segment_overlap, config.traj_start_stride)
+  if len(bounds) == 1:
+    return [to_record(targets, meta, config)]
+  s = config.traj_start_stride
+  records = []
+  for a, b in bounds:
+    first, count = a // s, schema.num_starts(b - a, config.traj_len, s)
+    starts = slice(first, first + count)
+    records.append(schema.encode(meta, targets.jpeg_frames[a:b], targets.height, targets.width,
+                                 targets.traj_disp[starts], targets.traj_valid[starts], targets.hog_map[a:b],
+                                 traj_start_stride=s, traj_inside_steps=targets.traj_inside_steps[starts],
+                                 segment_start=a, video_frames=targets.num_frames))
+  return records
 
 
 def extract_video_timed(path: str, config: PrepConfig) -> tuple[VideoTargets, dict[str, float]]:

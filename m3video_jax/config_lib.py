@@ -161,6 +161,9 @@ def pretrain_base() -> ml_collections.ConfigDict:
   # Paper §3.1 toy experiment (Fig. 3): the model sees one frame of each clip repeated, the targets come from the
   # real clip. Applied on the device, after the input pipeline.
   c.data.static_input = False
+  # Clips drawn from each record read (the repeated sampling of MAE-style video pretraining): R clips with their own
+  # start, crop, flip and mask share one record's read and parse, and go into the same batch. 1 = one clip per record.
+  c.data.clips_per_record = 1
 
   c.model.decoder_width = 192
   c.model.decoder_depth = 1

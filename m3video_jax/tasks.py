@@ -100,6 +100,10 @@ class PretrainTask:
           tuple(d.crop_scales), 'a non-empty tuple of scales in (0, 1]')
     check(d.crop_max_distort >= 0, 'data.crop_max_distort', d.crop_max_distort, 'an integer >= 0')
     check(isinstance(d.static_input, bool), 'data.static_input', d.static_input, 'True or False')
+    check(isinstance(d.clips_per_record, int) and d.clips_per_record >= 1, 'data.clips_per_record',
+          d.clips_per_record, 'an integer >= 1 (1 = one clip per record)')
+    check(d.batch_size % d.clips_per_record == 0, 'data.batch_size', d.batch_size,
+          f'a multiple of data.clips_per_record={d.clips_per_record}')
     check(m.decoder_mode in config_lib.DECODER_MODES, 'model.decoder_mode', m.decoder_mode,
           f'one of {config_lib.DECODER_MODES}')
     check(m.decoder_depth >= 1, 'model.decoder_depth', m.decoder_depth, 'an integer >= 1')

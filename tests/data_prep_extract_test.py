@@ -93,7 +93,7 @@ def test_manifest_and_failure_report(job_run):
     failures = [json.loads(line) for line in f]
   assert {f['path']: f['reason'] for f in failures} == bad
   assert all(f['message'] for f in failures)
-  assert 0 < manifest['non_jpeg_bytes_per_frame'] < 16 * 1024
+  assert 0 < manifest['non_jpeg_bytes_per_frame'] < 20 * 1024
   assert os.listdir(os.path.join(out, '_work', 'tmp')) == []
 
 
@@ -117,7 +117,8 @@ def test_round_trip_decodes_to_what_the_per_video_functions_computed(job_run):
     # HOG map within the sqrt companding (absolute error <= scale * 1/255 for the largest values).
     scale = want.hog_map.max(axis=(1, 2, 3), keepdims=True)
     np.testing.assert_allclose(d['hog_map'], want.hog_map, atol=float(scale.max()) * 2 / 255)
-    want_traj_hog = schema.trajectory_hog(want.hog_map, want.traj_disp, d['traj_start_frames'])
+    # Looked up along the stored (quantised) displacements: only the HOG quantisation differs.
+    want_traj_hog = schema.trajectory_hog(want.hog_map, d['traj_disp'], d['traj_start_frames'])
     np.testing.assert_allclose(d['traj_hog'], want_traj_hog, atol=float(scale.max()) * 0.05)
     # Frames: exactly the stored JPEGs; close to the decoded source frames.
     stored = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -259,7 +260,7 @@ def test_process_video_maps_worker_crash_and_timeout_to_reasons():
 
   video = VideoInput('/some/video.mp4', 3, 'x')
   out = extract.process_video(video, CONFIG, Crashing(isolated_worker.WorkerCrashed(-11)))
-  assert out.record is None and out.reason == video_io.DECODER_CRASH and 'SIGSEGV' in out.message
+  assert out.records is None and out.reason == video_io.DECODER_CRASH and 'SIGSEGV' in out.message
   out = extract.process_video(video, CONFIG, Crashing(isolated_worker.WorkerTimeout('slow')))
   assert out.reason == video_io.TIMEOUT
   out = extract.process_video(video, CONFIG, Crashing(MemoryError('boom')))

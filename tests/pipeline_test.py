@@ -214,6 +214,29 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
   assert any(not np.array_equal(x['video'], y['video']) for x, y in zip(a, c))
 
 
+def test_clips_per_record_draws_several_clips_of_each_record_and_resumes_exactly(tmp_path):
+  write_shards(str(tmp_path))
+  config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=4, shuffle_buffer=4, clips_per_record=2)
+  config.data.res = 32
+  a = take(pretraining.train_iterator(config), 4)
+  # Each batch: 2 records x 2 consecutive clips; an epoch (6 records) takes 3 steps and sees every record once.
+  labels = np.stack([x['label'] for x in a])
+  np.testing.assert_array_equal(labels[:, 0::2], labels[:, 1::2])
+  assert sorted(labels[:3, 0::2].ravel().tolist()) == list(range(6))
+  # The two clips of a record are drawn independently (start and crop): with the dot moving 4 px per frame, their
+  # frames differ for most records.
+  assert sum(not np.array_equal(x['video'][i], x['video'][i + 1]) for x in a for i in (0, 2)) >= 4
+  resumed = take(pretraining.train_iterator(config, start_step=2), 2)
+  for x, y in zip(a[2:], resumed):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  with config.unlocked():
+    config.data.clips_per_record = 1
+    config.data.batch_size = 2
+  single = take(pretraining.train_iterator(config), 1)[0]
+  assert single['video'].shape == (2, 4, 32, 32, 3)
+
+
 def test_processes_read_disjoint_shards(tmp_path):
   write_shards(str(tmp_path), num_shards=4, per_shard=2)
   config = clip_config(train_files=str(tmp_path / '*.tfrecord'), batch_size=4)

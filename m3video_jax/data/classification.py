@@ -174,6 +174,25 @@ def bad_label(labels: np.ndarray, num_classes: int) -> tuple[int, str] | None:
   return int(bad[0]), what
 
 
+def check_whole_videos(shards: list[str], what: str) -> None:
+  """Refuses shards that data prep wrote as segments of videos (`--segment_frames`, recorded in the `manifest.json`
+  beside them): a classification clip, and above all a multi-view test, samples the whole video.
+
+  Raises:
+    stream.DataError: naming the manifest and the flag.
+  """
+  for folder in sorted({os.path.dirname(s) for s in shards}):
+    path = os.path.join(folder, 'manifest.json')
+    if not tf.io.gfile.exists(path):
+      continue
+    with tf.io.gfile.GFile(path) as f:
+      segment_frames = int((json.load(f).get('config') or {}).get('segment_frames', 0) or 0)
+    if segment_frames:
+      raise stream.DataError(f'{path}: the shards of {what} hold segments of {segment_frames} frames '
+                             '(data_prep --segment_frames), but classification samples whole videos; prepare this '
+                             'split again without --segment_frames')
+
+
 def check_class_count(shards: list[str], num_classes: int, what: str) -> None:
   """Refuses shards whose label map (`label_map.json` beside them, written by data_prep) has more classes than the
   model: their labels could not all be classes of it.
@@ -181,6 +200,7 @@ def check_class_count(shards: list[str], num_classes: int, what: str) -> None:
   Raises:
     stream.LabelError: naming the label map, its class count and `config.model.num_classes`.
   """
+  check_whole_videos(shards, what)
   for folder in sorted({os.path.dirname(s) for s in shards}):
     path = os.path.join(folder, 'label_map.json')
     if not tf.io.gfile.exists(path):

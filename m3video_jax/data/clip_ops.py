@@ -8,6 +8,10 @@ video), output grid `G = res // 8` per side.
 """
 from __future__ import annotations
 
+import functools
+
+import cv2
+import numpy as np
 import tensorflow as tf
 
 from m3video_jax.data import schema
@@ -75,41 +79,43 @@ def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tenso
                    gh: tf.Tensor, gw: tf.Tensor, grid_step: int):
   """Trajectory-aligned HOG: bilinear lookup of each frame's cell-histogram map at the tracked positions.
 
+  Only the window of cells the positions reach is de-quantised (a crop covers about half of a 16:9 frame).
+
   Args:
-    hog_strings: string `[Tt, L]`, the stored map of frame `first_k + j`.
+    hog_strings: string `[Tt, L]`, the stored (raw uint8) map of frame `first_k + j`.
     hog_scales: float32 `[Tt, L]`, their de-quantisation scales.
-    disp: float32 `[Tt, L, Py, Px, 2]` displacements in prep pixels of the `Py x Px` trajectories.
+    disp: float32 `[Tt, Py, Px, L, 2]` displacements in prep pixels of the `Py x Px` trajectories.
     x0: float32 `[Px]`, y0: float32 `[Py]`: their start positions in prep pixels.
     gh, gw: the stored maps' grid (cell centres at `g*i + g/2`).
 
   Returns:
-    float32 `[Tt, L, Py, Px, 9]`, `HOG(p_j)` with `p_j = p_0 + sum_{i<j} disp_i`.
+    float32 `[Tt, Py, Px, L, 9]` (the layout of the targets), `HOG(p_j)` with `p_j = p_0 + sum_{i<j} disp_i`.
   """
-  q = tf.io.decode_raw(tf.io.decode_compressed(hog_strings, 'ZLIB'), tf.uint8)  # [Tt, L, Gh*Gw*9]
-  q = tf.cast(q, tf.float32) / 255.0
-  maps = q * q * hog_scales[..., None]
-  tt, steps, py, px = tf.shape(disp)[0], tf.shape(disp)[1], tf.shape(disp)[2], tf.shape(disp)[3]
-  maps = tf.reshape(maps, [tt * steps, gh * gw, schema.HOG_BINS])
-  offsets = tf.cumsum(disp, axis=1, exclusive=True)  # Position before each step, relative to the start.
+  tt, steps = tf.shape(disp)[0], tf.shape(disp)[3]
+  offsets = tf.cumsum(disp, axis=3, exclusive=True)  # [Tt, Py, Px, L, 2]: p_j - p_0.
   half = grid_step / 2
-  x = x0[None, None, None, :] + offsets[..., 0]
-  y = y0[None, None, :, None] + offsets[..., 1]
   gwf, ghf = tf.cast(gw, tf.float32), tf.cast(gh, tf.float32)
-  u = tf.clip_by_value((x - half) / grid_step, 0.0, gwf - 1)
-  v = tf.clip_by_value((y - half) / grid_step, 0.0, ghf - 1)
+  u = tf.clip_by_value((x0[None, None, :, None] + offsets[..., 0] - half) / grid_step, 0.0, gwf - 1)
+  v = tf.clip_by_value((y0[None, :, None, None] + offsets[..., 1] - half) / grid_step, 0.0, ghf - 1)
   u0 = tf.minimum(tf.floor(u), tf.maximum(gwf - 2, 0))
   v0 = tf.minimum(tf.floor(v), tf.maximum(ghf - 2, 0))
   wu, wv = (u - u0)[..., None], (v - v0)[..., None]
   u0, v0 = tf.cast(u0, tf.int32), tf.cast(v0, tf.int32)
-  u1, v1 = tf.minimum(u0 + 1, gw - 1), tf.minimum(v0 + 1, gh - 1)
-
-  def at(vv, uu):
-    idx = tf.reshape(vv * gw + uu, [tt * steps, py * px])
-    return tf.reshape(tf.gather(maps, idx, batch_dims=1), [tt, steps, py, px, schema.HOG_BINS])
-
-  top = at(v0, u0) * (1 - wu) + at(v0, u1) * wu
-  bottom = at(v1, u0) * (1 - wu) + at(v1, u1) * wu
-  return top * (1 - wv) + bottom * wv
+  # The window [vlo, vhi] x [ulo, uhi] of cells the lookup touches.
+  ulo, vlo = tf.reduce_min(u0), tf.reduce_min(v0)
+  uhi, vhi = tf.minimum(tf.reduce_max(u0) + 1, gw - 1), tf.minimum(tf.reduce_max(v0) + 1, gh - 1)
+  cw, ch = uhi - ulo + 1, vhi - vlo + 1
+  q = tf.reshape(tf.io.decode_raw(hog_strings, tf.uint8), tf.stack([tt * steps, gh, gw, schema.HOG_BINS]))
+  q = tf.cast(q[:, vlo:vhi + 1, ulo:uhi + 1], tf.float32)
+  maps = tf.reshape(q * q * (tf.reshape(hog_scales, [-1, 1, 1, 1]) * (1.0 / 255.0**2)), [-1, schema.HOG_BINS])
+  frame = tf.range(tt)[:, None, None, None] * steps + tf.range(steps)[None, None, None, :]  # [Tt, 1, 1, L]
+  at00 = frame * (ch * cw) + (v0 - vlo) * cw + (u0 - ulo)
+  du, dv = tf.minimum(1, cw - 1), tf.minimum(1, ch - 1) * cw  # Neighbour offsets (0 on a one-cell-wide map).
+  g00, g01 = tf.gather(maps, at00), tf.gather(maps, at00 + du)
+  g10, g11 = tf.gather(maps, at00 + dv), tf.gather(maps, at00 + dv + du)
+  top = g00 + (g01 - g00) * wu
+  bottom = g10 + (g11 - g10) * wu
+  return top + (bottom - top) * wv
 
 
 def multiscale_crop_params(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, scales, max_distort: int,
@@ -183,19 +189,29 @@ def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, of
   y0 = output_grid_sources(offset_y, crop_h, res, grid_step)
   x0 = output_grid_sources(offset_x, crop_w, res, grid_step, flip)
   wy, wx = _resample_matrix(y0, gh, grid_step), _resample_matrix(x0, gw, grid_step)
-  disp = tf.einsum('yh,tlhwc,xw->tlyxc', wy, disp, wx)
+  # Two plain contractions (w, then h) and one transpose: ~1.5x faster than the equivalent three-operand einsum.
+  disp = tf.tensordot(wy, tf.tensordot(disp, wx, [[3], [1]]), [[1], [2]])  # [y, t, l, c, x]
+  disp = tf.transpose(disp, [1, 0, 4, 2, 3])  # [t, y, x, l, c]
   flip = tf.cast(flip, tf.bool)
   hog = None
   if hog_strings is not None:
     hog = trajectory_hog(hog_strings, hog_scales, disp, x0, y0, gh, gw, grid_step)
-    hog = tf.where(flip, tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), hog)
-    hog = tf.transpose(hog, [0, 2, 3, 1, 4])
+    hog = tf.cond(flip, lambda: tf.gather(hog, schema.HOG_FLIP_PERMUTATION, axis=-1), lambda: hog)
   scale = tf.stack([res / tf.cast(crop_w, tf.float32), res / tf.cast(crop_h, tf.float32)])
   sign = tf.where(flip, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
   disp = disp * (scale * sign)
   invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > 0, tf.float32), 1.0 - tf.cast(valid, tf.float32),
                       tf.cast(wx > 0, tf.float32))
-  return tf.transpose(disp, [0, 2, 3, 1, 4]), invalid < 0.5, hog
+  return disp, invalid < 0.5, hog
+
+
+def _resize_uint8(frames: np.ndarray, res: int) -> np.ndarray:
+  """OpenCV's bilinear resize (half-pixel centres, no antialiasing: the same sampling as `tf.image.resize`'s
+  'bilinear', in 8-bit fixed point) of uint8 `[T, h, w, 3]` frames to `[T, res, res, 3]`; ~4x faster than TF's."""
+  out = np.empty((frames.shape[0], res, res, 3), np.uint8)
+  for i in range(frames.shape[0]):
+    cv2.resize(frames[i], (res, res), dst=out[i], interpolation=cv2.INTER_LINEAR)
+  return out
 
 
 def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, res: int, flip) -> tf.Tensor:
@@ -204,9 +220,13 @@ def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, 
   Returns:
     uint8 `[T, res, res, 3]` (normalisation happens on the device, in the jitted step: 4x less to transfer).
   """
+  # The resize runs inside tf.data's parallel map: one OpenCV thread per call (OpenCV's own pool would oversubscribe the
+  # cores tf.data already uses).
+  cv2.setNumThreads(1)
   window = tf.stack([offset_y, offset_x, crop_h, crop_w])
   frames = tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method='INTEGER_FAST'), jpegs,
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  frames = tf.cond(tf.logical_and(tf.equal(crop_h, res), tf.equal(crop_w, res)), lambda: frames,
-                   lambda: tf.saturate_cast(tf.round(tf.image.resize(frames, [res, res], method='bilinear')), tf.uint8))
+  resize = lambda: tf.ensure_shape(tf.numpy_function(functools.partial(_resize_uint8, res=res), [frames], tf.uint8,
+                                                     stateful=False), [None, res, res, 3])
+  frames = tf.cond(tf.logical_and(tf.equal(crop_h, res), tf.equal(crop_w, res)), lambda: frames, resize)
   return tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(frames, axis=[2]), lambda: frames)

@@ -46,12 +46,19 @@ class ClipSpec:
                with_hog=t.kind == 'trajectory' and t.shape)
 
 
+def clip_span(spec: ClipSpec) -> int:
+  """Frames from a clip's first frame to its last frame or the last frame its last tubelet's trajectories reach."""
+  return max((spec.num_frames - 1) * spec.frame_stride, (spec.num_frames - spec.tubelet) * spec.frame_stride
+             + spec.traj_len) + 1
+
+
 def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   """Reads the first record of the first non-empty shard and checks that the data can serve `spec`.
 
   Raises:
-    ValueError: naming the shard, when the stored trajectories are shorter than `target.traj_len`, the start stride
-      does not divide the tubelet spacing, or the schema version differs.
+    ValueError: naming the shard, when the stored trajectories are shorter than `target.traj_len`, segment records are
+      shorter than a clip (`clip_span`), the start stride does not divide the tubelet spacing, or the schema version
+      differs.
   """
   for raw, shard in ((r, s) for s in shards for r in tf.data.TFRecordDataset(s).take(1)):
     try:
@@ -64,6 +71,11 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
     if rec[schema.TRAJ_LEN] < spec.traj_len:
       raise ValueError(f'{shard} stores trajectories of L={rec[schema.TRAJ_LEN]} steps, but config.target.traj_len='
                        f'{spec.traj_len}; re-run data_prep with --traj_len={spec.traj_len} or lower target.traj_len')
+    span = clip_span(spec)
+    if rec[schema.VIDEO_FRAMES] > rec[schema.NUM_FRAMES] and rec[schema.NUM_FRAMES] < span:
+      raise ValueError(f'{shard} holds segments of {rec[schema.NUM_FRAMES]} frames, but a clip of '
+                       f'{spec.num_frames} frames at stride {spec.frame_stride} with L={spec.traj_len} spans {span} '
+                       f'frames; re-run data_prep with --segment_frames >= {span} (or 0 for whole videos)')
     spacing = spec.tubelet * spec.frame_stride
     if spacing % rec[schema.TRAJ_START_STRIDE]:
       raise ValueError(f'{shard} stores trajectory starts every {rec[schema.TRAJ_START_STRIDE]} frames, which does not '
@@ -73,19 +85,22 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   raise ValueError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
 
 
-def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: int = 0):
-  """Returns `fn(epoch, index, serialized) -> features` producing one clip and its target inputs."""
+def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: int = 0, clips_per_record: int = 1):
+  """Returns `fn(epoch, index, serialized) -> features` producing the clips of one record and their target inputs.
+
+  With `clips_per_record = R > 1` every feature has a leading `[R]` dim: R clips, each with its own start, crop and
+  flip (seeds split from the element's seed), decoded from the one parse of the record (`stream.train_stream` with
+  `stacked=True` puts them into the same batch). With R = 1 a clip's draws are exactly those of earlier versions.
+  """
   d = config.data
   feature_spec = schema.tf_feature_spec()
   base_seed = stream.process_seed(config.seed, process_index)
 
-  def fn(epoch, index, serialized):
-    rec = tf.io.parse_single_example(serialized, feature_spec)
-    seed = stream.element_seed(base_seed, epoch, index)
+  def one_clip(rec, seed, index):
     seed_clip, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    frames = tf.sparse.to_dense(rec[schema.FRAMES])
-    disp_strings = tf.sparse.to_dense(rec[schema.TRAJ_DISP])
-    inside_strings = tf.sparse.to_dense(rec[schema.TRAJ_INSIDE])
+    # A VarLen list's `values` is the whole list (every entry is present): no dense copy of the record's strings.
+    frames, hog_maps = rec[schema.FRAMES].values, rec[schema.HOG_MAP].values
+    disp_strings, inside_strings = rec[schema.TRAJ_DISP].values, rec[schema.TRAJ_INSIDE].values
     height, width = rec[schema.HEIGHT], rec[schema.WIDTH]
     grid = tf.cast(rec[schema.GRID], tf.int32)
     gh, gw = tf.cast(height, tf.int32) // grid, tf.cast(width, tf.int32) // grid
@@ -107,8 +122,8 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
                             tf.cast(num_frames, tf.int32) - 1)
     hog_strings = hog_scales = None
     if spec.with_hog:
-      hog_strings = tf.gather(tf.sparse.to_dense(rec[schema.HOG_MAP]), hog_frames)
-      hog_scales = tf.gather(tf.sparse.to_dense(rec[schema.HOG_SCALE]), hog_frames)
+      hog_strings = tf.gather(hog_maps, hog_frames)
+      hog_scales = tf.gather(rec[schema.HOG_SCALE].values, hog_frames)
     disp, valid, hog = clip_ops.crop_flip_trajectories(
         disp, valid, hog_strings, hog_scales, offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw, res=spec.res, flip=flip,
         grid_step=spec.grid_step)
@@ -124,6 +139,14 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
         '_id': index,
     }
 
+  def fn(epoch, index, serialized):
+    rec = tf.io.parse_single_example(serialized, feature_spec)
+    seed = stream.element_seed(base_seed, epoch, index)
+    if clips_per_record == 1:
+      return one_clip(rec, seed, index)
+    clips = [one_clip(rec, s, index) for s in tf.unstack(tf.random.experimental.stateless_split(seed, clips_per_record))]
+    return {k: tf.stack([c[k] for c in clips]) for k in clips[0]}
+
   return fn
 
 
@@ -132,8 +155,10 @@ def make_train_dataset(config, *, process_index: int = 0, process_count: int = 1
   """This process's stream of pretraining clips (`stream.train_stream`), after checking that the stored records can
   serve `ClipSpec.from_config(config)` (`check_stored_records`)."""
   spec = ClipSpec.from_config(config)
-  return stream.train_stream(config, make_clip_fn(config, spec, train=True, process_index=process_index),
-                             process_index=process_index,
+  r = config.data.get('clips_per_record', 1)
+  return stream.train_stream(config, make_clip_fn(config, spec, train=True, process_index=process_index,
+                                                  clips_per_record=r),
+                             clips_per_record=r, stacked=r > 1, process_index=process_index,
                              process_count=process_count, start_step=start_step, shards=shards,
                              check=lambda s: check_stored_records(s, spec))
 
