@@ -33,6 +33,8 @@ EXTRAS = {
     'dask': ['apache-beam[dask]==2.77.*'],
     # experiments/motion_mini.py plots.
     'experiments': ['matplotlib>=3.8'],
+    # bench/input_pipeline.py's reference-style loader decodes the source videos with decord, as the released code does.
+    'bench': ['decord>=0.6'],
     'test': [
         'apache-beam[dask]==2.77.*',  # The Dask-cluster test of data_prep.
         'matplotlib>=3.8',  # The smoke run of experiments/motion_mini.py draws its plots.

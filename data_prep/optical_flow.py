@@ -1,9 +1,10 @@
 """Dense optical flow between consecutive frames, with camera-motion removal ("warped flow", paper App. A.1).
 
-Camera motion is a homography `H` mapping points of frame t to frame t+1, fitted with RANSAC (about 1 px reprojection
-threshold) to correspondences: the centres of the textured 12x12 blocks of frame t (high smaller eigenvalue of the
-structure tensor, i.e. corner-like, where flow is reliable) displaced by a first flow estimate (SURF is not in pip
-OpenCV; this costs ~0.5 ms per frame against ~1.5 ms for goodFeaturesToTrack, at the same accuracy on our tests).
+Camera motion is a homography `H` mapping points of frame t to frame t+1, fitted with RANSAC (OpenCV's USAC_FAST,
+about 1 px reprojection threshold) to correspondences: the centres of the textured 12x12 blocks of frame t (high
+smaller eigenvalue of the structure tensor, i.e. corner-like, where flow is reliable) displaced by a first flow
+estimate (SURF is not in pip OpenCV; this costs ~0.2 ms per frame against ~1.5 ms for goodFeaturesToTrack, at the same
+accuracy on our tests).
 Too few correspondences or inliers, or an implausible fit, fall back to the identity. Then either
   * `compose` (default): the flow relative to the camera is obtained analytically, `w'(p) = H^-1(p + w(p)) - p`, which
     is exactly the flow between frame t and frame t+1 warped by `H^-1`, for one flow computation per frame; or
@@ -21,30 +22,53 @@ import numpy as np
 
 from data_prep.options import PrepConfig
 
-_DIS_PRESETS = {
-    'dis_ultrafast': cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    'dis_fast': cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    'dis_medium': cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+# OpenCV DIS settings by name: (base preset, overrides). `dis_fine` (the default) is DIS at the half-resolution finest
+# scale: the `ultrafast` patch search (8-px patches every 5 px, 12 gradient steps) plus 2 variational refinement
+# iterations per scale, with the previous frame pair's flow as the initial guess. docs/data_prep.md ("Flow methods")
+# has every method's accuracy and cost; the measurements that chose these values are in BENCHMARKS.md.
+_DIS = {
+    'dis_ultrafast': (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, {}),
+    'dis_fast': (cv2.DISOPTICAL_FLOW_PRESET_FAST, {}),
+    'dis_fine': (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                 {'FinestScale': 1, 'PatchStride': 5, 'VariationalRefinementIterations': 2}),
+    'dis_medium': (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, {}),
 }
+# Methods that start from the previous pair's flow (DIS refines a flow it is given instead of starting from zero).
+_TEMPORAL = frozenset({'dis_fine'})
 
 
 class FlowEstimator:
-  """Callable `(prev_gray, next_gray) -> flow [H, W, 2]` for one method. Holds OpenCV state: create one per process."""
+  """Callable `(prev_gray, next_gray) -> flow [H, W, 2]` for one method. Holds OpenCV state and, for `dis_fine`, the
+  last flow (the initial guess of the next pair when it continues the same frame sequence): create one per video."""
 
   def __init__(self, method: str):
     self.method = method
-    if method in _DIS_PRESETS:
-      self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[method])
+    self._last = None  # (next_gray of the last call, its flow), for the temporal initial guess.
+    if method in _DIS:
+      preset, overrides = _DIS[method]
+      self._dis = cv2.DISOpticalFlow_create(preset)
+      for name, value in overrides.items():
+        getattr(self._dis, f'set{name}')(value)
     elif method == 'farneback':
       self._dis = None
     else:
-      raise ValueError(f'flow method {method!r} is not one of {sorted(_DIS_PRESETS) + ["farneback"]}')
+      raise ValueError(f'flow method {method!r} is not one of {sorted(_DIS) + ["farneback"]}')
 
-  def __call__(self, prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray:
-    if self._dis is not None:
+  def __call__(self, prev_gray: np.ndarray, next_gray: np.ndarray, *, continues: bool = True) -> np.ndarray:
+    """Flow from `prev_gray` to `next_gray`. `continues=False` (a second flow of the same pair, e.g. against a warped
+    frame) neither uses nor replaces the temporal initial guess."""
+    if self._dis is None:
+      return cv2.calcOpticalFlowFarneback(prev_gray, next_gray, None, pyr_scale=0.5, levels=4, winsize=15,
+                                          iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+    if self.method not in _TEMPORAL:
       return self._dis.calc(prev_gray, next_gray, None)
-    return cv2.calcOpticalFlowFarneback(prev_gray, next_gray, None, pyr_scale=0.5, levels=4, winsize=15,
-                                        iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+    init = None
+    if continues and self._last is not None and self._last[0] is prev_gray:
+      init = self._last[1].copy()  # DIS writes the result into the array it is given.
+    flow = self._dis.calc(prev_gray, next_gray, init)
+    if continues:
+      self._last = (next_gray, flow)
+    return flow
 
 
 @dataclasses.dataclass
@@ -84,7 +108,9 @@ def estimate_camera_motion(prev_gray: np.ndarray, flow: np.ndarray, *, ransac_th
   if len(src) < min_inliers:
     return CameraMotion(IDENTITY, len(src), 0, True)
   dst = src + sample_flow(flow, src)
-  hom, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_threshold, maxIters=500, confidence=0.99)
+  # USAC_FAST (OpenCV's local-optimisation RANSAC): the same fits as plain RANSAC on the known-motion test videos, at
+  # a quarter of its time on real ones (BENCHMARKS.md).
+  hom, inlier_mask = cv2.findHomography(src, dst, cv2.USAC_FAST, ransac_threshold, maxIters=500, confidence=0.99)
   n_in = int(inlier_mask.sum()) if inlier_mask is not None else 0
   if hom is None or n_in < min_inliers or not _plausible(hom, h, w):
     return CameraMotion(IDENTITY, len(src), 0, True)
@@ -93,12 +119,14 @@ def estimate_camera_motion(prev_gray: np.ndarray, flow: np.ndarray, *, ransac_th
 
 def _textured_grid_points(gray: np.ndarray, step: int = 12) -> np.ndarray:
   """Centres `[P, 2]` (x, y) of the `step`-px blocks whose gradient energy is above a quarter of the median: a
-  cheap stand-in for corner detection (flow in flat regions is interpolated and unreliable)."""
+  cheap stand-in for corner detection (flow in flat regions is interpolated and unreliable). The structure tensor is
+  computed on the frame at half resolution (6x fewer operations than at full size; the blocks are the same)."""
   h, w = gray.shape
   gh, gw = h // step, w // step
   if gh == 0 or gw == 0:
     return np.zeros((0, 2), np.float32)
-  small = gray[:gh * step, :gw * step]
+  half = step // 2
+  small = cv2.resize(gray[:gh * step, :gw * step], (gw * half, gh * half), interpolation=cv2.INTER_AREA)
   gx = cv2.Sobel(small, cv2.CV_32F, 1, 0, ksize=3)
   gy = cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=3)
   # Smaller eigenvalue of the block structure tensor: high only where the texture has two directions (no aperture
@@ -185,6 +213,6 @@ def warped_flow(prev_gray: np.ndarray, next_gray: np.ndarray, estimator: FlowEst
         warped = warp_next_frame(next_gray, camera.homography)
     if not camera.is_identity and config.camera_motion == 'rewarp':
       with stage('flow'):
-        flow = estimator(prev_gray, warped)
+        flow = estimator(prev_gray, warped, continues=False)
   np.clip(flow, -config.flow_bound, config.flow_bound, out=flow)
   return flow, camera

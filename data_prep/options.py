@@ -6,7 +6,7 @@ from typing import Any
 
 from m3video_jax.data import schema
 
-FLOW_METHODS = ('dis_fast', 'dis_medium', 'dis_ultrafast', 'farneback')
+FLOW_METHODS = ('dis_fine', 'dis_fast', 'dis_medium', 'dis_ultrafast', 'farneback')
 # compose: one flow per frame pair; the homography is fitted on it and removed analytically (w' = H^-1(p + w) - p).
 # rewarp: the paper's recipe: warp frame t+1 by H^-1 and compute the flow a second time (about 2x the flow cost).
 # none: plain flow (no camera-motion removal).
@@ -40,7 +40,7 @@ class PrepConfig:
   short_side: int = 256
   traj_len: int = 6
   traj_start_stride: int = 2
-  flow: str = 'dis_fast'
+  flow: str = 'dis_fine'
   camera_motion: str = 'compose'
   flow_bound: float = 20.0
   ransac_threshold: float = 1.0

@@ -73,13 +73,19 @@ def test_streaming_tracker_matches_track_for_every_start():
     np.testing.assert_array_equal(inside_steps, want_steps)
 
 
-def _video(tmp_path, label, seed, pan=None):
+def _video(tmp_path, label, seed, pan=None, lossless=False):
+  """A synthetic video written as mp4 (lossy mp4v, the common case) or, with `lossless`, as uncompressed y4m: at 128 px
+  mp4v alone moves the flow of the static background by ~0.2-0.3 px, which would measure the codec, not the tracker."""
   rng = np.random.default_rng(seed)
   spec = synthetic.sample_spec(rng, label, NATIVE, NATIVE, 20)
   if pan is not None:
     spec = synthetic.VideoSpec(**{**spec.__dict__, 'pan': pan})
-  path = os.path.join(tmp_path, f'v{label}_{seed}.mp4')
-  synthetic.write_mp4(path, synthetic.render(spec))
+  path = os.path.join(tmp_path, f'v{label}_{seed}.' + ('y4m' if lossless else 'mp4'))
+  frames = synthetic.render(spec)
+  if lossless:
+    synthetic.write_y4m(path, frames)
+  else:
+    synthetic.write_mp4(path, frames)
   return spec, path
 
 
@@ -103,25 +109,29 @@ def _errors(spec, targets, with_camera):
   return np.concatenate(obj), np.concatenate(bg)
 
 
-# Mean |Δp error| in prep px over all steps, at the defaults (dis_fast, compose) on 2x-upscaled 128 px synthetic videos
-# (object speeds 2-4 px/frame for translation, up to ~6 px/frame at the rim for rotation). Measured over 6 seeds per
-# class: object translate 0.46-0.49 (max 0.66), rotate 0.72-0.74 (max 0.91), grow/shrink 0.30-0.35 (max 0.40);
-# background 0.12-0.20 (max 0.26). Tolerances leave ~30% headroom.
-OBJECT_TOL_PX = {'translate': 0.85, 'rotate': 1.2, 'grow': 0.55, 'shrink': 0.55}
-BACKGROUND_TOL_PX = 0.35
+# Median |Δp error| in prep px over all steps of the object's interior points, at the defaults (dis_fine flow, compose)
+# on 2x-upscaled 128 px lossless synthetic videos (object speeds 2-4 px/frame for translation, up to ~6 px/frame at the
+# rim for rotation at 3-6 degrees/frame). Measured over 4 seeds per class (BENCHMARKS.md, "Data prep"): translate
+# 0.046-0.100, rotate 0.099-0.175, grow 0.095-0.102, shrink 0.070-0.095; background 0.027-0.043. The old default
+# (dis_fast) measured translate 0.20-0.62, rotate 0.37-0.75, grow/shrink 0.14-0.29. Tolerances leave ~25% headroom.
+OBJECT_TOL_PX = {'translate': 0.125, 'rotate': 0.22, 'grow': 0.13, 'shrink': 0.13}
+BACKGROUND_TOL_PX = 0.06
+# The mp4 round trip: mean errors, codec noise included. mp4v's block artifacts at this size stay where they are while
+# the camera pans, and the finer default flow partly follows them: background 0.36-0.42 px (dis_fast: 0.24-0.27).
+MP4_OBJECT_TOL_PX, MP4_BACKGROUND_TOL_PX = 0.85, 0.55
 
 
 @pytest.mark.parametrize('label', [0, 3, 4, 6, 7])  # translate_left, translate_down, rotate_cw, grow, shrink
 def test_camera_motion_removed_background_still_object_matches(tmp_path, label):
-  spec, path = _video(tmp_path, label, seed=10 + label)
+  spec, path = _video(tmp_path, label, seed=10 + label, lossless=True)
   targets = video_targets.extract_video(path, PrepConfig())
   obj_err, bg_err = _errors(spec, targets, with_camera=False)
-  print(f'{spec.class_name}: object mean error {obj_err.mean():.3f} px, background {bg_err.mean():.3f} px '
+  print(f'{spec.class_name}: object median error {np.median(obj_err):.3f} px, background {np.median(bg_err):.3f} px '
         f'(camera pan {np.hypot(*spec.pan) * SCALE:.2f} px/frame)')
   assert obj_err.size > 100 and bg_err.size > 1000
-  assert obj_err.mean() < OBJECT_TOL_PX[spec.class_name.split('_')[0]]
+  assert np.median(obj_err) < OBJECT_TOL_PX[spec.class_name.split('_')[0]]
   # Background points: |Δp| near 0 although the camera pans.
-  assert bg_err.mean() < BACKGROUND_TOL_PX
+  assert np.median(bg_err) < BACKGROUND_TOL_PX
 
 
 def test_without_camera_motion_removal_background_follows_pan(tmp_path):
@@ -129,8 +139,8 @@ def test_without_camera_motion_removal_background_follows_pan(tmp_path):
   targets = video_targets.extract_video(path, PrepConfig(camera_motion='none'))
   obj_err, bg_err = _errors(spec, targets, with_camera=True)
   print(f'no removal: object mean error {obj_err.mean():.3f} px, background {bg_err.mean():.3f} px')
-  assert bg_err.mean() < BACKGROUND_TOL_PX
-  assert obj_err.mean() < OBJECT_TOL_PX['translate']
+  assert bg_err.mean() < MP4_BACKGROUND_TOL_PX
+  assert obj_err.mean() < MP4_OBJECT_TOL_PX
   # The same video with removal: the background no longer moves.
   removed = video_targets.extract_video(path, PrepConfig())
   still = np.abs(removed.traj_disp[..., 4:-4, 4:-4, :]).mean()
