@@ -21,6 +21,8 @@ ENCODER_VARIANTS = ('mu', 'XS', 'S', 'B', 'L')
 MASK_KINDS = ('tube', 'cube')
 DECODER_MODES = ('joint', 'separate')
 DTYPES = ('float32', 'bfloat16')
+# `model.attention` (models/layers.py `ATTENTION_IMPLEMENTATIONS`, repeated here so configs stay cheap to import).
+ATTENTION_IMPLEMENTATIONS = ('auto', 'explicit', 'xla', 'cudnn')
 SAMPLINGS = ('dense', 'segment')
 
 
@@ -132,6 +134,10 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.model.patch_size = (2, 16, 16)
   c.model.drop_path = 0.0
   c.model.dtype = 'float32'  # Compute dtype; params and the loss stay float32.
+  # 'auto': the hand-written attention on CPU, jax.nn.dot_product_attention (XLA) on GPU/TPU; 'explicit', 'xla' or
+  # 'cudnn' (cuDNN flash attention: CUDA GPUs, dtype bfloat16) force one (models/layers.py).
+  c.model.attention = 'auto'
+  c.model.remat = False  # Recompute each transformer block's activations in the backward pass (less memory).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 1.5e-4  # Scaled by global batch / 256.
@@ -302,6 +308,19 @@ def validate_shared(config: ml_collections.ConfigDict, num_devices: int | None =
   check(m.encoder in ENCODER_VARIANTS, 'model.encoder', m.encoder, f'one of {ENCODER_VARIANTS}')
   check(0.0 <= m.drop_path < 1.0, 'model.drop_path', m.drop_path, 'a rate in [0, 1)')
   check(m.dtype in DTYPES, 'model.dtype', m.dtype, f'one of {DTYPES}')
+  # A config.json of an older run has neither field: the defaults apply (`model_options`).
+  attention, remat = model_options(c)
+  check(attention in ATTENTION_IMPLEMENTATIONS, 'model.attention', attention, f'one of {ATTENTION_IMPLEMENTATIONS}')
+  check(attention != 'cudnn' or m.dtype == 'bfloat16', 'model.attention', attention,
+        "'cudnn' together with model.dtype='bfloat16' (cuDNN flash attention has no float32 kernel), or 'auto' / "
+        "'xla' / 'explicit' for float32")
+  check(isinstance(remat, bool), 'model.remat', remat, 'True or False')
+  if num_devices is not None and attention == 'cudnn':  # Validating for this machine: its backend must have cuDNN.
+    import jax  # Only here: configs stay cheap to import.
+
+    backend = jax.default_backend()
+    check(backend == 'gpu', 'model.attention', attention,
+          f"'auto', 'xla' or 'explicit' on the {backend} backend ('cudnn', cuDNN flash attention, needs a CUDA GPU)")
   o = c.optim
   check(o.base_lr > 0, 'optim.base_lr', o.base_lr, 'a positive learning rate')
   check(0 <= o.min_lr <= o.base_lr, 'optim.min_lr', o.min_lr, f'in [0, optim.base_lr={o.base_lr}]')
@@ -323,6 +342,13 @@ def validate_shared(config: ml_collections.ConfigDict, num_devices: int | None =
     micro = d.batch_size // o.grad_accum_steps
     check(micro % num_devices == 0, 'data.batch_size', d.batch_size,
           f'a multiple of {num_devices} devices x optim.grad_accum_steps={o.grad_accum_steps}')
+
+
+def model_options(config) -> tuple[str, bool]:
+  """`(model.attention, model.remat)` of a config, with the defaults ('auto', False) for a config (e.g. a run's
+  `config.json`) written before the fields existed."""
+  m = config.model
+  return m.get('attention', 'auto'), m.get('remat', False)
 
 
 def _validate_demo_data(d: ml_collections.ConfigDict) -> None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from m3video_jax import config_lib
 from m3video_jax.data import schema
 from m3video_jax.models import vit
 
@@ -23,7 +24,7 @@ L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 def pooled_features(encoder_params: Any, variant: str, patch_size: tuple[int, int, int],
                     batches: Iterable[dict[str, np.ndarray]], *, mean=schema.IMAGENET_MEAN,
-                    std=schema.IMAGENET_STD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    std=schema.IMAGENET_STD, attention: str = 'auto') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Mean token of the encoder (after its final LayerNorm) for every clip.
 
   Args:
@@ -32,11 +33,12 @@ def pooled_features(encoder_params: Any, variant: str, patch_size: tuple[int, in
     batches: dicts with `video` (RGB in [0, 255] `[b, T, H, W, 3]`), `label` `[b]`, `video_index` `[b]` and
       optionally `_mask` (False on padding rows), e.g. `classification.padded_batches` of an eval dataset.
     mean, std: the normalisation of the clips (`schema.normalize_video`, inside the jit).
+    attention: the encoder's attention implementation (`config.model.attention`).
 
   Returns:
     (features float32 `[C, D]`, labels int `[C]`, video_index int `[C]`) over the real (unpadded) clips.
   """
-  model = vit.VideoViT(variant, tuple(patch_size))
+  model = vit.VideoViT(variant, tuple(patch_size), attention=attention)
   fn = jax.jit(lambda p, x: model.apply({'params': p}, schema.normalize_video(x, mean, std)).mean(axis=1))
   feats, labels, index = [], [], []
   for b in batches:
@@ -67,7 +69,8 @@ def dataset_features(config, eval_files: str, encoder_params: Any, *,
   ds, info = classification.make_eval_dataset(config, num_temporal=num_temporal, num_spatial=1)
   batches = classification.padded_batches(ds, info['local_batch'], info['num_batches'], info['shards'])
   return per_video(*pooled_features(encoder_params, config.model.encoder, tuple(config.model.patch_size), batches,
-                                    mean=tuple(config.data.mean), std=tuple(config.data.std)))
+                                    mean=tuple(config.data.mean), std=tuple(config.data.std),
+                                    attention=config_lib.model_options(config)[0]))
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *, steps: int = 600,

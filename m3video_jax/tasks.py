@@ -135,10 +135,11 @@ class PretrainTask:
     c = self.config
     dims = tuple(self.part_dims.values())
     output_dims = dims if c.model.decoder_mode == 'separate' else (sum(dims),)
+    attention, remat = config_lib.model_options(c)
     return m3video.M3VideoPretrainer(
         encoder_variant=c.model.encoder, patch_size=tuple(c.model.patch_size), decoder_width=c.model.decoder_width,
         decoder_depth=c.model.decoder_depth, decoder_heads=c.model.decoder_heads, output_dims=output_dims,
-        drop_path_rate=c.model.drop_path, dtype=_DTYPES[c.model.dtype])
+        drop_path_rate=c.model.drop_path, dtype=_DTYPES[c.model.dtype], attention=attention, remat=remat)
 
   @property
   def part_dims(self) -> dict[str, int]:
@@ -350,10 +351,11 @@ class FinetuneTask:
   @property
   def model(self) -> classifier.VideoClassifier:
     c = self.config
+    attention, remat = config_lib.model_options(c)
     return classifier.VideoClassifier(
         variant=c.model.encoder, num_classes=c.model.num_classes, patch_size=tuple(c.model.patch_size),
         drop_path_rate=c.model.drop_path, freeze_encoder=self.freeze_encoder,
-        head_init_scale=c.model.head_init_scale, dtype=_DTYPES[c.model.dtype])
+        head_init_scale=c.model.head_init_scale, dtype=_DTYPES[c.model.dtype], attention=attention, remat=remat)
 
   def init_params(self, rng: jax.Array) -> Any:
     video = jnp.zeros(clip_shape(self.config, 1), jnp.float32)

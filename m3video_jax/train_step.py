@@ -71,6 +71,6 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn, tx: optax.Gr
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {f'train/{k}': v for k, v in metrics.items()}
-  metrics.update({'train/loss': loss, 'train/grad_norm': optax.global_norm(grads),
+  metrics.update({'train/loss': loss, 'train/grad_norm': optax.tree.norm(grads),
                   'train/lr': lr_schedule(state.step)})
   return new_state, metrics

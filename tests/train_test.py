@@ -200,7 +200,7 @@ def test_grad_accumulation_averages_micro_batch_losses_and_grads():
           for i in range(2)]
   np.testing.assert_allclose(m['train/loss'], np.mean([o[0][0] for o in outs]), rtol=1e-6)
   mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, outs[0][1], outs[1][1])
-  np.testing.assert_allclose(m['train/grad_norm'], optax.global_norm(mean_grads), rtol=1e-5)
+  np.testing.assert_allclose(m['train/grad_norm'], optax.tree.norm(mean_grads), rtol=1e-5)
 
 
 def test_config_validation_names_field_and_allowed_values():

@@ -65,16 +65,20 @@ class Encoder:
     kind: 'pretrain', 'classifier' or 'encoder' (the layout the parameters came in).
     final_norm: whether the tokens are after the encoder's final LayerNorm.
     config: the checkpoint's config dict, or None.
+    attention: the attention implementation (`layers.resolve_attention`; default 'auto', the best for the backend
+      this runs on). The checkpoint's own `model.attention` is not used: it chose the speed on the training machine,
+      and every implementation computes the same function of the same parameters.
   """
 
-  def __init__(self, params: Mapping[str, Any], config: Mapping[str, Any] | None = None):
+  def __init__(self, params: Mapping[str, Any], config: Mapping[str, Any] | None = None, *, attention: str = 'auto'):
     layout = torch_mapping.layout_of(params)
     self.kind = layout.kind
     self.final_norm = layout.final_norm
     self.variant, self.patch_size = weights.encoder_arch(params['encoder'])
     self.width = vit.VARIANTS[self.variant].width
     self.config = dict(config) if config else None
-    self._model = vit.VideoViT(self.variant, self.patch_size, final_norm=self.final_norm)
+    self.attention = attention
+    self._model = vit.VideoViT(self.variant, self.patch_size, final_norm=self.final_norm, attention=attention)
     self._params = jax.device_put({k: params[k] for k in ('encoder', 'fc_norm', 'head') if k in params})
     self._tokens_fn = jax.jit(self._tokens)
     self._pooled_fn = jax.jit(self._pooled)
@@ -123,8 +127,8 @@ class Encoder:
             f'final_norm={self.final_norm})')
 
 
-def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = False,
-                 allow_pickle: bool = False) -> Encoder:
+def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = False, allow_pickle: bool = False,
+                 attention: str = 'auto') -> Encoder:
   """Loads a frozen `Encoder` from a checkpoint.
 
   Args:
@@ -134,12 +138,13 @@ def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = Fal
     encoder_only: PyTorch sources: ignore decoder/classifier keys (needed for the reference's MME pretraining
       checkpoints, whose two-MLP-head decoder has no counterpart here).
     allow_pickle: PyTorch sources: unpickle a `.pth` fully (trusted files only).
+    attention: attention implementation (`Encoder`; default 'auto').
 
   Returns:
     The encoder; `enc(video)` -> `[B, N, D]`, `enc.pooled(video)` -> `[B, D]`.
   """
   params, config = weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
-  return Encoder(params, config)
+  return Encoder(params, config, attention=attention)
 
 
 def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:

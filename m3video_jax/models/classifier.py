@@ -44,6 +44,8 @@ class VideoClassifier(nn.Module):
     freeze_encoder: linear probing: the encoder runs in eval mode (no drop path) and no gradient flows into it.
     head_init_scale: multiplies the head's initial weights (reference: 0.001).
     dtype: compute dtype of the encoder; pooling, `fc_norm` and `head` run in float32.
+    attention: the encoder's attention implementation, `config.model.attention` (`layers.resolve_attention`).
+    remat: rematerialise the encoder blocks (`config.model.remat`).
   """
   variant: str
   num_classes: int
@@ -52,12 +54,14 @@ class VideoClassifier(nn.Module):
   freeze_encoder: bool = False
   head_init_scale: float = 0.001
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, *, train: bool) -> jax.Array:
     """Logits float32 `[B, C]` of video `[B, T, H, W, 3]`; `train` enables drop path (rng `'dropout'`)."""
     encoder = vit.VideoViT(self.variant, tuple(self.patch_size), 0.0 if self.freeze_encoder else self.drop_path_rate,
-                           self.dtype, final_norm=False, name='encoder')
+                           self.dtype, final_norm=False, attention=self.attention, remat=self.remat, name='encoder')
     tokens = encoder(video, train=train and not self.freeze_encoder)  # [B, N, D]
     if self.freeze_encoder:
       tokens = jax.lax.stop_gradient(tokens)  # No encoder backward pass at all, not just zero updates.

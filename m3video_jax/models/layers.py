@@ -17,6 +17,12 @@ and MLP width `M` holds, with the PyTorch (VideoMAE/MME) key it maps to:
 
 Numerics follow the reference: LayerNorm eps 1e-6 (two-pass variance), exact (erf) GELU, attention scale `Dh**-0.5`,
 softmax in float32 whatever the compute dtype. Parameters are always float32; `dtype` is the compute dtype.
+
+Attention implementations (`config.model.attention`, `resolve_attention`): `explicit` is the hand-written attention
+below, tuned for XLA:CPU; `xla` and `cudnn` are `jax.nn.dot_product_attention` with that `implementation` (`cudnn`:
+cuDNN flash attention, CUDA GPUs and bfloat16 only); `auto` picks `explicit` on the CPU backend and `xla` on GPU/TPU.
+All give the same function and the same parameters. With `remat=True` (`config.model.remat`) each block is wrapped in
+`nn.remat` (`encoder_block`): its activations are recomputed in the backward pass instead of stored.
 """
 from __future__ import annotations
 
@@ -59,15 +65,45 @@ def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, use_fast_variance=False, name=name)
 
 
+ATTENTION_IMPLEMENTATIONS = ('auto', 'explicit', 'xla', 'cudnn')
+
+
+def resolve_attention(attention: str, backend: str | None = None) -> str:
+  """The attention implementation that `attention` (`config.model.attention`) runs on `backend`.
+
+  Args:
+    attention: one of `ATTENTION_IMPLEMENTATIONS`.
+    backend: a JAX backend name; default `jax.default_backend()`, read when the model is traced (so a model traced
+      for CPU devices on a GPU host still counts as GPU).
+
+  Returns:
+    'explicit', 'xla' or 'cudnn' ('auto': 'explicit' on the CPU backend, 'xla' on GPU and TPU).
+
+  Raises:
+    ValueError: naming the field for an unknown value, or for 'cudnn' on a backend other than a GPU.
+  """
+  if attention not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'config.model.attention={attention!r} is invalid: expected one of {ATTENTION_IMPLEMENTATIONS}')
+  backend = backend or jax.default_backend()
+  if attention == 'auto':
+    return 'explicit' if backend == 'cpu' else 'xla'
+  if attention == 'cudnn' and backend != 'gpu':
+    raise ValueError(f"config.model.attention='cudnn' (cuDNN flash attention) needs a CUDA GPU, but the JAX backend "
+                     f"is {backend!r}; use 'auto' (or 'xla' / 'explicit') there")
+  return attention
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused bias-free `qkv` projection plus separate q and v biases (no k bias).
 
   Attributes:
     num_heads: `H`.
-    dtype: compute dtype (params stay float32; softmax runs in float32).
+    dtype: compute dtype (params stay float32; logits and softmax run in float32 with every implementation).
+    attention: implementation, one of `ATTENTION_IMPLEMENTATIONS` (`resolve_attention`).
   """
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -82,18 +118,36 @@ class Attention(nn.Module):
     # `[B, N, 3, H, Dh]` is the reference's qkv layout. `lax.split` (not slicing): its backward pass writes the three
     # gradients once, as a concatenation, instead of padding each to the full qkv shape and adding them.
     q, k, v = (t[:, :, 0] for t in jax.lax.split(qkv.reshape(b, n, 3, self.num_heads, dh), (1, 1, 1), axis=2))
-    q = (q + q_bias.reshape(self.num_heads, dh).astype(self.dtype)) * jnp.asarray(dh**-0.5, self.dtype)
+    q = q + q_bias.reshape(self.num_heads, dh).astype(self.dtype)
     v = v + v_bias.reshape(self.num_heads, dh).astype(self.dtype)
-    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, H, N, Dh]: head-major batched matmuls.
-    logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
-    # Softmax with its normalisation moved after the value product: `(exp(l - max) @ v) / sum(exp(l - max))` equals
-    # `softmax(l) @ v` but never materialises the normalised `[B, H, N, N]` weights, which halves the attention
-    # backward pass on CPU at the decoder's N = 392. The max shift is a constant for differentiation.
-    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-    out = jnp.einsum('bhqk,bhkd->bhqd', e.astype(self.dtype), v, preferred_element_type=jnp.float32)
-    out = (out / e.sum(axis=-1, keepdims=True)).astype(self.dtype)
-    out = out.transpose(0, 2, 1, 3).reshape(b, n, d)
+    implementation = resolve_attention(self.attention)
+    if implementation == 'explicit':
+      out = _explicit_attention(q, k, v, self.dtype)
+    else:
+      if implementation == 'cudnn' and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"config.model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention has no "
+                         f"{jnp.dtype(self.dtype).name} kernel); use 'auto' or 'xla' for float32")
+      # `[B, N, H, Dh]` is the function's `BTNH` layout. It scales the logits by `Dh**-0.5` itself; the logits and the
+      # softmax are float32 for bfloat16 inputs too (bf16 x bf16 -> f32 products), the weights are cast back to the
+      # compute dtype for the value product (as in `_explicit_attention`).
+      out = jax.nn.dot_product_attention(q, k, v, implementation=implementation).astype(self.dtype)
+    out = out.reshape(b, n, d)
     return nn.Dense(d, kernel_init=xavier_uniform, dtype=self.dtype, name='proj')(out)
+
+
+def _explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array, dtype: Dtype) -> jax.Array:
+  """`softmax(q k^T * Dh**-0.5) v` written for XLA:CPU: `[B, N, H, Dh]` x 3 -> `[B, N, H, Dh]` in `dtype`."""
+  dh = q.shape[-1]
+  q = q * jnp.asarray(dh**-0.5, dtype)
+  q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, H, N, Dh]: head-major batched matmuls.
+  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
+  # Softmax with its normalisation moved after the value product: `(exp(l - max) @ v) / sum(exp(l - max))` equals
+  # `softmax(l) @ v` but never materialises the normalised `[B, H, N, N]` weights, which halves the attention
+  # backward pass on CPU at the decoder's N = 392. The max shift is a constant for differentiation.
+  e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  out = jnp.einsum('bhqk,bhkd->bhqd', e.astype(dtype), v, preferred_element_type=jnp.float32)
+  out = (out / e.sum(axis=-1, keepdims=True)).astype(dtype)
+  return out.transpose(0, 2, 1, 3)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -140,23 +194,36 @@ class EncoderBlock(nn.Module):
     mlp_dim: hidden width of the MLP.
     drop_path_rate: stochastic depth rate of this block.
     dtype: compute dtype.
+    attention: attention implementation (`resolve_attention`).
   """
   num_heads: int
   mlp_dim: int
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """`[B, N, D] -> [B, N, D]`."""
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """`[B, N, D] -> [B, N, D]`; `train` enables drop path. `train` may be passed by position: `nn.remat` needs it
+    positional to keep it static (`encoder_block`)."""
     y = layer_norm('norm1', self.dtype)(x)
-    y = Attention(self.num_heads, dtype=self.dtype, name='attn')(y)
+    y = Attention(self.num_heads, dtype=self.dtype, attention=self.attention, name='attn')(y)
     x = x + DropPath(self.drop_path_rate, name='drop_path_attn')(y, train=train)
     y = layer_norm('norm2', self.dtype)(x)
     y = Mlp(self.mlp_dim, dtype=self.dtype, name='mlp')(y)
     x = x + DropPath(self.drop_path_rate, name='drop_path_mlp')(y, train=train)
     # Mark the block boundary for the backward pass (see `materialize_cotangent`).
     return materialize_cotangent(x)
+
+
+# The block with rematerialisation: only its input is kept for the backward pass, which recomputes the rest (about a
+# third more compute for a fraction of the activation memory). Argument 2 (`train`, counting the module) is static.
+RematEncoderBlock = nn.remat(EncoderBlock, static_argnums=(2,))
+
+
+def encoder_block(remat: bool) -> type[EncoderBlock]:
+  """`EncoderBlock`, or `RematEncoderBlock` when `remat` (same parameters); call the block as `block(x, train)`."""
+  return RematEncoderBlock if remat else EncoderBlock
 
 
 @jax.custom_vjp

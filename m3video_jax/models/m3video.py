@@ -49,12 +49,16 @@ class Decoder(nn.Module):
     num_heads: attention heads.
     output_dim: prediction size per hidden token.
     dtype: compute dtype.
+    attention: attention implementation (`layers.resolve_attention`).
+    remat: recompute each block's activations in the backward pass.
   """
   width: int
   depth: int
   num_heads: int
   output_dim: int
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x_vis: jax.Array, visible_idx: jax.Array, hidden_idx: jax.Array, num_tokens: int, *,
@@ -79,8 +83,10 @@ class Decoder(nn.Module):
     x_vis = x + jnp.take(pos, visible_idx, axis=0).astype(self.dtype)
     x_hid = (mask_token + jnp.take(pos, hidden_idx, axis=0)).astype(self.dtype)
     x = jnp.concatenate([x_vis, jnp.broadcast_to(x_hid, (b, nm, self.width))], axis=1)
+    block = layers.encoder_block(self.remat)
     for i in range(self.depth):
-      x = layers.EncoderBlock(self.num_heads, 4 * self.width, dtype=self.dtype, name=f'block_{i:02d}')(x, train=train)
+      x = block(self.num_heads, 4 * self.width, dtype=self.dtype, attention=self.attention, name=f'block_{i:02d}')(
+          x, train)
     x = layers.layer_norm('norm', self.dtype)(x[:, -nm:])
     x = nn.Dense(self.output_dim, kernel_init=layers.xavier_uniform, dtype=self.dtype, name='head')(x)
     return x.astype(jnp.float32)
@@ -97,6 +103,8 @@ class M3VideoPretrainer(nn.Module):
       Typically `tuple(targets.part_dims(cfg).values())` for separate, or `(sum of those,)` for joint.
     drop_path_rate: encoder stochastic depth.
     dtype: compute dtype (bf16 for GPU/TPU); parameters and the returned predictions are float32.
+    attention: attention implementation of every block, `config.model.attention` (`layers.resolve_attention`).
+    remat: rematerialise every encoder and decoder block (`config.model.remat`).
   """
   encoder_variant: str = 'B'
   patch_size: tuple[int, int, int] = (2, 16, 16)
@@ -106,6 +114,8 @@ class M3VideoPretrainer(nn.Module):
   output_dims: tuple[int, ...] = (264,)
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, hidden: jax.Array, *, train: bool,
@@ -130,11 +140,12 @@ class M3VideoPretrainer(nn.Module):
       raise ValueError(f'hidden mask shape {hidden.shape} does not match the {video.shape[0]} clips x {n} tokens '
                        f'of a video of shape {video.shape}')
     visible_idx, hidden_idx = masking.split_indices(hidden, num_hidden)
-    x = vit.VideoViT(self.encoder_variant, self.patch_size, self.drop_path_rate, self.dtype, name='encoder')(
-        video, visible_idx=visible_idx, train=train)
+    x = vit.VideoViT(self.encoder_variant, self.patch_size, self.drop_path_rate, self.dtype, attention=self.attention,
+                     remat=self.remat, name='encoder')(video, visible_idx=visible_idx, train=train)
     names = ['decoder'] if len(self.output_dims) == 1 else [f'decoder_{i}' for i in range(len(self.output_dims))]
     preds = [
-        Decoder(self.decoder_width, self.decoder_depth, self.decoder_heads, dim, dtype=self.dtype, name=name)(
-            x, visible_idx, hidden_idx, n, train=train) for name, dim in zip(names, self.output_dims)
+        Decoder(self.decoder_width, self.decoder_depth, self.decoder_heads, dim, dtype=self.dtype,
+                attention=self.attention, remat=self.remat, name=name)(x, visible_idx, hidden_idx, n, train=train)
+        for name, dim in zip(names, self.output_dims)
     ]
     return preds[0] if len(preds) == 1 else jnp.concatenate(preds, axis=-1)

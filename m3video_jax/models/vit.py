@@ -115,12 +115,16 @@ class VideoViT(nn.Module):
     dtype: compute dtype (e.g. `jnp.bfloat16`); parameters are float32.
     final_norm: apply the final LayerNorm `norm`; False leaves it out (the reference's mean-pooling classifier, whose
       `norm` is Identity and which has no `norm` parameters).
+    attention: attention implementation, `config.model.attention` (`layers.resolve_attention`; default 'auto').
+    remat: recompute each block's activations in the backward pass (`config.model.remat`); same parameters.
   """
   variant: str
   patch_size: tuple[int, int, int] = (2, 16, 16)
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   final_norm: bool = True
+  attention: str = 'auto'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, *, visible_idx: jax.Array | None = None, train: bool = False) -> jax.Array:
@@ -146,7 +150,8 @@ class VideoViT(nn.Module):
     x = PatchEmbed(self.patch_size, v.width, dtype=self.dtype, name='patch_embed')(patches)
     x = x + pos.astype(self.dtype)
     rates = np.linspace(0.0, self.drop_path_rate, v.depth)  # As the reference (a single block gets rate 0).
+    block = layers.encoder_block(self.remat)
     for i in range(v.depth):
-      x = layers.EncoderBlock(v.num_heads, v.mlp_dim, drop_path_rate=float(rates[i]), dtype=self.dtype,
-                              name=f'block_{i:02d}')(x, train=train)
+      x = block(v.num_heads, v.mlp_dim, drop_path_rate=float(rates[i]), dtype=self.dtype, attention=self.attention,
+                name=f'block_{i:02d}')(x, train)
     return layers.layer_norm('norm', self.dtype)(x) if self.final_norm else x
