@@ -212,8 +212,7 @@ def test_batch_search_jumps_by_prediction_and_halves_after_out_of_memory(monkeyp
       return state
 
   monkeypatch.setattr(bench, 'Step', FakeStep)
-  monkeypatch.setattr(bench, 'initial_host_state', lambda step: None)
-  monkeypatch.setattr(bench, 'fresh_state', lambda step, host: None)
+  monkeypatch.setattr(bench, 'fresh_state', lambda step: None)
   args = bench.parse_args(['--platform=gpu'])
   step, tries, out_of_memory = bench.find_batch(args, _FakeDevice(limit), lambda line: None)
   assert [(t['batch'], t['result'][:len(r)]) for t, (_, r) in zip(tries, expected_tries)] == expected_tries
