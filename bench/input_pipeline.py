@@ -39,7 +39,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 SAMPLE_VIDEOS = ('bigbuckbunny.mp4', 'bikes.mp4')
 CROP_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
@@ -225,7 +226,7 @@ def record_bytes(shards: list[str]) -> tuple[float, float, int]:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='configs/pretrain_ssv2.py')
+  parser.add_argument('--config', default=os.path.join(REPO, 'configs', 'pretrain_ssv2.py'))
   parser.add_argument('--shards', default='', help='Glob of prepared shards to measure (instead of the samples).')
   parser.add_argument('--prep_dir', default=os.path.join(tempfile.gettempdir(), 'm3video_bench_prep_v3'))
   parser.add_argument('--clips', type=int, default=128, help='Clips timed per setting.')

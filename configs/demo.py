@@ -4,7 +4,7 @@ Run:  python -m m3video_jax.main --config=configs/demo.py --workdir=/tmp/m3video
 
 When `<workdir>/data` holds no prepared shards, it first writes 480 synthetic videos (one large textured object whose
 motion is one of 8 classes, static camera) and runs the Beam data-prep job on the 360 of their train split
-(~1 min). It then pretrains the `mu` model for 4,000 steps (~3.5 min on 2 cores) on the target docs/results.md
+(~1 min). It then pretrains the `mu` model for 4,000 steps (~2 min on 2 cores) on the target docs/results.md
 measured best at this scale: trajectory position in px (no patch norm) + trajectory-aligned HOG, the two parts
 weighted equally (not the paper's normalisation, which learns no position at this scale: docs/results.md). The
 closing lines give the position and shape losses as ratios to the loss of predicting zero (1.00 = nothing learned),

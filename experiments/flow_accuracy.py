@@ -25,7 +25,7 @@ from data_prep.options import PrepConfig  # noqa: E402
 from m3video_jax.data import schema  # noqa: E402
 
 SETTINGS = ((2, 'dis_fast', 'compose'), (1, 'dis_fast', 'compose'), (1, 'dis_medium', 'compose'),
-            (2, 'dis_medium', 'compose'), (1, 'dis_medium', 'none'))
+            (2, 'dis_medium', 'compose'), (1, 'dis_medium', 'none'), (1, 'dis_fine', 'compose'), (2, 'dis_fine', 'compose'))
 
 
 def measure(specs, videos, upscale: int, flow: str, camera: str) -> dict[str, float]:

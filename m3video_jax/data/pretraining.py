@@ -2,8 +2,10 @@
 
 Per record (`make_clip_fn`, seeded by (config.seed, process, epoch, stream position)): parse -> clip sampling ->
 JPEG decode of the needed frames only -> the same multi-scale crop and flip for the frames and the trajectories ->
-the trajectory-aligned HOG lookup. The record order, resume and damaged-record handling are the shared stream's
-(`stream.train_stream`, `stream.TrainIterator`).
+the trajectory-aligned HOG lookup; with `data.clips_per_record = R` the record gives R clips, consecutive in the batch.
+Records may be whole videos or segments of them (data prep `--segment_frames`): a clip is drawn inside its record. The
+record order, resume and damaged-record handling are the shared stream's (`stream.train_stream`,
+`stream.TrainIterator`).
 
 Batch (numpy, leading dim = local batch `b`):
   video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `schema.normalize_video`)
