@@ -241,6 +241,7 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # As the training CLI runs TensorFlow (m3video_jax/cli.py).
   import cv2
   import tensorflow as tf
   # One thread for every pool: the per-core measurement must not borrow other cores.

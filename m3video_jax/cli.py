@@ -51,11 +51,16 @@ def quiet_libraries(verbose: bool) -> None:
   """Keeps TensorFlow, Beam, Orbax and JAX at warnings (and TF's C++ log at errors) unless `verbose`.
 
   Also exported as `TF_CPP_MIN_LOG_LEVEL` / `M3VIDEO_VERBOSE` to the environment, so child processes (Beam workers,
-  isolated data-prep workers, a demo's data prep) are quiet too. Call it before TensorFlow is imported.
+  isolated data-prep workers, a demo's data prep) are quiet too, and `TF_ENABLE_ONEDNN_OPTS=0` (unless set). Call it
+  before TensorFlow is imported.
   """
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
 
   os.environ['M3VIDEO_VERBOSE'] = '1' if verbose else '0'
+  # TensorFlow's oneDNN kernels (on by default on CPUs with AVX-512 VNNI/BF16, off elsewhere) announce themselves on
+  # stderr at import, whatever TF_CPP_MIN_LOG_LEVEL says, and round matmuls differently. Off unless the environment
+  # says otherwise, in both modes: the same input-pipeline numbers on every CPU, and quiet tools stay quiet.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   handlers = logging.getLogger().handlers + [absl_logging.get_absl_handler()]
   if verbose:  # Undoes an earlier quiet run in this process.
     if os.environ.get('TF_CPP_MIN_LOG_LEVEL') == _TF_QUIET:
