@@ -196,11 +196,20 @@ def _extract_tfds(path: str, config: PrepConfig, timer) -> VideoTargets:
   return extract_from_frames(_timed(resized, timer), config, timer=timer)
 
 
-def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> bytes:
-  """Serialises one whole video with `schema.encode`."""
-  return schema.encode(meta, targets.jpeg_frames, targets.height, targets.width, targets.traj_disp,
-                       targets.traj_valid, targets.hog_map, traj_start_stride=config.traj_start_stride,
-                       traj_inside_steps=targets.traj_inside_steps)
+def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig, frames: tuple[int, int] | None = None
+              ) -> bytes:
+  """Serialises the whole video, or its frames `[a, b)` as a segment record, with `schema.encode`.
+
+  A segment starts at a multiple `a` of the start stride: its trajectory starts are the video's starts `a / s, ...`
+  whose `L` steps end inside it.
+  """
+  a, b = frames or (0, targets.num_frames)
+  s = config.traj_start_stride
+  starts = slice(a // s, a // s + schema.num_starts(b - a, config.traj_len, s))
+  return schema.encode(meta, targets.jpeg_frames[a:b], targets.height, targets.width, targets.traj_disp[starts],
+                       targets.traj_valid[starts], targets.hog_map[a:b], traj_start_stride=s,
+                       traj_inside_steps=targets.traj_inside_steps[starts], segment_start=a,
+                       video_frames=targets.num_frames)
 
 
 def segment_bounds(num_frames: int, segment_frames: int, overlap: int, start_stride: int) -> list[tuple[int, int]]:
@@ -228,18 +237,7 @@ def segment_bounds(num_frames: int, segment_frames: int, overlap: int, start_str
 def to_records(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig) -> list[bytes]:
   """Serialises a video as one record, or as its segments (`config.segment_frames`, `segment_bounds`)."""
   bounds = segment_bounds(targets.num_frames, config.segment_frames, config.segment_overlap, config.traj_start_stride)
-  if len(bounds) == 1:
-    return [to_record(targets, meta, config)]
-  s = config.traj_start_stride
-  records = []
-  for a, b in bounds:
-    first, count = a // s, schema.num_starts(b - a, config.traj_len, s)
-    starts = slice(first, first + count)
-    records.append(schema.encode(meta, targets.jpeg_frames[a:b], targets.height, targets.width,
-                                 targets.traj_disp[starts], targets.traj_valid[starts], targets.hog_map[a:b],
-                                 traj_start_stride=s, traj_inside_steps=targets.traj_inside_steps[starts],
-                                 segment_start=a, video_frames=targets.num_frames))
-  return records
+  return [to_record(targets, meta, config, bound) for bound in bounds]
 
 
 def extract_video_timed(path: str, config: PrepConfig) -> tuple[VideoTargets, dict[str, float]]:
