@@ -101,6 +101,17 @@ def test_pretraining_reads_segments_and_refuses_segments_shorter_than_a_clip(vid
     pretraining.train_iterator(_pretrain_config(shard, 8))
 
 
+def test_pretraining_takes_the_segment_length_from_the_manifest_when_the_first_record_is_a_whole_short_video(
+    video, tmp_path):
+  config, targets, meta = video
+  frames = synthetic.render(synthetic.sample_spec(np.random.default_rng(4), 2, 64, 48, 10))
+  short = video_targets.to_record(video_targets.extract_from_frames(iter(frames), config), meta, config)
+  assert schema.decode(short)['video_frames'] == 10  # Not longer than the segments: one whole-video record.
+  shard = _write(str(tmp_path), [short] + video_targets.to_records(targets, meta, config), 12)
+  with pytest.raises(ValueError, match=r'manifest.json: the shards hold segments of 12 frames.*spans 17 frames'):
+    pretraining.train_iterator(_pretrain_config(shard, 8))
+
+
 def test_classification_refuses_segment_records(video, tmp_path):
   config, targets, meta = video
   shard = _write(str(tmp_path), video_targets.to_records(targets, meta, config), 12)

@@ -176,21 +176,17 @@ def bad_label(labels: np.ndarray, num_classes: int) -> tuple[int, str] | None:
 
 def check_whole_videos(shards: list[str], what: str) -> None:
   """Refuses shards that data prep wrote as segments of videos (`--segment_frames`, recorded in the `manifest.json`
-  beside them): a classification clip, and above all a multi-view test, samples the whole video.
+  beside them, `stream.segment_frames`): a classification clip, and above all a multi-view test, samples the whole
+  video.
 
   Raises:
     stream.DataError: naming the manifest and the flag.
   """
-  for folder in sorted({os.path.dirname(s) for s in shards}):
-    path = os.path.join(folder, 'manifest.json')
-    if not tf.io.gfile.exists(path):
-      continue
-    with tf.io.gfile.GFile(path) as f:
-      segment_frames = int((json.load(f).get('config') or {}).get('segment_frames', 0) or 0)
-    if segment_frames:
-      raise stream.DataError(f'{path}: the shards of {what} hold segments of {segment_frames} frames '
-                             '(data_prep --segment_frames), but classification samples whole videos; prepare this '
-                             'split again without --segment_frames')
+  k, path = stream.segment_frames(shards)
+  if k:
+    raise stream.DataError(f'{path}: the shards of {what} hold segments of {k} frames (data_prep --segment_frames), '
+                           'but classification samples whole videos; prepare this split again without '
+                           '--segment_frames')
 
 
 def check_class_count(shards: list[str], num_classes: int, what: str) -> None:

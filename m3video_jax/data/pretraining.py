@@ -73,11 +73,16 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
     if rec[schema.TRAJ_LEN] < spec.traj_len:
       raise ValueError(f'{shard} stores trajectories of L={rec[schema.TRAJ_LEN]} steps, but config.target.traj_len='
                        f'{spec.traj_len}; re-run data_prep with --traj_len={spec.traj_len} or lower target.traj_len')
+    # Segment length from the manifests (a first record of a video shorter than the segments is whole), else from
+    # this record.
     span = clip_span(spec)
-    if rec[schema.VIDEO_FRAMES] > rec[schema.NUM_FRAMES] and rec[schema.NUM_FRAMES] < span:
-      raise ValueError(f'{shard} holds segments of {rec[schema.NUM_FRAMES]} frames, but a clip of '
-                       f'{spec.num_frames} frames at stride {spec.frame_stride} with L={spec.traj_len} spans {span} '
-                       f'frames; re-run data_prep with --segment_frames >= {span} (or 0 for whole videos)')
+    k, where = stream.segment_frames(shards)
+    if not k and rec[schema.VIDEO_FRAMES] > rec[schema.NUM_FRAMES]:
+      k, where = rec[schema.NUM_FRAMES], shard
+    if k and k < span:
+      raise ValueError(f'{where}: the shards hold segments of {k} frames, but a clip of {spec.num_frames} frames at '
+                       f'stride {spec.frame_stride} with L={spec.traj_len} spans {span} frames; re-run data_prep with '
+                       f'--segment_frames >= {span} (or 0 for whole videos)')
     spacing = spec.tubelet * spec.frame_stride
     if spacing % rec[schema.TRAJ_START_STRIDE]:
       raise ValueError(f'{shard} stores trajectory starts every {rec[schema.TRAJ_START_STRIDE]} frames, which does not '

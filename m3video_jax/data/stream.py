@@ -83,22 +83,51 @@ def process_shards(shards: list[str], process_index: int, process_count: int) ->
   return mine
 
 
-def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
-  """`{shard path: {'records': n, 'bytes': size}}` from the data_prep manifests beside the shards (where present)."""
-  entries: dict[str, dict[str, int]] = {}
+def _manifests(shards: list[str]) -> dict[str, tuple[str, Any]]:
+  """`{folder: (manifest path, parsed manifest)}` of the data_prep manifests beside `shards` (folders without one left
+  out)."""
+  out = {}
   for d in sorted({os.path.dirname(s) for s in shards}):
     path = os.path.join(d, 'manifest.json')
     if not tf.io.gfile.exists(path):
       continue
     try:
       with tf.io.gfile.GFile(path) as f:
-        manifest = json.load(f)
+        out[d] = (path, json.load(f))
+    except ValueError as e:
+      raise _unreadable_manifest(path, e) from e
+  return out
+
+
+def _unreadable_manifest(path: str, e: Exception) -> CorruptRecordError:
+  return CorruptRecordError(f'{path} is not a readable data_prep manifest ({type(e).__name__}: {e}); re-run the '
+                            'data_prep command that wrote it (it resumes and rewrites the manifest)')
+
+
+def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
+  """`{shard path: {'records': n, 'bytes': size}}` from the data_prep manifests beside the shards (where present)."""
+  entries: dict[str, dict[str, int]] = {}
+  for d, (path, manifest) in _manifests(shards).items():
+    try:
       for entry in manifest.get('shards', []):
         entries[os.path.join(d, entry['file'])] = {'records': int(entry['records']), 'bytes': int(entry['bytes'])}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-      raise CorruptRecordError(f'{path} is not a readable data_prep manifest ({type(e).__name__}: {e}); re-run the '
-                               'data_prep command that wrote it (it resumes and rewrites the manifest)') from e
+      raise _unreadable_manifest(path, e) from e
   return entries
+
+
+def segment_frames(shards: list[str]) -> tuple[int, str | None]:
+  """The shortest segment length data prep wrote the shards with (`--segment_frames`, from the manifests beside
+  them), and that manifest's path; `(0, None)` for whole-video records or shards without a manifest."""
+  found = []
+  for path, manifest in _manifests(shards).values():
+    try:
+      k = int((manifest.get('config') or {}).get('segment_frames', 0) or 0)
+    except (ValueError, TypeError, AttributeError) as e:
+      raise _unreadable_manifest(path, e) from e
+    if k:
+      found.append((k, path))
+  return min(found) if found else (0, None)
 
 
 def _masked_crc32c(data: bytes) -> int:
