@@ -120,21 +120,12 @@ def known_motion_videos(out_dir: str) -> list[tuple[str, synthetic.VideoSpec, st
 def known_motion_errors(videos, method: str) -> dict[str, float]:
   """Median error (prep px) of every step of the object's interior trajectories, stored displacements before the
   1/4-px quantisation, per motion kind; the videos are prepared at 2x their size with camera-motion removal."""
-  scale = 2.0
   errors: dict[str, list[np.ndarray]] = {}
   for kind, spec, path in videos:
     targets = video_targets.extract_video(path, PrepConfig(flow=method))
-    x0, y0 = schema.start_positions(*targets.traj_valid.shape[1:])
-    for i in range(targets.traj_disp.shape[0]):
-      x, y = x0.copy(), y0.copy()
-      for j in range(targets.traj_disp.shape[1]):
-        t = i * PrepConfig.traj_start_stride + j  # The frame this step starts at.
-        est = targets.traj_disp[i, j]
-        xn, yn = (x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5  # prep -> native pixel coordinates
-        on = synthetic.object_mask(spec, t, xn, yn, margin=5)
-        truth = synthetic.object_step(spec, t, xn, yn, with_camera=False) * scale
-        errors.setdefault(kind, []).append(np.linalg.norm(est[on] - truth[on], axis=-1))
-        x, y = x + est[..., 0], y + est[..., 1]
+    on_object, _ = synthetic.tracking_errors(spec, targets.traj_disp, scale=2.0, with_camera=False,
+                                             start_stride=PrepConfig.traj_start_stride)
+    errors.setdefault(kind, []).append(on_object)
   return {k: float(np.median(np.concatenate(v))) for k, v in errors.items()}
 
 

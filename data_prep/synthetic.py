@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from m3video_jax import cli
+from m3video_jax.data import schema
 
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down', 'rotate_cw', 'rotate_ccw', 'grow',
            'shrink')
@@ -216,6 +217,41 @@ def object_mask(spec: VideoSpec, t: int, x: np.ndarray, y: np.ndarray, margin: f
   if obj.shape == 'ellipse':
     return (rel[..., 0] / rx)**2 + (rel[..., 1] / ry)**2 <= 1.0
   return (np.abs(rel[..., 0]) <= rx) & (np.abs(rel[..., 1]) <= ry)
+
+
+def tracking_errors(spec: VideoSpec, traj_disp: np.ndarray, *, scale: float, with_camera: bool,
+                    start_stride: int = 2, margin: float = 5.0,
+                    background_margin: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+  """How far tracked displacements are from the video's exact motion, step by step along the tracks.
+
+  Args:
+    spec: the video.
+    traj_disp: float `[S, L, Gh, Gw, 2]` (Δx, Δy) in prep px of the trajectories data prep tracked from frames
+      `0, s, 2s, ...` on the 8-px grid of the video resized `scale` times (`VideoTargets.traj_disp`).
+    scale: prep size / video size.
+    with_camera: the truth includes the camera pan (flow without camera-motion removal).
+    start_stride: `s`.
+    margin: object points count when at least this many video px inside an object's outline at the step's start;
+      background points when at least `background_margin` px outside every object.
+
+  Returns:
+    (object errors, background errors): |Δp − true Δp| in prep px of every such step, each at the tracked position.
+  """
+  x0, y0 = schema.start_positions(*traj_disp.shape[2:4])
+  obj, bg = [], []
+  for i in range(traj_disp.shape[0]):
+    x, y = x0.copy(), y0.copy()
+    for j in range(traj_disp.shape[1]):
+      t = i * start_stride + j  # The frame this step starts at.
+      est = traj_disp[i, j]
+      xn, yn = (x + 0.5) / scale - 0.5, (y + 0.5) / scale - 0.5  # Prep -> video pixel coordinates.
+      on = object_mask(spec, t, xn, yn, margin=margin)
+      far = ~object_mask(spec, t, xn, yn, margin=-background_margin)
+      truth = object_step(spec, t, xn, yn, with_camera=with_camera) * scale
+      obj.append(np.linalg.norm(est[on] - truth[on], axis=-1))
+      bg.append(np.linalg.norm(est[far] - background_step(spec, with_camera=with_camera) * scale, axis=-1))
+      x, y = x + est[..., 0], y + est[..., 1]
+  return np.concatenate(obj), np.concatenate(bg)
 
 
 def _texture(rng: np.random.Generator, height: int, width: int, contrast: float) -> np.ndarray:

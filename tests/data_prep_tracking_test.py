@@ -93,22 +93,7 @@ def _video(tmp_path, label, seed, pan=None, lossless=False):
 
 def _errors(spec, targets, with_camera):
   """Per-step errors (prep px) on object interior points and on background points far from the object."""
-  x0, y0 = schema.start_positions(*targets.traj_valid.shape[1:])
-  obj, bg = [], []
-  for i in range(targets.traj_disp.shape[0]):
-    x, y = x0.copy(), y0.copy()
-    for j in range(targets.traj_disp.shape[1]):
-      t = i * 2 + j
-      est = targets.traj_disp[i, j]
-      xn, yn = (x + 0.5) / SCALE - 0.5, (y + 0.5) / SCALE - 0.5  # prep -> native pixel coordinates
-      on = synthetic.object_mask(spec, t, xn, yn, margin=5)
-      far = ~synthetic.object_mask(spec, t, xn, yn, margin=-8)
-      gt_obj = synthetic.object_step(spec, t, xn, yn, with_camera=with_camera) * SCALE
-      gt_bg = synthetic.background_step(spec, with_camera=with_camera) * SCALE
-      obj.append(np.linalg.norm(est[on] - gt_obj[on], axis=-1))
-      bg.append(np.linalg.norm(est[far] - gt_bg, axis=-1))
-      x, y = x + est[..., 0], y + est[..., 1]
-  return np.concatenate(obj), np.concatenate(bg)
+  return synthetic.tracking_errors(spec, targets.traj_disp, scale=SCALE, with_camera=with_camera)
 
 
 # Median |Δp error| in prep px over all steps of the object's interior points, at the defaults (dis_fine flow, compose)
