@@ -22,8 +22,17 @@ from collections.abc import Callable, Iterable, Sequence
 
 from absl import flags
 
+
+
+class UserError(Exception):
+  """Bad input a user can fix (a file, a line of it, a flag, a config field, a full disk): every tool, `m3video_jax.main`
+  included, prints it as one `error:` line and exits non-zero. The message names what was wrong (file and line where
+  there is one) and what was expected. Readers and writers raise it (or a subclass) instead of letting a library's
+  exception escape as a traceback."""
+
+
 # Bad input as reported by the tools: one line, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, ImportError)
 # Libraries whose INFO lines would drown a tool's own output; their warnings still show.
 _QUIET_PATHS = ('/orbax/', '/jax/_src/', '/jax/experimental/', '/apache_beam/', '/tensorflow/')
 _QUIET_LOGGERS = ('apache_beam', 'orbax', 'jax', 'tensorflow', 'apitools', 'oauth2client', 'urllib3',
