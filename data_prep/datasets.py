@@ -20,15 +20,20 @@ class has the same index in every split whichever classes a split happens to con
 `data_root` defaults to the annotation file's folder (for UCF101 and HMDB51: the folder above the split-file folder,
 where the official archives unpack their videos). An entry whose video is not found keeps its expected path, so the
 job reports it as `missing` in `failures.jsonl` like any other bad input (SSV2 and Kinetics downloads always lack
-some videos).
+some videos). An entry that would name a file outside `data_root` (an absolute path, a `..`) is refused, naming the
+file and line: an annotation file never makes the job read, and store in its records, a file elsewhere.
+
+Files are read by `input_files.read_text` (UTF-8, with or without a byte-order mark).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
 import re
+from typing import NamedTuple
 
 from data_prep import input_files as files
 from data_prep import tfds_io
@@ -43,7 +48,7 @@ _UCF_LIST = re.compile(r'(train|test)list0?([123])\.txt$')
 _HMDB_LIST = re.compile(r'^(.+)_test_split([123])\.txt$')
 
 
-class DatasetError(ValueError):
+class DatasetError(files.InputFileError):
   """An annotation file that does not follow its dataset's official format; the message names the file and line."""
 
 
@@ -54,9 +59,9 @@ def _listdir(path: str) -> list[str]:
 
 
 def _k400_header(path: str) -> list[str] | None:
-  try:
-    first = files.read_text(path).splitlines()[0]
-  except (IndexError, OSError, UnicodeDecodeError):
+  try:  # Bytes that are not UTF-8 do not change the format; its reader names their line.
+    first = files.read_text(path, errors='replace').splitlines()[0]
+  except (IndexError, OSError):
     return None
   header = [h.strip() for h in first.split(',')]
   return header if {'youtube_id', 'time_start', 'time_end'} <= set(header) else None
@@ -102,6 +107,21 @@ def _index_by_stem(root: str) -> dict[str, list[str]]:
   return {stem: sorted(paths) for stem, paths in index.items()}  # Sorted: `_pick` does not depend on the OS.
 
 
+def _below(root: str, where: str, *parts: str) -> str:
+  """The path `root/<parts>` of the video an annotation entry names (`parts`: its folder and file names, '' skipped).
+
+  Raises:
+    DatasetError: naming `where` (file and line) when a part is an absolute path or URL or has a `..` component.
+  """
+  parts = tuple(p for p in parts if p)
+  for part in parts:
+    if os.path.isabs(part) or part.startswith('\\') or '://' in part or '..' in re.split(r'[/\\]', part):
+      raise DatasetError(f'{where}: {part!r} names a file outside --data_root (an absolute path or ".."); the '
+                         'entries of an annotation file are paths below it')
+  rel = '/'.join(parts)
+  return f'{root.rstrip("/")}/{rel}' if files.is_remote(root) else files.canonical(os.path.join(root, rel))
+
+
 def _pick(candidates: list[str], folder_names: tuple[str, ...]) -> str:
   """One of several files with the same stem: the one in a folder named like the class, else the first."""
   for path in candidates:
@@ -120,6 +140,8 @@ def _split_error(what: str, split: str | None, allowed) -> DatasetError:
 def _ssv2_label_map(path: str) -> dict[str, int]:
   try:
     data = json.loads(files.read_text(path))
+  except files.InputFileError:
+    raise
   except (OSError, ValueError) as e:
     raise DatasetError(f'--label_map={path} cannot be read as the SSV2 labels JSON: {e}') from None
   return files.label_map_from_json(data, path)
@@ -141,6 +163,8 @@ def read_ssv2(path: str, *, data_root: str | None, label_map_path: str | None, s
   label_map = _ssv2_label_map(label_map_path)
   try:
     entries = json.loads(files.read_text(path))
+  except files.InputFileError:
+    raise
   except ValueError as e:
     raise DatasetError(f'{path} is not valid JSON ({e}); expected the SSV2 list of {{"id", "template", ...}}') from None
   if not isinstance(entries, list) or not all(isinstance(e, dict) and 'id' in e for e in entries):
@@ -153,8 +177,11 @@ def read_ssv2(path: str, *, data_root: str | None, label_map_path: str | None, s
   root = _root(data_root, path)
   videos = []
   for n, entry in enumerate(entries):
-    video = files.canonical(os.path.join(root, f'{entry["id"]}.webm')) if '://' not in root else \
-        f'{root.rstrip("/")}/{entry["id"]}.webm'
+    vid = entry['id']
+    if isinstance(vid, bool) or not isinstance(vid, (str, int)) or not str(vid).strip():
+      raise DatasetError(f'{path} entry {n}: "id" is {json.dumps(vid)}; expected the video\'s name (<id>.webm), a '
+                         'number or a string')
+    video = _below(root, f'{path} entry {n} (id {vid})', f'{vid}.webm')
     if 'template' not in entry:
       videos.append(VideoInput(video))
       continue
@@ -169,11 +196,34 @@ def read_ssv2(path: str, *, data_root: str | None, label_map_path: str | None, s
 # ---------------------------------------------------------------------------------------------------- Kinetics
 
 
-def _k400_rows(path: str) -> list[dict[str, str]]:
-  rows = list(csv.DictReader(io.StringIO(files.read_text(path))))
-  for n, row in enumerate(rows):
+class _K400Row(NamedTuple):
+  where: str  # '<file> line <n>', for errors.
+  label: str  # '' when unlabelled (the test CSV).
+  youtube_id: str
+  start: int  # Whole seconds, as in the video file names.
+  end: int
+  split: str
+
+
+def _k400_seconds(text: str, where: str) -> int:
+  try:
+    value = float(text)
+  except ValueError:
+    value = math.nan
+  if not math.isfinite(value) or value < 0:
+    raise DatasetError(f'{where}: time {text!r} is not a number of seconds >= 0')
+  return int(value)
+
+
+def _k400_rows(path: str) -> list[_K400Row]:
+  reader = csv.DictReader(io.StringIO(files.read_text(path)))
+  rows = []
+  for row in reader:
+    where = f'{path} line {reader.line_num}'
     if not row.get('youtube_id') or row.get('time_start') in (None, '') or row.get('time_end') in (None, ''):
-      raise DatasetError(f'{path} line {n + 2}: expected youtube_id,time_start,time_end (got {row})')
+      raise DatasetError(f'{where}: expected youtube_id,time_start,time_end (got {row})')
+    rows.append(_K400Row(where, row.get('label') or '', row['youtube_id'], _k400_seconds(row['time_start'], where),
+                         _k400_seconds(row['time_end'], where), row.get('split') or ''))
   return rows
 
 
@@ -186,7 +236,7 @@ def _k400_classes(path: str, label_map_path: str | None) -> dict[str, int]:
   for name in _listdir(folder):
     other = os.path.join(folder, name)
     if name.lower().endswith('.csv') and 'label' in (_k400_header(other) or ()):
-      names.update(row['label'] for row in _k400_rows(other) if row.get('label'))
+      names.update(row.label for row in _k400_rows(other) if row.label)
   if not names:
     raise DatasetError(f'no Kinetics CSV in {folder} has a label column, so the class list is unknown; pass '
                        '--label_map=<JSON list or {name: index} of the classes>')
@@ -196,13 +246,13 @@ def _k400_classes(path: str, label_map_path: str | None) -> dict[str, int]:
 def read_k400(path: str, *, data_root: str | None, label_map_path: str | None, split: str | None) -> InputList:
   """Reads a Kinetics CSV (`label,youtube_id,time_start,time_end,split[,is_cc]`; the test CSV has no label)."""
   rows = _k400_rows(path)
-  present = sorted({row.get('split', '') for row in rows})
+  present = sorted({row.split for row in rows})
   if split is None:
     if len(present) != 1 or not present[0]:
       raise _split_error(path, split, present)
     split = present[0]
   wanted = _K400_SPLITS.get(split, split)
-  rows = [row for row in rows if _K400_SPLITS.get(row.get('split', ''), row.get('split', '')) == wanted]
+  rows = [row for row in rows if _K400_SPLITS.get(row.split, row.split) == wanted]
   if not rows:
     raise DatasetError(f'{path} has no row with split {split!r}; its splits are {present}')
   label_map = _k400_classes(path, label_map_path)
@@ -210,14 +260,14 @@ def read_k400(path: str, *, data_root: str | None, label_map_path: str | None, s
   index = _index_by_stem(root)
   videos = []
   for row in rows:
-    stem = f'{row["youtube_id"]}_{int(float(row["time_start"])):06d}_{int(float(row["time_end"])):06d}'
-    label = row.get('label', '') or ''
+    stem = f'{row.youtube_id}_{row.start:06d}_{row.end:06d}'
+    label = row.label
     if label and label not in label_map:
-      raise DatasetError(f'{path}: row of {stem} has label {label!r}, not one of the {len(label_map)} classes')
+      raise DatasetError(f'{row.where}: row of {stem} has label {label!r}, not one of the {len(label_map)} classes')
     folders = (label, label.replace(' ', '_'))
     found = index.get(stem)
-    expected = os.path.join(root, label, f'{stem}.mp4') if label else os.path.join(root, f'{stem}.mp4')
-    video = _pick(found, folders) if found else files.canonical(expected)
+    expected = _below(root, row.where, label, f'{stem}.mp4')
+    video = _pick(found, folders) if found else expected
     videos.append(VideoInput(video, label_map[label], label) if label else VideoInput(video))
   return InputList(videos, label_map, dataset='k400', split=_K400_SPLITS.get(split, split))
 
@@ -265,14 +315,18 @@ def read_ucf101(path: str, *, data_root: str | None, split: str | None, split_id
     if not parts:
       continue
     rel = parts[0]
+    where = f'{list_file} line {n + 1}'
+    expected = _below(root, where, rel)
     name = rel.split('/')[0]
     if name not in label_map:
-      raise DatasetError(f'{list_file} line {n + 1}: class folder {name!r} of {rel} is not in classInd.txt')
+      raise DatasetError(f'{where}: class folder {name!r} of {rel} is not in classInd.txt')
+    if len(parts) > 1 and not parts[1].isdigit():
+      raise DatasetError(f'{where}: expected "<Class>/<video>.avi <1-based class index>", got {line!r}')
     if len(parts) > 1 and int(parts[1]) - 1 != label_map[name]:
-      raise DatasetError(f'{list_file} line {n + 1}: {rel} is marked class {parts[1]}, but classInd.txt numbers '
-                         f'{name} {label_map[name] + 1}')
+      raise DatasetError(f'{where}: {rel} is marked class {parts[1]}, but classInd.txt numbers {name} '
+                         f'{label_map[name] + 1}')
     found = index.get(os.path.splitext(os.path.basename(rel))[0])
-    video = _pick(found, (name,)) if found else files.canonical(os.path.join(root, rel))
+    video = _pick(found, (name,)) if found else expected
     videos.append(VideoInput(video, label_map[name], name))
   return InputList(videos, label_map, dataset='ucf101', split=split, split_id=split_id)
 
@@ -309,11 +363,11 @@ def read_hmdb51(path: str, *, data_root: str | None, split: str | None, split_id
         continue
       if len(parts) != 2 or parts[1] not in ('0', '1', '2'):
         raise DatasetError(f'{list_file} line {n + 1}: expected "<video>.avi 0|1|2", got {line!r}')
+      expected = _below(root, f'{list_file} line {n + 1}', name, parts[0])
       if parts[1] != marker:
         continue
-      stem = os.path.splitext(parts[0])[0]
-      found = index.get(stem)
-      video = _pick(found, (name,)) if found else files.canonical(os.path.join(root, name, parts[0]))
+      found = index.get(os.path.splitext(parts[0])[0])
+      video = _pick(found, (name,)) if found else expected
       videos.append(VideoInput(video, label_map[name], name))
   return InputList(videos, label_map, dataset='hmdb51', split=split, split_id=split_id)
 

@@ -2,9 +2,12 @@
 a listed set with its class list, file access for local paths and `tf.io.gfile` URLs alike, and label maps."""
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
+
+from m3video_jax import cli
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv', '.3gp', '.ogv',
                     '.ts', '.mts', '.y4m')
@@ -31,6 +34,11 @@ class InputList:
   split_id: int = 0
 
 
+class InputFileError(cli.UserError, ValueError):
+  """An input or annotation file a user can fix (not UTF-8 text, an entry that is malformed or names a path outside
+  `--data_root`); the message names the file and line. A `ValueError` too, as the readers' other refusals are."""
+
+
 def is_remote(path: str) -> bool:
   return '://' in path
 
@@ -40,12 +48,31 @@ def gfile():
   return tf.io.gfile
 
 
-def read_text(path: str) -> str:
+def read_text(path: str, errors: str = 'strict') -> str:
+  """The text of a list, annotation or label-map file: every reader reads its files here, the one way. UTF-8 with or
+  without a byte-order mark (`utf-8-sig`: Excel's "CSV UTF-8" writes one, which would otherwise become part of the
+  first header name or entry and silently change what the file says).
+
+  Args:
+    path: local path or `tf.io.gfile` URL.
+    errors: 'strict', or 'replace' for a reader that only looks (format detection).
+
+  Raises:
+    InputFileError: naming the file and line of the first byte that is not UTF-8.
+  """
   if is_remote(path):
-    with gfile().GFile(path, 'r') as f:
-      return f.read()
-  with open(path, encoding='utf-8') as f:
-    return f.read()
+    with gfile().GFile(path, 'rb') as f:
+      data = f.read()
+  else:
+    with open(path, 'rb') as f:
+      data = f.read()
+  body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data  # As `utf-8-sig` decodes.
+  try:
+    return body.decode('utf-8', errors)
+  except UnicodeDecodeError as e:
+    line = body.count(b'\n', 0, e.start) + 1
+    raise InputFileError(f'{path} line {line}: byte 0x{body[e.start]:02x} is not UTF-8 text; save the file as UTF-8 '
+                         '(or remove the byte)') from None
 
 
 def canonical(path: str) -> str:
@@ -82,6 +109,8 @@ def load_label_map(path: str) -> dict[str, int]:
   """Reads a JSON label map (`label_map_from_json`)."""
   try:
     data = json.loads(read_text(path))
+  except InputFileError:
+    raise
   except OSError as e:
     raise ValueError(f'--label_map={path} cannot be read: {e.strerror or e}') from None
   except ValueError as e:

@@ -51,10 +51,15 @@ def parse_spec(spec: str, split: str | None = None) -> tuple[str, str]:
 @functools.lru_cache(maxsize=8)
 def _builder(name: str):
   tfds = _tfds()
+  data_dir = os.environ.get('TFDS_DATA_DIR') or None
   try:
-    return tfds.builder(name, data_dir=os.environ.get('TFDS_DATA_DIR') or None)
+    return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for an unknown or unprepared dataset.
-    raise ValueError(f'tfds:{name}: TFDS cannot open this dataset ({type(e).__name__}: {e})') from None
+    # Its first line says what is wrong; for an unknown name the rest is TFDS's whole catalogue (hundreds of lines).
+    first = (str(e).strip().splitlines() or [''])[0]
+    raise ValueError(f'tfds:{name}: TFDS cannot open this dataset ({type(e).__name__}: {first}); check the name '
+                     '(tfds.list_builders() lists them) and that it is prepared in '
+                     f'{data_dir or "~/tensorflow_datasets"} ($TFDS_DATA_DIR)') from None
 
 
 def _keys(name: str) -> tuple[str, str | None, Any]:

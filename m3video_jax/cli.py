@@ -5,7 +5,7 @@
 - a tool's flags are defined by its `define_flags(fv)` into a `FlagValues` of its own (`run`), so tools can be imported
   together and run in-process any number of times (as the tests do). `m3video_jax.main` alone defines absl's global
   flags, which its `--config.<field>=value` overrides need (same syntax for the user);
-- quiet by default: TensorFlow's C++ notices, Beam's and Orbax's INFO lines and JAX's compile logs only with
+- quiet by default: TensorFlow's C++ notices, Beam's, Orbax's and TFDS's INFO lines and JAX's compile logs only with
   `--verbose` (`quiet_libraries`); the tool's own progress and warnings always show;
 - bad input is one line, `error: <what was wrong, the flag or file, what was expected>`, and a non-zero exit status
   (no traceback);
@@ -34,7 +34,8 @@ class UserError(Exception):
 # Bad input as reported by the tools: one line, no traceback.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, ImportError)
 # Libraries whose INFO lines would drown a tool's own output; their warnings still show.
-_QUIET_PATHS = ('/orbax/', '/jax/_src/', '/jax/experimental/', '/apache_beam/', '/tensorflow/')
+_QUIET_PATHS = ('/orbax/', '/jax/_src/', '/jax/experimental/', '/apache_beam/', '/tensorflow/',
+                '/tensorflow_datasets/')
 _QUIET_LOGGERS = ('apache_beam', 'orbax', 'jax', 'tensorflow', 'apitools', 'oauth2client', 'urllib3',
                   'google.auth', 'google_auth_httplib2')
 
