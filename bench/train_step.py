@@ -23,6 +23,7 @@ limit is what JAX's allocator may use (`XLA_PYTHON_CLIENT_MEM_FRACTION`: by defa
 Printed for the JAX step, one `name: value` line each (and written to `--json`):
   steps/s, clips/s        best of `--rounds` timed loops of `--steps` steps each, after `--warmup` steps
   flops/step              XLA's cost analysis of the compiled step (`Compiled.cost_analysis()['flops']`)
+  analytic model flops    the task's matmul count (`model_flops_per_clip` x batch), and MFU on it
   model flops/step        what MFU counts: the same, except with 'cudnn' attention (XLA counts nothing inside cuDNN's
                           fused attention) or `--remat` (recomputation is not model work): then XLA's count of the
                           step lowered with 'xla' attention and no remat
@@ -265,6 +266,7 @@ def figures(args, step: Step, rates: list[float], device) -> dict:
   stats = device.memory_stats() or {}
   peak, peak_source = peak_tflops(args, device.device_kind)
   achieved = flops * best / 1e12 if flops else None
+  analytic = step.trainer.task.model_flops_per_clip() * step.batch  # Matmuls only (tasks.PretrainTask).
   return {
       'platform': args.platform, 'device': device.device_kind, 'backend': jax.default_backend(),
       'jax_version': jax.__version__, 'variant': args.variant, 'frames': args.frames, 'res': args.res,
@@ -275,6 +277,8 @@ def figures(args, step: Step, rates: list[float], device) -> dict:
       'clips_per_sec': best * step.batch, 'flops_per_step': step.flops, 'model_flops_per_step': flops,
       'model_flops_source': flops_source, 'achieved_tflops': achieved, 'peak_tflops': peak,
       'peak_tflops_source': peak_source, 'mfu': achieved / peak if achieved and peak else None,
+      'analytic_model_flops_per_step': analytic,
+      'mfu_analytic': analytic * best / 1e12 / peak if peak else None,
       'peak_bytes_in_use': stats.get('peak_bytes_in_use'), 'bytes_limit': stats.get('bytes_limit'),
       'program_bytes': step.bytes, 'compile_s': step.compile_s,
   }
@@ -292,6 +296,8 @@ def print_figures(f: dict) -> None:
   print(f'flops/step: {f["flops_per_step"]:.4g}' if f['flops_per_step'] else 'flops/step: n/a')
   print(f'model flops/step: {f["model_flops_per_step"]:.4g} ({f["model_flops_source"]})' if f['model_flops_per_step']
         else 'model flops/step: n/a')
+  print(f'analytic model flops/step: {f["analytic_model_flops_per_step"]:.4g} (matmuls only, the task\'s '
+        f'model_flops_per_clip x batch)' + (f'; MFU on it {100 * f["mfu_analytic"]:.2f} %' if f['mfu_analytic'] else ''))
   print(f'achieved TFLOP/s: {f["achieved_tflops"]:.4g}' if f['achieved_tflops'] else 'achieved TFLOP/s: n/a')
   print(f'MFU: {100 * f["mfu"]:.2f} % of {f["peak_tflops"]:g} TFLOP/s ({f["peak_tflops_source"]})' if f['mfu']
         else 'MFU: n/a (pass --peak_tflops)')

@@ -66,8 +66,11 @@ def clip_shape(config, batch_size: int) -> tuple[int, ...]:
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like an input-pipeline batch (for init, eval_shape and compile checks)."""
+  """Zeros shaped like a training batch of the config's task as its input pipeline yields it (for init, eval_shape and
+  compile checks): pretraining clips with their trajectory targets, or classification clips with labels."""
   d = config.data
+  if config.task != 'pretrain':
+    return {'video': np.zeros(clip_shape(config, batch_size), np.uint8), 'label': np.zeros((batch_size,), np.int32)}
   pt = config.model.patch_size[0]
   tt, g, steps = d.num_frames // pt, d.res // schema.GRID_STEP, config.target.traj_len
   return {
@@ -148,6 +151,22 @@ class PretrainTask:
   @property
   def grid(self) -> tuple[int, int, int]:
     return vit.token_grid(clip_shape(self.config, 1), tuple(self.config.model.patch_size))
+
+  def model_flops_per_clip(self) -> float:
+    """Training FLOPs of one clip, matmuls only (`vit.block_flops`), forward + backward (x 3), as MFU counts them: patch
+    embedding and encoder on the visible tokens, decoder on all tokens, its head on the hidden ones. What XLA adds
+    (norms, softmax, the targets, the loss, the optimiser, remat's recomputation) is not model work."""
+    c = self.config
+    pt, ph, pw = c.model.patch_size
+    t, h, w = self.grid
+    tokens = t * h * w
+    hidden = masking.num_hidden(self.grid, c.mask.ratio, c.mask.kind)  # The same count in every clip.
+    visible = tokens - hidden
+    width, dw = vit.get_variant(c.model.encoder).width, c.model.decoder_width
+    outputs = self.model.output_dims  # One entry per decoder (one joint decoder, or one per part).
+    decoder = sum(2 * visible * width * dw + c.model.decoder_depth * vit.block_flops(tokens, dw, 4 * dw)
+                  + 2 * hidden * dw * out for out in outputs)
+    return 3.0 * (vit.encoder_flops(c.model.encoder, visible, pt * ph * pw * 3) + decoder)
 
   def init_params(self, rng: jax.Array) -> Any:
     c = self.config
@@ -360,6 +379,16 @@ class FinetuneTask:
   def init_params(self, rng: jax.Array) -> Any:
     video = jnp.zeros(clip_shape(self.config, 1), jnp.float32)
     return self.model.init({'params': rng}, video, train=False)['params']
+
+  def model_flops_per_clip(self) -> float:
+    """Training FLOPs of one clip, matmuls only (`vit.block_flops`), as MFU counts them: the encoder on all tokens and
+    the head, forward + backward (x 3); a frozen encoder runs forward only (x 1)."""
+    c = self.config
+    pt, ph, pw = c.model.patch_size
+    t, h, w = vit.token_grid(clip_shape(c, 1), tuple(c.model.patch_size))
+    encoder = vit.encoder_flops(c.model.encoder, t * h * w, pt * ph * pw * 3)
+    head = 2.0 * vit.get_variant(c.model.encoder).width * c.model.num_classes
+    return (1.0 if self.freeze_encoder else 3.0) * encoder + 3.0 * head
 
   def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     a = self.config.aug

@@ -72,6 +72,20 @@ def token_grid(video_shape: tuple[int, ...], patch_size: tuple[int, int, int]) -
   return tt // pt, hh // ph, ww // pw
 
 
+def block_flops(tokens: int, width: int, mlp_dim: int) -> float:
+  """Forward FLOPs of one transformer block over `tokens` tokens, matmuls only (a multiply-add = 2): qkv, attention
+  scores, their weighted sum, the output projection and the MLP. Norms, softmax and GELU are left out."""
+  projections = 2 * tokens * width * (4 * width + 2 * mlp_dim)
+  attention = 2 * 2 * tokens * tokens * width
+  return float(projections + attention)
+
+
+def encoder_flops(variant: str, tokens: int, patch_dim: int) -> float:
+  """Forward FLOPs of `VideoViT` on `tokens` tokens of `patch_dim` values each: patch embedding and every block."""
+  v = get_variant(variant)
+  return 2.0 * tokens * patch_dim * v.width + v.depth * block_flops(tokens, v.width, v.mlp_dim)
+
+
 def patchify(video: jax.Array, patch_size: tuple[int, int, int]) -> jax.Array:
   """`[B, T, H, W, C] -> [B, N, pt * ph * pw * C]`, each tubelet flattened in `(dt, dy, dx, c)` order."""
   b, tt, hh, ww, c = video.shape
