@@ -21,7 +21,7 @@ def dot_position(f):
   return DOT0 + VELOCITY * f, DOT0 + VELOCITY * f
 
 
-def dot_video_record(video_id='dot', label=3, hog_bin=1):
+def dot_video_record(video_id='dot', label=3, hog_bin=1, traj_len=4):
   """A record whose frames show a bright dot moving by (4, 4) px per frame, with matching stored trajectories.
 
   All trajectories move with the dot (a uniform field); only the trajectory that starts on the dot is marked invalid,
@@ -34,7 +34,7 @@ def dot_video_record(video_id='dot', label=3, hog_bin=1):
     img = 255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0 ** 2))
     rgb = np.repeat(img[..., None], 3, axis=-1).astype(np.uint8)
     jpegs.append(tf.io.encode_jpeg(rgb, quality=100).numpy())
-  traj_len, stride = 4, 2
+  stride = 2
   s = schema.num_starts(NUM_FRAMES, traj_len, stride)
   g = SIZE // 8
   disp = np.full((s, traj_len, g, g, 2), VELOCITY, np.float32)
@@ -175,13 +175,13 @@ def test_shorter_traj_len_uses_its_own_validity():
     assert out['traj_valid'].sum() == out['traj_valid'].size - (0 if expect else 2)
 
 
-def write_shards(directory, num_shards=2, per_shard=3, corrupt=None):
+def write_shards(directory, num_shards=2, per_shard=3, corrupt=None, traj_len=4, prefix='train', first_label=0):
   paths = []
   for s in range(num_shards):
-    path = os.path.join(directory, f'train-{s:05d}-of-{num_shards:05d}.tfrecord')
+    path = os.path.join(directory, f'{prefix}-{s:05d}-of-{num_shards:05d}.tfrecord')
     with tf.io.TFRecordWriter(path) as w:
       for i in range(per_shard):
-        rec = dot_video_record(video_id=f'v{s}_{i}', label=s * per_shard + i)
+        rec = dot_video_record(video_id=f'v{s}_{i}', label=first_label + s * per_shard + i, traj_len=traj_len)
         if corrupt == (s, i):
           rec = rec[:len(rec) // 3]
         w.write(rec)
@@ -326,10 +326,11 @@ def damage(path, how):
     f.write(data)
 
 
-def write_manifest(directory, paths, per_shard=3):
+def write_manifest(directory, paths, per_shard=3, **config):
   import json
   with open(os.path.join(directory, 'manifest.json'), 'w') as f:
-    json.dump({'shards': [{'file': os.path.basename(p), 'records': per_shard, 'bytes': os.path.getsize(p)}
+    json.dump({'config': config, 'schema_version': schema.SCHEMA_VERSION,
+               'shards': [{'file': os.path.basename(p), 'records': per_shard, 'bytes': os.path.getsize(p)}
                           for p in paths]}, f)
 
 
@@ -379,6 +380,39 @@ def test_missing_files_and_short_trajectories_give_clear_errors(tmp_path):
   config.target.traj_len = 6
   with pytest.raises(ValueError, match='L=4 steps'):
     pretraining.train_iterator(config)
+
+
+@pytest.mark.parametrize('manifest', [True, False])
+def test_shards_of_another_prep_config_are_named_up_front_not_called_corrupt(tmp_path, manifest):
+  """Shards of two prep runs in one glob (traj_len 6 and 4) with target.traj_len=6: the L=4 shards used to pass the
+  check of the first shard (an L=6 one), then failed to decode as "corrupt" records, which data.skip_corrupt silently
+  dropped."""
+  os.makedirs(tmp_path / 'a_l6')  # Sorted first: its first shard was the only one checked.
+  os.makedirs(tmp_path / 'l4')
+  long_paths = write_shards(str(tmp_path / 'a_l6'), prefix='a', traj_len=6)
+  short_paths = write_shards(str(tmp_path / 'l4'), prefix='b', first_label=6)
+  if manifest:  # Settings from the manifests; else from every shard's first record.
+    for directory, paths, traj_len in (('a_l6', long_paths, 6), ('l4', short_paths, 4)):
+      write_manifest(str(tmp_path / directory), paths, traj_len=traj_len, traj_start_stride=2, segment_frames=0)
+  config = clip_config(train_files=f'{tmp_path}/a_l6/*.tfrecord,{tmp_path}/l4/*.tfrecord', batch_size=2)
+  config.data.res = 32
+  config.target.traj_len = 6
+  for skip_corrupt in (False, True):
+    with config.unlocked():
+      config.data.skip_corrupt = skip_corrupt
+    with pytest.raises(stream.DataError) as info:
+      take(pretraining.train_iterator(config), 6)
+    message = str(info.value)
+    assert not isinstance(info.value, stream.CorruptRecordError), message
+    assert message.startswith('2 of the 4 shards of config.data.train_files were prepared with data_prep settings')
+    assert all(p in message for p in short_paths) and not any(p in message for p in long_paths), message
+    assert 'L=4 steps, but config.target.traj_len=6' in message and 'not damaged' in message
+    assert ('l4/manifest.json' in message) == manifest, message
+  # Every shard serves L=4 (the first 4 steps of the L=6 trajectories): both prep runs are read, nothing skipped.
+  config.target.traj_len = 4
+  it = pretraining.train_iterator(config)
+  labels = np.concatenate([x['label'] for x in take(it, 6)])
+  assert it.num_skipped == 0 and set(labels.tolist()) == set(range(12))
 
 
 @pytest.mark.parametrize('size', [(169, 192), (256, 256), (224, 300)])

@@ -70,12 +70,15 @@ def test_segment_records_hold_the_slices_of_the_whole_video(video):
     np.testing.assert_array_equal(d['traj_hog'], whole['traj_hog'][first:first + count])
 
 
-def _write(tmp_path, records, segment_frames):
+def _write(tmp_path, records, segment_frames, name='train-00000-of-00001.tfrecord'):
+  """One shard of `records`, with a manifest beside it unless `segment_frames` is None (copied shards)."""
   os.makedirs(tmp_path, exist_ok=True)
-  shard = os.path.join(tmp_path, 'train-00000-of-00001.tfrecord')
+  shard = os.path.join(tmp_path, name)
   with tf.io.TFRecordWriter(shard) as w:
     for r in records:
       w.write(r)
+  if segment_frames is None:
+    return shard
   with open(os.path.join(tmp_path, 'manifest.json'), 'w') as f:
     json.dump({'config': {'segment_frames': segment_frames},
                'shards': [{'file': os.path.basename(shard), 'records': len(records),
@@ -108,7 +111,7 @@ def test_pretraining_takes_the_segment_length_from_the_manifest_when_the_first_r
   short = video_targets.to_record(video_targets.extract_from_frames(iter(frames), config), meta, config)
   assert schema.decode(short)['video_frames'] == 10  # Not longer than the segments: one whole-video record.
   shard = _write(str(tmp_path), [short] + video_targets.to_records(targets, meta, config), 12)
-  with pytest.raises(ValueError, match=r'manifest.json: the shards hold segments of 12 frames.*spans 17 frames'):
+  with pytest.raises(ValueError, match=r'manifest.json\) hold segments of 12 frames.*spans 17 frames'):
     pretraining.train_iterator(_pretrain_config(shard, 8))
 
 
@@ -117,3 +120,19 @@ def test_classification_refuses_segment_records(video, tmp_path):
   shard = _write(str(tmp_path), video_targets.to_records(targets, meta, config), 12)
   with pytest.raises(stream.DataError, match='segments of 12 frames.*without --segment_frames'):
     classification.check_class_count([shard], 8, 'config.data.train_files')
+
+
+def test_classification_refuses_segment_records_without_their_manifest(video, tmp_path):
+  """Shards copied without `manifest.json`: the records' own `segment_start` / `video_frames` show the segments (a
+  fine-tune used to train and test on them, "16 held-out videos" for 8)."""
+  config, targets, meta = video
+  whole = _write(str(tmp_path), [video_targets.to_record(targets, meta, config)], None, 'a-00000-of-00002.tfrecord')
+  segments = _write(str(tmp_path), video_targets.to_records(targets, meta, config), None, 'a-00001-of-00002.tfrecord')
+  classification.check_class_count([whole], 8, 'config.data.eval_files')  # Whole videos pass.
+  with pytest.raises(stream.DataError) as info:
+    classification.check_class_count([whole, segments], 8, 'config.data.eval_files')
+  message = str(info.value)
+  assert message.startswith('1 of the 2 shards of config.data.eval_files'), message
+  assert segments in message and whole not in message, message
+  assert 'read from their first records) hold segments of 12 frames' in message, message
+  assert 'without --segment_frames' in message, message

@@ -175,18 +175,20 @@ def bad_label(labels: np.ndarray, num_classes: int) -> tuple[int, str] | None:
 
 
 def check_whole_videos(shards: list[str], what: str) -> None:
-  """Refuses shards that data prep wrote as segments of videos (`--segment_frames`, recorded in the `manifest.json`
-  beside them, `stream.segment_frames`): a classification clip, and above all a multi-view test, samples the whole
-  video.
+  """Refuses shards that data prep wrote as segments of videos (`--segment_frames`): a classification clip, and above
+  all a multi-view test, samples the whole video. Each shard is judged by its own settings (`stream.prep_settings`:
+  the `manifest.json` beside it, else its first record's `segment_start` / `video_frames`), so copied shards without
+  their manifest are refused too.
 
   Raises:
-    stream.DataError: naming the manifest and the flag.
+    stream.DataError: naming the shards, where their settings were read and the flag.
   """
-  k, path = stream.segment_frames(shards)
-  if k:
-    raise stream.DataError(f'{path}: the shards of {what} hold segments of {k} frames (data_prep --segment_frames), '
-                           'but classification samples whole videos; prepare this split again without '
-                           '--segment_frames')
+  problem = stream.mismatched_shards(
+      stream.prep_settings(shards),
+      (('segment_frames', lambda k: k > 0, lambda k: f'hold segments of {k} frames (data_prep --segment_frames), but '
+        'classification samples whole videos; prepare this split again without --segment_frames'),), what)
+  if problem:
+    raise stream.DataError(problem)
 
 
 def check_class_count(shards: list[str], num_classes: int, what: str) -> None:

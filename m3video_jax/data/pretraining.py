@@ -55,41 +55,50 @@ def clip_span(spec: ClipSpec) -> int:
 
 
 def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
-  """Reads the first record of the first non-empty shard and checks that the data can serve `spec`.
+  """Checks that the records of every shard can serve `spec`, from each shard's own data_prep settings
+  (`stream.prep_settings`: the manifest beside it, else its first record), and reads the first record of the first
+  non-empty shard.
+
+  A glob may hold shards of several prep runs (e.g. `--traj_len=4` and `6`): a shard that cannot serve the config is
+  named here, before training, with the setting; it is not damaged, so it must not surface later as a corrupt record
+  (which `data.skip_corrupt` would silently drop).
+
+  Returns:
+    The first record's trajectory length, start stride and grid step.
 
   Raises:
-    ValueError: naming the shard, when the stored trajectories are shorter than `target.traj_len`, segment records are
-      shorter than a clip (`clip_span`), the start stride does not divide the tubelet spacing, or the schema version
-      differs.
+    stream.DataError: naming the shards and the setting, when a shard has another schema version, its stored
+      trajectories are shorter than `target.traj_len`, its segment records are shorter than a clip (`clip_span`), or
+      its start stride does not divide the tubelet spacing; also when no shard holds a record.
   """
-  for raw, shard in ((r, s) for s in shards for r in tf.data.TFRecordDataset(s).take(1)):
-    try:
-      rec = schema.parse_example(raw.numpy())
-    except schema.SchemaError as e:
-      raise stream.CorruptRecordError(f'{shard}: first record is unreadable: {e}') from e
-    if rec[schema.VERSION] != schema.SCHEMA_VERSION:
-      raise ValueError(f'{shard} has schema_version={rec[schema.VERSION]}, this code reads {schema.SCHEMA_VERSION}; '
-                       're-run data_prep')
-    if rec[schema.TRAJ_LEN] < spec.traj_len:
-      raise ValueError(f'{shard} stores trajectories of L={rec[schema.TRAJ_LEN]} steps, but config.target.traj_len='
-                       f'{spec.traj_len}; re-run data_prep with --traj_len={spec.traj_len} or lower target.traj_len')
-    # Segment length from the manifests (a first record of a video shorter than the segments is whole), else from
-    # this record.
-    span = clip_span(spec)
-    k, where = stream.segment_frames(shards)
-    if not k and rec[schema.VIDEO_FRAMES] > rec[schema.NUM_FRAMES]:
-      k, where = rec[schema.NUM_FRAMES], shard
-    if k and k < span:
-      raise ValueError(f'{where}: the shards hold segments of {k} frames, but a clip of {spec.num_frames} frames at '
-                       f'stride {spec.frame_stride} with L={spec.traj_len} spans {span} frames; re-run data_prep with '
-                       f'--segment_frames >= {span} (or 0 for whole videos)')
-    spacing = spec.tubelet * spec.frame_stride
-    if spacing % rec[schema.TRAJ_START_STRIDE]:
-      raise ValueError(f'{shard} stores trajectory starts every {rec[schema.TRAJ_START_STRIDE]} frames, which does not '
-                       f'divide the tubelet spacing tubelet x frame_stride = {spacing}; use an even frame_stride or '
-                       're-run data_prep with --traj_start_stride=1')
-    return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
-  raise ValueError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
+  first = next(((s, raw) for s in shards if (raw := stream.first_record(s)) is not None), None)
+  if first is None:
+    raise stream.DataError(f'none of the {len(shards)} shards holds a record: {shards[:5]}')
+  shard, raw = first
+  try:
+    rec = schema.parse_example(raw)
+  except schema.SchemaError as e:
+    raise stream.CorruptRecordError(f'{shard}: first record is unreadable: {e}') from e
+  span = clip_span(spec)
+  spacing = spec.tubelet * spec.frame_stride
+  rules = (
+      ('schema_version', lambda v: v != schema.SCHEMA_VERSION,
+       lambda v: f'have schema_version={v}, this code reads {schema.SCHEMA_VERSION}; re-run data_prep'),
+      ('traj_len', lambda v: v < spec.traj_len,
+       lambda v: f'store trajectories of L={v} steps, but config.target.traj_len={spec.traj_len}; re-run data_prep '
+                 f'with --traj_len={spec.traj_len} or lower target.traj_len'),
+      ('segment_frames', lambda v: 0 < v < span,
+       lambda v: f'hold segments of {v} frames, but a clip of {spec.num_frames} frames at stride {spec.frame_stride} '
+                 f'with L={spec.traj_len} spans {span} frames; re-run data_prep with --segment_frames >= {span} (or 0 '
+                 'for whole videos)'),
+      ('traj_start_stride', lambda v: v <= 0 or spacing % v,
+       lambda v: f'store trajectory starts every {v} frames, which does not divide the tubelet spacing tubelet x '
+                 f'frame_stride = {spacing}; use an even frame_stride or re-run data_prep with --traj_start_stride=1'),
+  )
+  problem = stream.mismatched_shards(stream.prep_settings(shards), rules, 'config.data.train_files')
+  if problem:
+    raise stream.DataError(problem)
+  return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
 
 
 def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: int = 0, clips_per_record: int = 1):

@@ -2,10 +2,13 @@
 this process's records, in a seeded, resumable order, with damaged shards and records named or skipped.
 
 Per process: its share of the shards (`process_shards`) -> a cheap check of every shard against its manifest
-(`usable_shards`) -> per-epoch stateless shard shuffle -> windows of 16 shards, each read interleaved and
-record-shuffled on its own (`record_stream`; a resume skips whole windows unread) -> (epoch, global position, record)
--> the input's clip function -> local batches -> prefetch (`train_stream`). Everything random is seeded by (config.seed, process index, epoch, position), so each process's stream is a deterministic function of the
-seed and `start_step` resumes it exactly where a run at that step was; processes draw different sequences.
+(`usable_shards`) -> the input's check of every shard's data_prep settings (`prep_settings`, `mismatched_shards`: a
+shard of another prep config is named up front, never taken for a corrupt one) -> per-epoch stateless shard shuffle
+-> windows of 16 shards, each read interleaved and record-shuffled on its own (`record_stream`; a resume skips whole
+windows unread) -> (epoch, global position, record) -> the input's clip function -> local batches -> prefetch
+(`train_stream`). Everything random is seeded by (config.seed, process index, epoch, position), so each process's
+stream is a deterministic function of the seed and `start_step` resumes it exactly where a run at that step was;
+processes draw different sequences.
 `TrainIterator` turns records that fail to decode into an error naming the shard and record, or counts them
 (`data.skip_corrupt`).
 
@@ -23,6 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
+
+from m3video_jax.data import schema
 
 
 # TF only feeds the host; it must not grab GPU/TPU memory that JAX needs.
@@ -116,18 +121,102 @@ def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
   return entries
 
 
-def segment_frames(shards: list[str]) -> tuple[int, str | None]:
-  """The shortest segment length data prep wrote the shards with (`--segment_frames`, from the manifests beside
-  them), and that manifest's path; `(0, None)` for whole-video records or shards without a manifest."""
-  found = []
-  for path, manifest in _manifests(shards).values():
+# The data_prep settings that decide which clips a shard's records can serve (`prep_settings`).
+PREP_SETTINGS = ('schema_version', 'traj_len', 'traj_start_stride', 'segment_frames')
+
+
+def first_record(shard: str) -> bytes | None:
+  """The first serialized record of `shard`; None for an empty shard or one whose first record cannot be read (the
+  stream names a damaged record when it reaches it)."""
+  try:
+    for rec in tf.data.TFRecordDataset(shard).take(1):
+      return rec.numpy()
+  except tf.errors.OpError:
+    pass
+  return None
+
+
+def record_prep_settings(serialized: bytes, shard: str) -> dict[str, int]:
+  """The `PREP_SETTINGS` one record shows; `segment_frames` is its frame count when it is a segment of a longer video
+  (`segment_start` > 0 or `video_frames` > `num_frames`), else 0.
+
+  Raises:
+    CorruptRecordError: naming `shard` when the record is not a data_prep record.
+  """
+  try:
+    rec = schema.parse_example(serialized)
+  except schema.SchemaError as e:
+    raise CorruptRecordError(f'{shard}: first record is unreadable: {e}') from e
+  segment = rec[schema.SEGMENT_START] > 0 or rec[schema.VIDEO_FRAMES] > rec[schema.NUM_FRAMES]
+  return {'schema_version': rec[schema.VERSION], 'traj_len': rec[schema.TRAJ_LEN],
+          'traj_start_stride': rec[schema.TRAJ_START_STRIDE],
+          'segment_frames': rec[schema.NUM_FRAMES] if segment else 0}
+
+
+def prep_settings(shards: list[str]) -> dict[str, dict[str, tuple[int, str]]]:
+  """Per shard, its data_prep settings (`PREP_SETTINGS`) and where each was read: `{shard: {setting: (value, source)}}`.
+
+  A setting comes from the `manifest.json` beside the shard when that manifest lists the shard (source: the manifest),
+  else from the shard's first record (source: the shard): copied shards, shards of several prep runs in one glob, or a
+  manifest without the setting. So every shard is judged by its own settings, not by those of the first shard, and it
+  stays cheap: one manifest per folder, one first record per shard that no manifest describes. An empty shard without
+  a manifest has no settings.
+  """
+  from concurrent import futures
+
+  described: dict[str, dict[str, tuple[int, str]]] = {}
+  for d, (path, manifest) in _manifests(shards).items():
     try:
-      k = int((manifest.get('config') or {}).get('segment_frames', 0) or 0)
-    except (ValueError, TypeError, AttributeError) as e:
+      config = manifest.get('config') or {}
+      values = {k: (int(config[k] or 0), path) for k in PREP_SETTINGS if k in config}
+      if 'schema_version' in manifest:
+        values['schema_version'] = (int(manifest['schema_version']), path)
+      for entry in manifest.get('shards', []):
+        described[os.path.join(d, entry['file'])] = values
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise _unreadable_manifest(path, e) from e
-    if k:
-      found.append((k, path))
-  return min(found) if found else (0, None)
+
+  def settings(shard):
+    values = described.get(shard, {})
+    if all(k in values for k in PREP_SETTINGS):
+      return values
+    raw = first_record(shard)
+    if raw is None:
+      return values
+    return {**{k: (v, shard) for k, v in record_prep_settings(raw, shard).items()}, **values}
+
+  with futures.ThreadPoolExecutor(min(16, len(shards)) or 1) as pool:  # Small reads; parallel for remote stores.
+    return dict(zip(shards, pool.map(settings, shards)))
+
+
+def describe_shards(group: list[str], sources: list[str]) -> str:
+  """`a, b, c and 2 more (per <manifest>)` for a message naming shards and where their settings were read."""
+  names = ', '.join(group[:3]) + (f' and {len(group) - 3} more' if len(group) > 3 else '')
+  manifests = sorted(set(sources) - set(group))  # A shard's own first record goes without saying.
+  return f'{names} ({"per " + ", ".join(manifests) if manifests else "read from their first records"})'
+
+
+def mismatched_shards(settings: dict[str, dict[str, tuple[int, str]]], rules, what: str) -> str | None:
+  """One message naming the shards whose settings break `rules`, grouped by setting and value; None if there are none.
+
+  Args:
+    settings: `prep_settings(shards)`.
+    rules: `(setting, is_bad(value), problem(value))` triples; `problem` says what is wrong and what to do.
+    what: the config field the shards come from (e.g. `config.data.train_files`).
+  """
+  groups: dict[tuple[int, int], list[str]] = {}
+  for shard, values in settings.items():
+    for i, (key, is_bad, _) in enumerate(rules):
+      if key in values and is_bad(values[key][0]):
+        groups.setdefault((i, values[key][0]), []).append(shard)
+  if not groups:
+    return None
+  bad = {s for group in groups.values() for s in group}
+  problems = [f'{describe_shards(group, [settings[s][rules[i][0]][1] for s in group])} {rules[i][2](value)}'
+              for (i, value), group in sorted(groups.items())]
+  return (f'{len(bad)} of the {len(settings)} shards of {what} were prepared with data_prep settings this config '
+          'cannot use (not damaged: config.data.skip_corrupt does not drop them; prepare them again or leave them out '
+          'of the glob): ' + '; '.join(problems))
 
 
 def _masked_crc32c(data: bytes) -> int:
