@@ -228,6 +228,8 @@ def find_batch(config, devices, hbm_bytes: float, opts: Options, log) -> tuple[d
   target = b1
   while 2 * target <= opts.max_batch and predict(2 * target) <= hbm_bytes:
     target *= 2
+  if target == b1 and 2 * b1 <= opts.max_batch:
+    log(f'  predicted from {b0} and {b1}: {2 * b1} needs {predict(2 * b1) / GIB:.2f} GiB > the HBM, not compiled')
   if target > b1:
     log(f'  predicted from {b0} and {b1}: {target} fits ({predict(target) / GIB:.2f} GiB), {2 * target} not '
         f'({predict(2 * target) / GIB:.2f} GiB)')
@@ -309,8 +311,11 @@ def print_figures(f: dict) -> None:
         f'{f["libtpu_version"]}')
   print(f'step: {f["task"]}, ViT-{f["encoder"]}, {f["frames"]} x {f["res"]}², {f["dtype"]}, remat '
         f'{"on" if f["remat"] else "off"}')
-  print(f'largest per-chip batch that fits: {f["per_chip_batch"]}' if f['fits'] else
-        f'per-chip batch {f["per_chip_batch"]}: does NOT fit')
+  if len(f['compiles']) > 1 or not f['fits']:  # Found by the search (or the one asked for did not fit).
+    print(f'largest per-chip batch that fits: {f["per_chip_batch"]}' if f['fits'] else
+          f'per-chip batch {f["per_chip_batch"]}: does NOT fit')
+  else:
+    print(f'per-chip batch {f["per_chip_batch"]}: fits')
   print(f'hbm per chip: {gib(f["hbm_bytes_per_chip"])} needed of {gib(f["hbm_capacity_bytes"])} (data sheet)')
   if f['xla_flops_per_clip']:
     print(f'xla flops: {f["xla_flops_per_step_per_chip"]:.3e} per chip per step, {f["xla_flops_per_clip"]:.3e} per clip'
