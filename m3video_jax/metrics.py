@@ -1,7 +1,8 @@
 """Metric writing: TensorBoard event files and `metrics.jsonl` in the workdir, a readable console line, the NaN guard.
 
 `metrics.jsonl` holds one JSON object per logging interval, `{"step": ..., "<tag>": value, ...}` with the TensorBoard
-tags; a resumed run appends to it (`read_jsonl` keeps the last entry of each step).
+tags; a resumed run appends to it (`read_jsonl` keeps the last entry of each step). The interval in which
+`LearningAlarm` fires also carries `"alarm": {"<part>": "<warning line>"}` (and a TensorBoard text `alarm/<part>`).
 """
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ class MetricWriter:
     self._last_time = None
     self._last_step = None
 
-  def write(self, step: int, scalars: Mapping[str, float]) -> dict[str, float]:
+  def write(self, step: int, scalars: Mapping[str, float], alarms: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Writes one interval's `scalars`; `alarms` (`{part: warning line}`, `LearningAlarm.update`) also go to TensorBoard
+    as text `alarm/<part>`, to the entry's `"alarm"` and to the log as warnings."""
     now = time.perf_counter()
     scalars = dict(scalars)
     if self._last_time is not None and step > self._last_step:
@@ -80,12 +83,19 @@ class MetricWriter:
       with self._writer.as_default(step=step):
         for k, v in scalars.items():
           tf.summary.scalar(k, v)
+        for part, line in (alarms or {}).items():
+          tf.summary.text(f'alarm/{part}', line)
       self._writer.flush()
     if self._jsonl is not None:
+      entry = {'step': step, **{k: _json_number(v) for k, v in scalars.items()}}
+      if alarms:
+        entry['alarm'] = dict(alarms)
       with open(self._jsonl, 'a') as f:
-        f.write(json.dumps({'step': step, **{k: _json_number(v) for k, v in scalars.items()}}) + '\n')
+        f.write(json.dumps(entry) + '\n')
     if self._enabled:
       logging.info(self.format_line(step, scalars))
+      for line in (alarms or {}).values():
+        logging.warning(line)
     return scalars
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
@@ -136,6 +146,101 @@ class MetricWriter:
 
 
 METRICS_FILE = 'metrics.jsonl'
+LEARN_ALARM_RATIO = 0.98  # A part's loss at or above this share of its zero-prediction loss learns ~nothing.
+PART_WEIGHTING_DOC = 'docs/results.md, "What hides the motion: normalisation and part weighting"'
+
+
+class LearningAlarm:
+  """Says, once per run and part, when a target part learns nothing from the input.
+
+  The loss can fall while one part stays at its zero baseline (the paper-faithful target's position part at CPU scale,
+  docs/results.md): only the part's own ratio shows it. The alarm fires for a part when its loss on the hidden tokens
+  that move, over the loss of predicting zero there (`train/<part>_moving_vs_zero`; `<part>_vs_zero` for a part
+  without the split), has been >= `LEARN_ALARM_RATIO` in `intervals` consecutive logged intervals that began after
+  the warmup. An interval below the bar (or undefined) starts the count again; intervals inside the warmup do not
+  count. `intervals` = 0 turns it off.
+  """
+
+  def __init__(self, intervals: int, warmup_steps: int, *, balanced: bool = False,
+               threshold: float = LEARN_ALARM_RATIO):
+    self.intervals = int(intervals)
+    self.warmup_steps = int(warmup_steps)
+    self.threshold = float(threshold)
+    self._balanced = balanced  # target.balance_parts is already on: the hint names the other switches.
+    self._streak: dict[str, tuple[int, int]] = {}  # part -> (intervals in a row at or above the bar, first step)
+    self.raised: dict[str, str] = {}  # part -> its warning line, once per run
+
+  @classmethod
+  def from_config(cls, config, warmup_steps: int, *, workdir: str | None = None,
+                  start_step: int = 0) -> 'LearningAlarm':
+    """The alarm of a training config (`learn_alarm_intervals`; `warmup_steps` as clamped by `optim.warmup_steps`).
+    A run resumed at `start_step` re-counts the intervals its `workdir`'s `metrics.jsonl` logged up to there
+    (`replay`); an unreadable file only restarts the count."""
+    target = config.get('target')
+    alarm = cls(config.get('learn_alarm_intervals', 0), warmup_steps,
+                balanced=bool(target is not None and target.get('balance_parts', False)))
+    if workdir is not None and start_step > 0 and alarm.intervals > 0:
+      try:
+        alarm.replay(read_jsonl(workdir), start_step)
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        logging.warning('learning alarm: %s not re-read (%s: %s); counting from step %d', METRICS_FILE,
+                        type(e).__name__, e, start_step + 1)
+    return alarm
+
+  @staticmethod
+  def part_ratios(scalars: Mapping[str, float]) -> dict[str, tuple[float, bool]]:
+    """`{part: (ratio, on moving tokens)}` of the target parts in one interval's scalars."""
+    out = {}
+    for k in scalars:
+      if not k.startswith('train/loss_') or k.endswith(('_moving', '_static')):
+        continue
+      part = k[len('train/loss_'):]
+      moving = scalars.get(f'train/{part}_moving{_VS_ZERO}')
+      overall = scalars.get(f'train/{part}{_VS_ZERO}')
+      if moving is not None:
+        out[part] = (float(moving), True)
+      elif overall is not None:
+        out[part] = (float(overall), False)
+    return out
+
+  def update(self, first_step: int, step: int, scalars: Mapping[str, float]) -> dict[str, str]:
+    """Counts the logged interval `first_step..step`; returns `{part: warning line}` for the parts it raises."""
+    if self.intervals <= 0:
+      return {}
+    new = {}
+    ratios = self.part_ratios(scalars)
+    for part, (ratio, moving) in ratios.items():
+      if first_step <= self.warmup_steps or not ratio >= self.threshold:  # NaN (no zero loss) does not count.
+        self._streak.pop(part, None)
+        continue
+      count, since = self._streak.get(part, (0, first_step))
+      self._streak[part] = (count + 1, since)
+      if count + 1 >= self.intervals and part not in self.raised:
+        self.raised[part] = new[part] = self._message(part, ratio, moving, since, step, weighable=len(ratios) > 1)
+    return new
+
+  def replay(self, entries: list[dict[str, Any]], up_to_step: int) -> None:
+    """Re-counts the logged intervals of `metrics.jsonl` entries up to `up_to_step` (a resumed run), silently, so the
+    count goes on and an alarm already given is not given again."""
+    previous = 0
+    for entry in entries:
+      if entry['step'] > up_to_step:
+        break
+      scalars = {k: (math.nan if v is None else v) for k, v in entry.items() if k.startswith('train/')}
+      self.update(previous + 1, entry['step'], scalars)
+      for part, line in (entry.get('alarm') or {}).items():
+        self.raised.setdefault(part, line)
+      previous = entry['step']
+
+  def _message(self, part: str, ratio: float, moving: bool, since: int, step: int, *, weighable: bool) -> str:
+    tokens = 'moving hidden tokens' if moving else 'hidden tokens'
+    hint = ('--config.target.balance_parts=True (the target parts weighted equally)' if weighable and not self._balanced
+            else '--config.target.position_norm=none, a longer run, or a look at the stored trajectories '
+                 '(python -m m3video_jax.visualize)')
+    return (f'warning: target part {part!r} learns nothing from the input: its loss on {tokens} is {ratio:.3f} of '
+            f'the loss of predicting zero (>= {self.threshold:g} in {self.intervals} logged intervals after warmup, '
+            f'steps {since}..{step}); try {hint}, see {PART_WEIGHTING_DOC} (config.learn_alarm_intervals=0 turns '
+            'this check off)')
 
 
 def _json_number(v: float) -> float | None:
