@@ -1,6 +1,7 @@
 """Orbax checkpoints of the TrainState: async saves every `checkpoint_every_steps`, keep-N, resume onto any mesh."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,12 +12,26 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from m3video_jax import cli
+
+
+class RestoreError(cli.UserError, RuntimeError):
+  """No checkpoint of the workdir restores onto the config (`restore_or_init`)."""
+
+
+class DiskFullError(cli.UserError):
+  """A checkpoint could not be written for lack of space (`save`, `finish`); the ones written before are intact."""
+
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
 def make_manager(workdir: str, config) -> ocp.CheckpointManager:
+  if not cli.verbose_from_env():
+    for name in ('absl', 'asyncio'):  # Orbax logs through absl; asyncio reports the failed writes it never awaited.
+      if _DISK_FULL_NOISE not in logging.getLogger(name).filters:
+        logging.getLogger(name).addFilter(_DISK_FULL_NOISE)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every_steps, create=True,
       enable_async_checkpointing=True)
@@ -45,7 +60,7 @@ def restore_or_init(workdir: str, config, abstract_state: Any, shardings: Any,
     (the checkpoint manager to save with, state, restored step or None).
 
   Raises:
-    RuntimeError: no step restores; the message names each step and why, the newest step's error is the cause.
+    RestoreError: no step restores; the message names each step and why, the newest step's error is the cause.
   """
   target = abstract_with_sharding(abstract_state, shardings)
   manager = make_manager(workdir, config)
@@ -70,7 +85,7 @@ def restore_or_init(workdir: str, config, abstract_state: Any, shardings: Any,
       manager = make_manager(workdir, config)
     return manager, state, step
   manager.close()
-  raise RuntimeError(f'no checkpoint in {checkpoint_dir(workdir)} restores onto this config (nothing was moved or '
+  raise RestoreError(f'no checkpoint in {checkpoint_dir(workdir)} restores onto this config (nothing was moved or '
                      'deleted): ' + '; '.join(f'step {st}: {reason}' for st, reason, _ in failed)
                      + '. If the config changed, train in a new --workdir') from failed[0][2]
 
@@ -99,8 +114,78 @@ def _set_aside(ckpt_dir: str, step: int) -> str | None:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
-  """Saves when `step` hits the interval (or `force`); returns whether a save started."""
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  """Saves when `step` hits the interval (or `force`); returns whether a save started.
+
+  Raises:
+    DiskFullError: when this save, or the previous one still being written, finds no space.
+  """
+  try:
+    return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  except Exception as e:  # Orbax reports a full disk as tensorstore's ValueError('RESOURCE_EXHAUSTED: ...').
+    _raise_if_disk_full(e, manager)
+    raise
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight and closes `manager`.
+
+  Raises:
+    DiskFullError: when that save finds no space.
+  """
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    try:
+      manager.close()
+    except Exception:  # pylint: disable=broad-except  # The same failure, reported again.
+      pass
+    _raise_if_disk_full(e, manager)
+    raise
+  manager.close()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+  """Whether `e` (or an exception it was raised from) says the disk or the quota is full."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return True
+    if any(os.strerror(code) in str(e) for code in _DISK_FULL):  # Tensorstore's text: 'No space left on device'.
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class _DiskFullNoise(logging.Filter):
+  """Drops the reports, each with its traceback, that Orbax's writer threads (absl) and asyncio log of a save that
+  found no space: the run reports that failure in one line (`DiskFullError`); `--verbose` shows them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _is_disk_full(record.exc_info[1]))
+
+
+_DISK_FULL_NOISE = _DiskFullNoise()
+
+
+def _raise_if_disk_full(e: Exception, manager: ocp.CheckpointManager) -> None:
+  """Raises `DiskFullError` from `e` when `e` says no space is left, naming the checkpoints still intact."""
+  if not _is_disk_full(e):
+    return
+  try:
+    manager.wait_until_finished()  # An earlier save still in flight may complete.
+  except Exception:  # pylint: disable=broad-except  # The same failure.
+    pass
+  directory = str(manager.directory)
+  intact = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+  text = str(e).strip()
+  reason = text.splitlines()[0] if text else type(e).__name__
+  reason = reason if len(reason) <= 200 else reason[:200] + '...'
+  kept = (f'the checkpoints written before (steps {intact}) are intact: free space (or lower config.keep_checkpoints) '
+          f'and re-run the same command, which resumes from step {intact[-1]}' if intact else
+          'no checkpoint was written: free space and re-run the same command')
+  raise DiskFullError(f'no space left to write a checkpoint in {directory} ({reason}); {kept}') from e
 
 
 def resolve_checkpoint(path: str, step: int | None = None) -> tuple[str, int]:

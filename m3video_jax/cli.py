@@ -15,8 +15,11 @@ Only the standard library and absl: `data_prep` imports this module and `data/sc
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -155,3 +158,28 @@ def summary(head: str, written: Iterable[tuple[str, str]] = (), next_commands: I
     lines += [f'  {what}: {where}' for what, where in written] + [f'  next: {c}' for c in next_commands]
   print('\n'.join(lines), file=stream or sys.stdout, flush=True)
   return lines
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, in_use: Callable[[str], Exception]):
+  """Holds an exclusive lock (flock) on the local file `path` until the block ends; the file names the holder (pid, host,
+  start time). The OS releases the lock when the process ends however it ends (exit, exception, SIGKILL), so a stale
+  lock never blocks a re-run.
+
+  Raises:
+    in_use(holder): when another process (or another open of `path`) holds the lock.
+  """
+  import fcntl  # pylint: disable=import-outside-toplevel
+
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise in_use(os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown') from None
+    started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}, started {started}\n'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.

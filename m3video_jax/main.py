@@ -59,14 +59,13 @@ def main(argv):
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
-  from m3video_jax import config_lib
   from m3video_jax import train_lib
 
   from m3video_jax.data import stream
 
   try:
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, stream.DataError, train_lib.WaitTimeoutError) as e:  # One line, no traceback.
+  except (cli.UserError, stream.DataError) as e:  # Bad input: one line, no traceback (the cli convention).
     sys.exit(f'error: {e}')
 
 

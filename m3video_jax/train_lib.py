@@ -1,20 +1,22 @@
 """The one training loop: `train_and_evaluate(config, workdir)` builds everything, trains, checkpoints and logs.
 
-Order of work: validate the config (`tasks.validate`) -> (demo) the task prepares its data -> `make_trainer`: mesh,
-task, optimiser, abstract state (`eval_shape`), shardings, jitted step -> restore the latest checkpoint in the workdir,
-else `init_from`, else a fresh init -> input stream positioned at the restored step -> jitted step (state donated on
-accelerators) in a loop -> async checkpoints -> TensorBoard + console metrics.
+Order of work: validate the config (`tasks.validate`) -> lock the workdir (`workdir_lock`) -> (demo) the task prepares
+its data -> `make_trainer`: mesh, task, optimiser, abstract state (`eval_shape`), shardings, jitted step -> restore the
+latest checkpoint in the workdir, else `init_from`, else a fresh init -> config.json -> input stream positioned at the
+restored step -> jitted step (state donated on accelerators) in a loop -> async checkpoints -> TensorBoard + console
+metrics.
 The task's `evaluate` runs every `eval_every_steps` and after the last step (classification: validation and test).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import subprocess
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from m3video_jax import checkpointing
+from m3video_jax import cli
 from m3video_jax import config_lib
 from m3video_jax import metrics as metrics_lib
 from m3video_jax import optim
@@ -32,8 +35,9 @@ from m3video_jax.data import schema
 from m3video_jax.train_state import TrainState
 
 
-class WaitTimeoutError(RuntimeError):
-  """A process waited longer than its limit for process 0 (`wait_for_process_0`)."""
+class WaitTimeoutError(cli.UserError, RuntimeError):
+  """A process waited longer than its limit for process 0 (`wait_for_process_0`): one `error:` line pointing at
+  process 0's log."""
 
 
 def wait_for_process_0(name: str, timeout_s: float, what: str) -> None:
@@ -60,6 +64,8 @@ def wait_for_process_0(name: str, timeout_s: float, what: str) -> None:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `<workdir>/config.json` (process 0): called once the state is restored or initialised, so a run that
+  cannot restore the workdir's checkpoints leaves the config that describes them."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -118,9 +124,13 @@ def load_init_params(path: str, init_params: Any) -> Any:
   checkpoint the model does not have (e.g. a pretraining decoder when finetuning) are ignored.
 
   Raises:
-    ValueError: listing missing encoder leaves or shape mismatches.
+    config_lib.ConfigError: naming `path` when it holds no checkpoint, or listing missing encoder leaves or shape
+      mismatches.
   """
-  loaded = checkpointing.load_params(path)
+  try:
+    loaded = checkpointing.load_params(path)
+  except FileNotFoundError as e:
+    raise config_lib.ConfigError(f'config.init_from={path!r} holds no checkpoint to initialise from: {e}') from None
   flat_loaded = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
   flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(init_params)}
   encoder = lambda k: k.startswith("['encoder']")
@@ -133,9 +143,12 @@ def load_init_params(path: str, init_params: Any) -> Any:
   if reshaped:
     logging.info('init_from: %s have another shape in %s and keep their initialisation', reshaped, path)
   if missing or mismatched:
-    raise ValueError(f'config.init_from={path!r} does not fit the model: missing encoder params {missing[:10]}, '
-                     f'encoder shape mismatches (checkpoint vs model) '
-                     f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
+    # E.g. a classifier (no final encoder norm) as init_from of pretraining.
+    kind = f' (it holds a classifier: {sorted(loaded)})' if 'head' in loaded and 'head' not in init_params else ''
+    raise config_lib.ConfigError(
+        f'config.init_from={path!r} does not fit the model{kind}: missing encoder params {missing[:10]}, encoder '
+        f'shape mismatches (checkpoint vs model) '
+        f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
   kept = sorted(k for k in flat_model if k not in flat_loaded)
   if kept:
     logging.info('init_from: %d params not in %s keep their initialisation (first: %s)', len(kept), path, kept[:5])
@@ -170,6 +183,34 @@ def check_workdir(workdir: str) -> None:
     raise config_lib.ConfigError(str(e)) from None
 
 
+LOCK_FILE = 'run.lock'
+
+
+class WorkdirInUseError(cli.UserError):
+  """Another training run holds the lock of the workdir (`workdir_lock`)."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on `workdir` (`cli.exclusive_lock` on `<workdir>/run.lock`) for a run's lifetime.
+
+  Two runs in one workdir would interleave `metrics.jsonl` and delete each other's checkpoints. One lock per run:
+  process 0 takes it (the other processes of a multi-process run share its workdir and write no metrics). A killed
+  run's lock goes with its process, so it never blocks the resume.
+
+  Raises:
+    WorkdirInUseError: naming the holder (pid, host, start time) when another run holds the lock.
+  """
+  if jax.process_index() > 0:
+    yield
+    return
+  busy = lambda holder: WorkdirInUseError(
+      f'--workdir={workdir} is in use by another training run ({holder}); wait for it to finish (or stop it) and '
+      're-run this command, which then resumes, or use another --workdir')
+  with cli.exclusive_lock(os.path.join(workdir, LOCK_FILE), busy):
+    yield
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        make_batch_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]] | None = None
                        ) -> dict[str, float]:
@@ -183,12 +224,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The metrics of the last logged interval.
+
+  Raises:
+    cli.UserError: bad input, reported by `m3video_jax.main` as one line (an invalid config field, an unusable or
+      locked workdir, checkpoints that do not restore onto `config`, `init_from` or `data.train_files` that hold
+      nothing usable, a full disk).
   """
   t_start = time.perf_counter()
   tasks.validate(config, num_devices=jax.device_count())
   jax.config.update('jax_threefry_partitionable', True)
   workdir = os.path.abspath(workdir)
   check_workdir(workdir)
+  with workdir_lock(workdir):
+    return _train(config, workdir, make_batch_iterator, t_start)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           make_batch_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]] | None,
+           t_start: float) -> dict[str, float]:
+  """`train_and_evaluate` in a checked and locked workdir."""
   if config.optim.warmup_steps > config.total_steps:
     logging.warning('optim.warmup_steps=%d is longer than total_steps=%d: warming up over all %d steps',
                     config.optim.warmup_steps, config.total_steps, optim.warmup_steps(config))
@@ -197,7 +251,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       tasks.get_task(config).prepare_demo_data(workdir, is_chief=jax.process_index() == 0)
     wait_for_process_0('m3video_demo_data', float(config.data.get('prepare_timeout_s', 3600)),
                        f'prepare the demo data in {workdir} (the workdir must be on a file system all processes share)')
-  save_config(config, workdir)
 
   trainer = make_trainer(config)
   task, tx, mesh = trainer.task, trainer.tx, trainer.mesh
@@ -218,13 +271,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start_step = int(jax.device_get(state.step))
   if restored is not None:
     logging.info('resumed from %s at step %d', checkpointing.checkpoint_dir(workdir), start_step)
+  save_config(config, workdir)  # Only now: the state restored, or a fresh one was made.
 
-  batch_iterator = (make_batch_iterator or task.make_train_iterator)(start_step)
+  try:
+    batch_iterator = (make_batch_iterator or task.make_train_iterator)(start_step)
+  except FileNotFoundError as e:  # data.train_files matching no file (the message names the field).
+    raise cli.UserError(str(e)) from None
   step_fn = trainer.step_fn
 
   writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
-  alarm = metrics_lib.LearningAlarm.from_config(config, optim.warmup_steps(config), workdir=workdir,
-                                                start_step=start_step)
   history: list[dict[str, jax.Array]] = []
   last: dict[str, float] = {}
   interval_start = start_step + 1
@@ -250,16 +305,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         scalars = metrics_lib.mean_metrics(history)
         if should_eval:  # Classification: val/* (and eval/* at the end); pretraining: nothing.
           scalars.update(task.evaluate(state.params, mesh=mesh, workdir=workdir, step=step, final=is_last))
-        last = writer.write(step, scalars, alarm.update(interval_start, step, scalars))
+        last = writer.write(step, scalars)
         history, interval_start = [], step + 1
       if draws and (step % config.viz_every_steps == 0 or is_last):
         writer.write_images(step, task.pictures(state.params, viz_batch, step))
       if should_save:
         checkpointing.save(manager, step, state, force=is_last)
   finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    try:
+      checkpointing.finish(manager)
+    finally:
+      writer.close()
   if jax.process_index() == 0:
     outputs = {}
     if start_step < config.total_steps and jax.process_count() == 1:  # Pictures jit on params of one process.
@@ -267,16 +323,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         outputs = task.closing_outputs(state.params, workdir)
       except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:  # The run itself is done.
         logging.warning('closing picture not written (%s: %s); the checkpoints are complete', type(e).__name__, e)
-    for line in closing_summary(config, task, workdir, last, start_step, time.perf_counter() - t_start, outputs,
-                                alarms=alarm.raised.values()):
+    for line in closing_summary(config, task, workdir, last, start_step, time.perf_counter() - t_start, outputs):
       logging.info(line)
   return last
 
 
 def closing_summary(config, task, workdir: str, last: dict[str, float], start_step: int, seconds: float,
-                    outputs: dict[str, str], alarms: Iterable[str] = ()) -> list[str]:
-  """What a finished run tells its user: what was learned (and the run's `LearningAlarm` warnings again), where
-  everything was written, what to run next."""
+                    outputs: dict[str, str]) -> list[str]:
+  """What a finished run tells its user: what was learned, where everything was written, what to run next."""
   if start_step >= config.total_steps:
     head = f'run already complete (checkpoint at step {start_step}, total_steps {config.total_steps}) in {workdir}; ' \
            'nothing trained'
@@ -284,7 +338,6 @@ def closing_summary(config, task, workdir: str, last: dict[str, float], start_st
     prep = ' (data prep included)' if config.data.get('prepare_if_missing') else ''
     head = f'run complete: steps {start_step + 1}..{config.total_steps} in {metrics_lib.format_seconds(seconds)}{prep}'
   lines = [head] + ([f'  {line}' for line in task.summary_lines(last)] if last else [])
-  lines += [f'  {line}' for line in alarms]
   lines += [f'  checkpoints: {checkpointing.checkpoint_dir(workdir)}',
             f'  TensorBoard events and {metrics_lib.METRICS_FILE}: {workdir} (tensorboard --logdir {workdir})',
             f'  config: {os.path.join(workdir, "config.json")}']
