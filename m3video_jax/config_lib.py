@@ -112,6 +112,9 @@ def _base(task: str) -> ml_collections.ConfigDict:
   c.init_from = ''  # Orbax checkpoint dir or workdir whose params initialise the model (resume from workdir wins).
   c.eval_every_steps = 0  # Periodic evaluation (classification tasks); 0 = only at the end. Pretraining has none.
   c.viz_every_steps = 0  # TensorBoard pictures of the task (pretraining: target vs predicted trajectories); 0 = off.
+  # Warn (once) when a target part's loss on moving tokens stays >= 0.98 of predicting zero for this many logged
+  # intervals after warmup: it learns nothing from the input (`metrics.LearningAlarm`). 0 = off.
+  c.learn_alarm_intervals = 8
 
   c.data = ml_collections.ConfigDict()
   c.data.train_files = ''  # Glob of TFRecord shards written by data_prep (comma-separate several globs).
@@ -289,6 +292,9 @@ def validate_shared(config: ml_collections.ConfigDict, num_devices: int | None =
         'an integer >= 0 (0 = evaluate only at the end)')
   check(isinstance(c.viz_every_steps, int) and c.viz_every_steps >= 0, 'viz_every_steps', c.viz_every_steps,
         'an integer >= 0 (0 = no pictures)')
+  alarm = c.get('learn_alarm_intervals', 0)
+  check(isinstance(alarm, int) and alarm >= 0, 'learn_alarm_intervals', alarm,
+        'an integer >= 0 (logged intervals; 0 = no alarm)')
   check(all(isinstance(x, str) for x in c.get('next_commands', ())), 'next_commands', c.get('next_commands'),
         'a tuple of strings')
   d = c.data

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -280,6 +280,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   step_fn = trainer.step_fn
 
   writer = metrics_lib.MetricWriter(workdir, config.total_steps, enabled=jax.process_index() == 0)
+  alarm = metrics_lib.LearningAlarm.from_config(config, optim.warmup_steps(config), workdir=workdir,
+                                                start_step=start_step)
   history: list[dict[str, jax.Array]] = []
   last: dict[str, float] = {}
   interval_start = start_step + 1
@@ -305,7 +307,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         scalars = metrics_lib.mean_metrics(history)
         if should_eval:  # Classification: val/* (and eval/* at the end); pretraining: nothing.
           scalars.update(task.evaluate(state.params, mesh=mesh, workdir=workdir, step=step, final=is_last))
-        last = writer.write(step, scalars)
+        last = writer.write(step, scalars, alarm.update(interval_start, step, scalars))
         history, interval_start = [], step + 1
       if draws and (step % config.viz_every_steps == 0 or is_last):
         writer.write_images(step, task.pictures(state.params, viz_batch, step))
@@ -323,14 +325,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         outputs = task.closing_outputs(state.params, workdir)
       except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:  # The run itself is done.
         logging.warning('closing picture not written (%s: %s); the checkpoints are complete', type(e).__name__, e)
-    for line in closing_summary(config, task, workdir, last, start_step, time.perf_counter() - t_start, outputs):
+    for line in closing_summary(config, task, workdir, last, start_step, time.perf_counter() - t_start, outputs,
+                                alarms=alarm.raised.values()):
       logging.info(line)
   return last
 
 
 def closing_summary(config, task, workdir: str, last: dict[str, float], start_step: int, seconds: float,
-                    outputs: dict[str, str]) -> list[str]:
-  """What a finished run tells its user: what was learned, where everything was written, what to run next."""
+                    outputs: dict[str, str], alarms: Iterable[str] = ()) -> list[str]:
+  """What a finished run tells its user: what was learned (and the run's `LearningAlarm` warnings again), where
+  everything was written, what to run next."""
   if start_step >= config.total_steps:
     head = f'run already complete (checkpoint at step {start_step}, total_steps {config.total_steps}) in {workdir}; ' \
            'nothing trained'
@@ -338,6 +342,7 @@ def closing_summary(config, task, workdir: str, last: dict[str, float], start_st
     prep = ' (data prep included)' if config.data.get('prepare_if_missing') else ''
     head = f'run complete: steps {start_step + 1}..{config.total_steps} in {metrics_lib.format_seconds(seconds)}{prep}'
   lines = [head] + ([f'  {line}' for line in task.summary_lines(last)] if last else [])
+  lines += [f'  {line}' for line in alarms]
   lines += [f'  checkpoints: {checkpointing.checkpoint_dir(workdir)}',
             f'  TensorBoard events and {metrics_lib.METRICS_FILE}: {workdir} (tensorboard --logdir {workdir})',
             f'  config: {os.path.join(workdir, "config.json")}']
