@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import re
@@ -52,6 +53,50 @@ class TooManyFailuresError(RuntimeError):
 
 class RunnerStartError(ValueError):
   """The Beam runner could not start (a job server jar it cannot fetch); the message names the flag that fixes it."""
+
+
+class DiskFullError(cli.UserError):
+  """The device of the output directory is full (or the quota used up); the shards completed so far are kept."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  """Whether `error` is a full device: an `OSError`, TensorFlow's `ResourceExhaustedError` or a Beam worker's error
+  re-raised by the runner, whose text is all that is left of it."""
+  if isinstance(error, OSError) and error.errno in _DISK_FULL:
+    return True
+  return any(os.strerror(code) in str(error) for code in _DISK_FULL)
+
+
+class _DropWriteErrors:
+  """`sys.stderr` that drops what it cannot write instead of raising. Beam's worker prints a failed bundle's traceback
+  to stderr before it reports the failure; with stderr in `_work/beam.log` on a full device that print raised, the
+  report never came and the job waited forever."""
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text):
+    try:
+      return self.stream.write(text)
+    except OSError:
+      return len(text)
+
+  def flush(self):
+    try:
+      self.stream.flush()
+    except OSError:
+      pass
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
+def _drop_stderr_write_errors() -> None:
+  if not isinstance(sys.stderr, _DropWriteErrors):
+    sys.stderr = _DropWriteErrors(sys.stderr)
 
 
 _JOB_SERVER_JAR_FLAGS = {'flinkrunner': '--flink_job_server_jar', 'sparkrunner': '--spark_job_server_jar'}
@@ -170,6 +215,8 @@ def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeou
     def setup(self):
       import cv2
       cv2.setNumThreads(opencv_threads)
+      if launcher is not None and launcher != (socket.gethostname(), os.getpid()):  # A worker process of its own.
+        _drop_stderr_write_errors()  # Its stderr may be the launcher's _work/beam.log, on a full device.
       from data_prep import isolated_worker
       if isolation == 'subprocess':
         self._worker = isolated_worker.IsolatedWorker(timeout_s=video_timeout_s or None,
@@ -268,6 +315,7 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
     ValueError: bad arguments, no inputs, a label out of range, a class list that differs from the one of a split
       already in the dataset directory, an unusable output directory or one that holds another job's shards.
     shards.OutputDirInUseError: another job is running on the output directory (a ValueError).
+    DiskFullError: the output's device is full (a `cli.UserError`); the complete shards stay, a re-run resumes.
   """
   job = job or JobOptions()
   log = log or sys.stderr
@@ -402,16 +450,19 @@ def _library_output_to_log(output_dir: str, log, enabled: bool):
   saved = os.dup(2)
   os.dup2(fd, 2)
   os.close(fd)
+  stderr = sys.stderr
+  _drop_stderr_write_errors()  # The in-process runners' workers print to it (see `_DropWriteErrors`).
   failed = False
   try:
     yield ours
   except (TooManyFailuresError, RunnerStartError):  # Their messages say all there is.
     raise
-  except BaseException:
-    failed = True
+  except BaseException as e:
+    failed = not _is_disk_full(e)  # So does `_run_locked`'s line for a full disk (which holds this log too).
     raise
   finally:
     sys.stderr.flush()
+    sys.stderr = stderr
     os.dup2(saved, 2)
     os.close(saved)
     ours.flush()  # Left open: the progress thread may still print its last line to it.
@@ -429,16 +480,29 @@ def _library_output_to_log(output_dir: str, log, enabled: bool):
 
 def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
                 quiet_libraries, dataset_dir) -> dict[str, Any]:
-  """`run` once the output directory's lock is held."""
-  shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
-  if listed.label_map:
-    shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
-    if dataset_dir is not None:  # Now, so that a split started while this one runs is held to the same list.
-      shards.write_json_atomic(shards.join(dataset_dir, shards.LABEL_MAP), listed.label_map)
-  _check_runner_installed(runner_args(beam_args or (), 1))
-  _warn_unknown_beam_args(beam_args or (), log)  # After the lock: a refused second job exits without importing Beam.
-  with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
-    return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start, dataset_dir)
+  """`run` once the output directory's lock is held.
+
+  Raises:
+    DiskFullError: when the output's device is full, wherever it was found (a worker writing a shard, the launcher
+      writing the manifest); the shards complete by then stay, and the same command resumes.
+  """
+  try:
+    shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
+    if listed.label_map:
+      shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
+      if dataset_dir is not None:  # Now, so that a split started while this one runs is held to the same list.
+        shards.write_json_atomic(shards.join(dataset_dir, shards.LABEL_MAP), listed.label_map)
+    _check_runner_installed(runner_args(beam_args or (), 1))
+    _warn_unknown_beam_args(beam_args or (), log)  # After the lock: a refused second job exits without importing Beam.
+    with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
+      return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start, dataset_dir)
+  except Exception as e:
+    if isinstance(e, cli.UserError) or not _is_disk_full(e):
+      raise
+    done = sum(shards.completed_result(output_dir, t) is not None for t in tasks)
+    raise DiskFullError(f'--output_dir={output_dir}: no space left on its device; {done} of {len(tasks)} shards are '
+                        'complete and kept. Free space and re-run the same command: it resumes with the missing '
+                        'shards') from None
 
 
 def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
@@ -644,7 +708,9 @@ def define_flags(fv) -> None:
   flag('float', 'video_timeout_s', j.video_timeout_s, 'Per-video time limit (0 = none).')
   flag('integer', 'opencv_threads', j.opencv_threads, 'OpenCV threads per worker.')
   flag('float', 'progress_interval_s', j.progress_interval_s, 'Seconds between progress lines (0 = off).')
-  flag('bool', 'overwrite', False, 'Delete shards of another job in --output_dir.')
+  flag('bool', 'overwrite', False, 'Replace the output of a job with other inputs or settings in --output_dir: '
+       'deletes its <prefix>-NNNNN-of-MMMMM.tfrecord shards, manifest.json, failures.jsonl and _work/; any other '
+       'file there (another *.tfrecord included) is kept.')
 
 
 def _main(f, beam_args: list[str]) -> int:
@@ -702,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   `--max_bad_fraction` of the inputs failed, 2 refused input (a one-line `[data_prep] error:`)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only used for gfile and TFRecord writing here.
   return cli.run(define_flags, _main, argv, doc=__doc__, prog='python -m data_prep.extract', known_only=True,
-                 errors=(ValueError,), error_status=2, error_prefix='[data_prep] ')
+                 errors=(ValueError, cli.UserError), error_status=2, error_prefix='[data_prep] ')
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -60,6 +61,11 @@ def join(*parts: str) -> str:
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:
   return f'{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord'
+
+
+def is_shard_name(name: str, prefixes: Sequence[str]) -> bool:
+  """Whether file `name` is a shard `<prefix>-NNNNN-of-MMMMM.tfrecord` of one of `prefixes` (`shard_name`)."""
+  return any(re.fullmatch(re.escape(p) + r'-\d{5,}-of-\d{5,}\.tfrecord', name) for p in prefixes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +184,10 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
                        overwrite: bool = False) -> None:
   """Creates the layout, checks that an existing output belongs to the same job, and removes stale temp files.
 
+  With `overwrite`, an output of other inputs or another config is deleted first: its shards (`<prefix>-NNNNN-of-
+  MMMMM.tfrecord`, of this job's prefix and of the prefix the earlier job recorded), `manifest.json`, `failures.jsonl`
+  and `_work/` (but the lock). Any other file, a `*.tfrecord` of the user's included, is kept.
+
   Raises:
     ValueError: if `output_dir` holds the output of other inputs or another config (and not `overwrite`).
   """
@@ -185,7 +195,9 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
   fp = fingerprint(tasks, config)
   plan_file = join(output_dir, WORK_DIR, 'plan.json')
   old = read_json(plan_file)
-  existing = [n for n in (g.listdir(output_dir) if g.isdir(output_dir) else []) if n.endswith('.tfrecord')]
+  earlier = [(old or {}).get('prefix'), ((read_json(join(output_dir, MANIFEST)) or {}).get('job') or {}).get('prefix')]
+  prefixes = {t.prefix for t in tasks} | {p for p in earlier if p}
+  existing = [n for n in (g.listdir(output_dir) if g.isdir(output_dir) else []) if is_shard_name(n, prefixes)]
   if (old and old.get('fingerprint') != fp) or (not old and existing):
     if not overwrite:
       raise ValueError(f'--output_dir={output_dir} already holds shards of other inputs or another config '
@@ -205,7 +217,8 @@ def prepare_output_dir(output_dir: str, tasks: Sequence[ShardTask], config: Prep
   tmp_dir = join(output_dir, WORK_DIR, 'tmp')
   for name in g.listdir(tmp_dir):  # Leftovers of a killed run.
     g.remove(join(tmp_dir, name))
-  write_json_atomic(plan_file, {'fingerprint': fp, 'num_shards': len(tasks), 'config': config.to_json()})
+  write_json_atomic(plan_file, {'fingerprint': fp, 'num_shards': len(tasks), 'config': config.to_json(),
+                                'prefix': tasks[0].prefix if tasks else ''})
 
 
 @dataclasses.dataclass

@@ -202,6 +202,96 @@ def test_unusable_output_dir_is_a_one_line_error(tmp_path, capsys):
     assert err == f'[data_prep] error: --output_dir={out} {why}'
 
 
+def test_overwrite_deletes_only_the_earlier_jobs_shards_and_work_files(tmp_path):
+  """--overwrite used to delete every `*.tfrecord` in --output_dir, the user's own files included; and a directory
+  holding only such files was refused as if it held another job's shards."""
+  out = tmp_path / 'out'
+  out.mkdir()
+  users = ['other.tfrecord', 'videos-notes.tfrecord', 'videos-00000-of-00002.tfrecord.bak', 'notes.txt']
+  for name in users:
+    (out / name).write_bytes(b'mine')
+  videos = [VideoInput('/a/v0.mp4'), VideoInput('/a/v1.mp4')]
+  earlier = shards.plan_shards(videos, 'earlier', 1, 2)
+  shards.prepare_output_dir(str(out), earlier, CONFIG)  # Not refused: no file there is a shard of a job.
+  for task in earlier:
+    (out / task.name).write_bytes(b'shard')
+  (out / shards.MANIFEST).write_text('{}')
+  later = shards.plan_shards(videos, 'videos', 1, 2)
+  with pytest.raises(ValueError, match=r'already holds shards of other inputs or another config \(2 shards\)'):
+    shards.prepare_output_dir(str(out), later, PrepConfig(short_side=64, traj_len=4))
+  shards.prepare_output_dir(str(out), later, PrepConfig(short_side=64, traj_len=4), overwrite=True)
+  assert sorted(os.listdir(out)) == sorted(users + [shards.WORK_DIR])  # The earlier job's shards and manifest went.
+  assert all((out / name).read_bytes() == b'mine' for name in users)
+  assert shards.read_json(str(out / shards.WORK_DIR / 'plan.json'))['prefix'] == 'videos'
+
+
+# A device that fills up while the second shard is written: TensorFlow's own error for the shard, and writes to stderr
+# fail too while it is the job's _work/beam.log (on that device).
+_FULL_AFTER_ONE_SHARD = """
+import errno
+import os
+import sys
+import tensorflow as tf
+from data_prep import extract
+
+opened = []
+
+
+class FullAfterOneShard(tf.io.TFRecordWriter):
+
+  def __init__(self, path, *args, **kwargs):
+    super().__init__(path, *args, **kwargs)
+    opened.append(path)
+
+  def write(self, record):
+    if len(opened) > 1:
+      raise tf.errors.ResourceExhaustedError(None, None, f'{opened[-1]}; No space left on device')
+    super().write(record)
+
+
+class StderrOnTheDevice:
+
+  def __init__(self, stream):
+    self.stream, self.terminal = stream, os.fstat(2)
+
+  def write(self, text):
+    if len(opened) > 1 and not os.path.samestat(os.fstat(2), self.terminal):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return self.stream.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
+tf.io.TFRecordWriter = FullAfterOneShard
+sys.stderr = StderrOnTheDevice(sys.stderr)
+sys.exit(extract.main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_error_line_and_the_complete_shard_stays(tmp_path):
+  """The job used to end in a traceback of dozens of frames, or wait forever when Beam's worker could not print that
+  traceback to _work/beam.log (multi_threading: the workers run in this process, with the writer and stderr above,
+  and print a failed bundle's traceback as those of the multi_processing runner do)."""
+  root = tmp_path / 'data'
+  root.mkdir()
+  rng = np.random.default_rng(5)
+  for i in range(2):
+    synthetic.write_mp4(str(root / f'v{i}.mp4'), synthetic.render(synthetic.sample_spec(rng, i, 64, 64, 10)))
+  out = tmp_path / 'out'
+  cmd = [sys.executable, '-c', _FULL_AFTER_ONE_SHARD, f'--input={root}', f'--output_dir={out}', '--short_side=64',
+         '--min_shards=2', '--isolation=none', '--progress_interval_s=0', '--runner=FnApiRunner',
+         '--direct_running_mode=multi_threading', '--direct_num_workers=1']
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr
+  assert done.stderr.splitlines()[1:] == [
+      f'[data_prep] error: --output_dir={out}: no space left on its device; 1 of 2 shards are complete and kept. '
+      'Free space and re-run the same command: it resumes with the missing shards'], done.stderr
+  first, second = shards.plan_shards([VideoInput(str(root / f'v{i}.mp4')) for i in range(2)], 'videos', 64, 2)
+  assert shards.completed_result(str(out), first) is not None and len(_read_records(str(out / first.name))) == 1
+  assert not os.path.exists(out / second.name) and os.listdir(out / '_work' / 'tmp') == []
+
+
 def test_a_second_job_on_a_locked_output_dir_is_refused_and_touches_nothing(tmp_path):
   root = str(tmp_path / 'data')
   csv = _make_dataset(root, num_good=1, frames=10)[0]
