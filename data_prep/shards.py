@@ -5,7 +5,7 @@ Layout of `output_dir`:
   manifest.json                      shards, record counts, config, code and schema version, storage figures
   failures.jsonl                     one JSON line per input that failed: path, reason, message, shard
   label_map.json                     class name -> index (when the inputs have class names)
-  _work/plan.json                    the fingerprint of inputs + config this output belongs to
+  _work/plan.json                    the fingerprint of inputs + config this output belongs to, and its shard prefix
   _work/shards/<shard>.json          per-shard result, written after the shard was renamed into place
   _work/progress/<shard>.json        videos done so far in a running shard (for the progress display)
   _work/tmp/                         shards being written (temp names; deleted at the next start)
