@@ -30,6 +30,7 @@ From the CLI the clip is the pipeline's evaluation clip of the record (centre st
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -39,7 +40,13 @@ from m3video_jax.data import schema
 
 
 def iterate_records(pattern: str) -> Iterator[tuple[str, bytes]]:
-  """(shard, serialized record) for every record of the shards matching the comma-separated globs, in order."""
+  """(shard, serialized record) for every record of the shards matching the comma-separated globs, in order.
+
+  Raises:
+    cli.UserError: naming a matched file that is not a readable TFRecord file.
+  """
+  import tensorflow as tf
+
   from m3video_jax.data import stream  # TF reads local or gs:// shards.
 
   try:
@@ -48,8 +55,13 @@ def iterate_records(pattern: str) -> Iterator[tuple[str, bytes]]:
     raise FileNotFoundError(f'--shards={pattern!r} matches no file; expected TFRecord shards written by '
                             '`python -m data_prep.extract`') from None
   for shard in shards:
-    for raw in stream.iterate_shard_records(shard):
-      yield shard, raw
+    try:
+      for raw in stream.iterate_shard_records(shard):
+        yield shard, raw
+    except tf.errors.OpError as e:  # DataLossError: not a TFRecord file, or a damaged one.
+      reason = re.sub(r'\{\{.*?\}\}|\[Op:.*', '', e.message).strip()  # TF's op name and node, not the user's concern.
+      raise cli.UserError(f'{shard} (matched by --shards={pattern!r}) is not a readable TFRecord file ({reason}); '
+                          'expected TFRecord shards written by `python -m data_prep.extract`') from None
 
 
 def find_record(pattern: str, video_id: str | None) -> dict:
@@ -150,7 +162,7 @@ def _draw_prediction(f, output: str) -> int:
 def main(argv=None) -> int:
   """The CLI (`m3video_jax.cli` convention); returns the exit status (1 = bad input)."""
   return cli.run(define_flags, _main, argv, doc=__doc__, prog='python -m m3video_jax.visualize',
-                 errors=(FileNotFoundError, KeyError, ValueError, OSError))
+                 errors=(cli.UserError, FileNotFoundError, KeyError, ValueError, OSError))
 
 
 if __name__ == '__main__':

@@ -325,3 +325,30 @@ def test_cli_export_import_features_on_a_trained_checkpoint(tmp_path):
   assert np.load(out / 'a' / 'v0.npy').shape == (2, 64)
   assert np.load(out / 'a' / 'v1.npy').shape == (1, 64)
   assert math.isfinite(float(np.load(out / 'a' / 'v0.npy').sum()))
+
+
+def test_an_existing_output_is_refused_unless_overwrite_and_files_get_ordinary_permissions(tmp_path, capsys):
+  params = {'encoder': random_params(jax.eval_shape(vit.VideoViT('mu').init, jax.random.PRNGKey(0),
+                                                    np.zeros((1, 2, 16, 16, 3), np.float32))['params'], 0)}
+  ckpt = import_weights.write_checkpoint(params, {'data': {'num_frames': 2, 'res': 16}}, str(tmp_path / 'ckpt'))
+  umask = os.umask(0o022)
+  try:
+    for fmt, output, written in (('mme', 'm.pth', 'm.pth'), ('safetensors', 'e.safetensors', 'e.safetensors'),
+                                 ('hf', 'hf', 'hf/model.safetensors')):
+      args = [f'--checkpoint={ckpt}', f'--format={fmt}', f'--output={tmp_path / output}']
+      assert export.main(args) == 0
+      assert oct(os.stat(tmp_path / written).st_mode & 0o777) == '0o644', fmt
+      before = os.path.getmtime(tmp_path / written)
+      assert export.main(args) == 1, fmt
+      err = capsys.readouterr().err
+      assert err.startswith(f'error: --output={tmp_path / output} ') and 'pass --overwrite' in err, err
+      assert len(err.strip().splitlines()) == 1 and os.path.getmtime(tmp_path / written) == before, fmt
+      assert export.main(args + ['--overwrite']) == 0, fmt
+  finally:
+    os.umask(umask)
+  # A file format onto a directory, the hf directory onto a file: one line each.
+  assert export.main([f'--checkpoint={ckpt}', '--format=mme', f'--output={tmp_path / "hf"}']) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: --output={tmp_path / "hf"} is a directory; --format=mme writes one file'), err
+  assert export.main([f'--checkpoint={ckpt}', '--format=hf', f'--output={tmp_path / "m.pth"}']) == 1
+  assert 'is a file; --format=hf writes a directory' in capsys.readouterr().err

@@ -187,3 +187,23 @@ def test_cli_reports_a_bad_key_in_one_line(tmp_path):
   assert "error: " in proc.stderr and "missing keys (1): ['blocks.1.norm2.bias']" in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('name', ['w.safetensors', 'w.pth'])
+def test_a_truncated_file_is_one_error_line_saying_so(tmp_path, capsys, name):
+  """A cut-off download: one line saying the file is truncated or damaged (a .pth used to say "pass --allow_pickle",
+  which then failed with a traceback; a .safetensors ended in SafetensorError's traceback)."""
+  from m3video_jax.interop import export
+
+  path = str(tmp_path / name)
+  if name.endswith('.pth'):
+    save(path, {'model': torch_state_dict(mu_params())})
+  else:
+    export.save_safetensors(mu_params(), path)
+  os.truncate(path, os.path.getsize(path) // 2)
+  for extra in ([], ['--allow_pickle']):
+    assert import_weights.main([f'--input={path}', f'--output={tmp_path / "out"}', *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {path} is not a readable ') and len(err.strip().splitlines()) == 1, err
+    assert 'truncated or damaged' in err and 'allow_pickle' not in err
+  assert not os.path.exists(tmp_path / 'out')

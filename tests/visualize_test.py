@@ -141,3 +141,12 @@ def test_visualization_outputs_unnormalise_the_prediction_with_the_token_statist
     np.testing.assert_allclose(out["pred_disp"][b, idx[b]], want, rtol=1e-4, atol=1e-5)
     visible = np.setdiff1d(np.arange(raw.shape[1]), idx[b])
     assert not out['pred_disp'][b, visible].any()
+
+
+def test_shards_that_are_not_tfrecords_are_one_error_line_naming_the_file(tmp_path, capsys):
+  (tmp_path / 'notes-00000.tfrecord').write_bytes(np.random.default_rng(0).bytes(300))
+  assert prep_visualize.main([f'--shards={tmp_path / "*.tfrecord"}', f'--output={tmp_path / "b.png"}']) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: {tmp_path / "notes-00000.tfrecord"} (matched by --shards=') and len(
+      err.strip().splitlines()) == 1, err
+  assert 'is not a readable TFRecord file (corrupted record at 0' in err and 'Traceback' not in err

@@ -18,7 +18,9 @@ Formats (key names: `torch_mapping`, `docs/export.md`):
 * `safetensors`: the encoder with the reference's unprefixed names (`patch_embed.*`, `blocks.*`, `norm.*`), plus
   `fc_norm.*` / `head.*` for a classifier; our config in the metadata (`m3video_config`).
 
-Runs on the host only: parameters are restored as numpy arrays (from any sharding), no accelerator is needed.
+An existing output (the file; for `hf` a non-empty directory) is refused unless `--overwrite`, which replaces the file
+(`hf`: its `config.json` and `model.safetensors`). Runs on the host only: parameters are restored as numpy arrays
+(from any sharding), no accelerator is needed.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def save_mme(params: PyTree, output: str, config: Mapping[str, Any] | None = Non
     payload['m3video_config'] = json.dumps(config, sort_keys=True)  # A plain string: loads with weights_only=True.
   _makedirs_for(output)
   torch.save(payload, output)
+  _ordinary_permissions(output)
   return state_dict
 
 
@@ -72,6 +75,7 @@ def save_safetensors(params: PyTree, output: str, config: Mapping[str, Any] | No
     metadata['m3video_config'] = json.dumps(config, sort_keys=True)
   _makedirs_for(output)
   save_file(state_dict, output, metadata=metadata)
+  _ordinary_permissions(output)
   return state_dict
 
 
@@ -125,12 +129,41 @@ def save_hf(params: PyTree, output: str, *, num_frames: int,
   with open(os.path.join(output, 'config.json'), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)
   save_file(state_dict, os.path.join(output, 'model.safetensors'), metadata={'format': 'pt'})
+  _ordinary_permissions(os.path.join(output, 'model.safetensors'))
   return state_dict
 
 
 def _makedirs_for(path: str) -> None:
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
+
+
+def _ordinary_permissions(path: str) -> None:
+  """Gives `path` the mode a plain `open()` gives a new file (0666 less the umask): safetensors writes 0600."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
+def check_output(fmt: str, output: str, overwrite: bool = False) -> None:
+  """Refuses an `output` of the wrong kind for `fmt`, or one that exists (`hf`: a non-empty directory) unless
+  `overwrite`, before any weights are read.
+
+  Raises:
+    cli.UserError: naming `output` and what to do.
+  """
+  if fmt == 'hf':
+    if os.path.exists(output) and not os.path.isdir(output):
+      raise cli.UserError(f'--output={output} is a file; --format=hf writes a directory (config.json + '
+                          'model.safetensors)')
+    if os.path.isdir(output) and os.listdir(output) and not overwrite:
+      raise cli.UserError(f'--output={output} is a directory that is not empty ({sorted(os.listdir(output))[:5]}); '
+                          'pass --overwrite to replace its config.json and model.safetensors, or give a new directory')
+  elif os.path.isdir(output):
+    raise cli.UserError(f'--output={output} is a directory; --format={fmt} writes one file, e.g. '
+                        f'--output={os.path.join(output, "model.pth" if fmt == "mme" else "encoder.safetensors")}')
+  elif os.path.exists(output) and not overwrite:
+    raise cli.UserError(f'--output={output} exists; pass --overwrite to replace it, or give a new file name')
 
 
 def clip_shape(config: Mapping[str, Any] | None, num_frames: int | None, res: int | None) -> tuple[int, int]:
@@ -144,7 +177,7 @@ def clip_shape(config: Mapping[str, Any] | None, num_frames: int | None, res: in
 
 
 def export(checkpoint: str, fmt: str, output: str, *, step: int | None = None, num_frames: int | None = None,
-           res: int | None = None) -> dict[str, np.ndarray]:
+           res: int | None = None, overwrite: bool = False) -> dict[str, np.ndarray]:
   """Exports `checkpoint` (a workdir, checkpoints dir, step dir, import output or PyTorch source) to `output`.
 
   Args:
@@ -153,12 +186,14 @@ def export(checkpoint: str, fmt: str, output: str, *, step: int | None = None, n
     output: the `.pth` / `.safetensors` file, or the directory for `hf`.
     step: orbax step (default: latest).
     num_frames, res: clip shape for the `hf` config (default: the checkpoint's config.json).
+    overwrite: replace an existing output (`check_output`).
 
   Returns:
     The numpy state dict written.
   """
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt!r} is unknown: expected one of {FORMATS}')
+  check_output(fmt, output, overwrite)
   params, config = weights.load_weights(checkpoint, step)
   if fmt == 'mme':
     return save_mme(params, output, config)
@@ -182,11 +217,14 @@ def define_flags(fv) -> None:
                        flag_values=fv)
   flags.DEFINE_integer('res', None, 'hf config image_size (default: data.res of the checkpoint config).',
                        flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --output file (hf: the files of a non-empty directory).',
+                    flag_values=fv)
 
 
 def _main(f, rest) -> None:
   del rest
-  state_dict = export(f.checkpoint, f.format, f.output, step=f.step, num_frames=f.num_frames, res=f.res)
+  state_dict = export(f.checkpoint, f.format, f.output, step=f.step, num_frames=f.num_frames, res=f.res,
+                      overwrite=f.overwrite)
   n = sum(v.size for v in state_dict.values())
   output = os.path.abspath(f.output)
   nxt = {'mme': f'python -m m3video_jax.interop.import_weights --input={output} --output={output}.imported',

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from m3video_jax import cli
 from m3video_jax.interop import torch_mapping
 from m3video_jax.interop.torch_mapping import Layout, WeightMismatchError
 
@@ -38,7 +39,7 @@ REFERENCE_NUM_FRAMES, REFERENCE_RES = 16, 224
 TORCH_EXTENSIONS = ('.pth', '.pt', '.bin', '.ckpt')
 _WRAPPER_KEYS = ('model', 'module', 'model_state', 'state_dict')
 # What the CLIs report as a one-line error (bad paths, keys, shapes, missing extras) instead of a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+USER_ERRORS = cli.USER_ERRORS
 _ENCODER_ONLY_HINT = ('pass --encoder_only (encoder_only=True) to import just the encoder and drop the rest, as the '
                       'reference fine-tuning code does')
 
@@ -75,24 +76,36 @@ def _to_numpy(value: Any) -> Any:
   return value
 
 
+class UnreadableWeightsError(cli.UserError, ValueError):
+  """A weights file that cannot be read at all (truncated, damaged, or not that format)."""
+
+
 def _torch_load(path: str, allow_pickle: bool) -> Any:
+  """Raises `UnreadableWeightsError` for a file torch cannot read, and a ValueError suggesting `--allow_pickle` only
+  for one that holds Python objects beyond tensors (and the reference's argparse `args`)."""
   try:
     import torch
   except ImportError as e:
     raise ImportError(f'reading {path} needs PyTorch: pip install -e .[torch]') from e
-  if allow_pickle:
-    return torch.load(path, map_location='cpu', weights_only=False)
-  # Reference checkpoints also pickle their argparse `args`; allow exactly that class besides tensors.
-  with torch.serialization.safe_globals([argparse.Namespace]):
-    try:
+  try:
+    if allow_pickle:
+      return torch.load(path, map_location='cpu', weights_only=False)
+    # Reference checkpoints also pickle their argparse `args`; allow exactly that class besides tensors.
+    with torch.serialization.safe_globals([argparse.Namespace]):
       return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError (or RuntimeError) naming the refused global.
-      raise ValueError(f'{path} holds Python objects beyond tensors ({str(e).splitlines()[0][:200]}); if you trust '
-                       'the file, pass --allow_pickle (allow_pickle=True) to unpickle it fully') from e
+  except Exception as e:  # Truncated zip: RuntimeError; truncated pickle: EOFError/UnpicklingError; and others.
+    refused = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+    if refused and not allow_pickle:
+      raise ValueError(f'{path} holds Python objects beyond tensors ({refused.group(1)}); if you trust the file, pass '
+                       '--allow_pickle (allow_pickle=True) to unpickle it fully') from e
+    text = str(e).split('WeightsUnpickler error:')[-1].strip()  # Not torch's advice to load with weights_only=False.
+    reason = f'{type(e).__name__}: {text.splitlines()[0][:200]}' if text else type(e).__name__
+    raise UnreadableWeightsError(f'{path} is not a readable PyTorch checkpoint ({reason}); is it truncated or '
+                                 'damaged (an interrupted download or copy)?') from e
 
 
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  from safetensors import safe_open
+  from safetensors import SafetensorError, safe_open
 
   try:
     import torch  # noqa: F401  # With torch, bfloat16 tensors load too.
@@ -100,10 +113,14 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
   except ImportError:
     framework = 'np'
   out = {}
-  with safe_open(path, framework=framework) as f:
-    metadata = f.metadata() or {}
-    for k in f.keys():
-      out[k] = _to_numpy(f.get_tensor(k))
+  try:
+    with safe_open(path, framework=framework) as f:
+      metadata = f.metadata() or {}
+      for k in f.keys():
+        out[k] = _to_numpy(f.get_tensor(k))
+  except SafetensorError as e:  # A header or data that the file does not hold in full; no ValueError.
+    raise UnreadableWeightsError(f'{path} is not a readable safetensors file ({e}); is it truncated or damaged (an '
+                                 'interrupted download or copy)?') from e
   return out, metadata
 
 
