@@ -210,3 +210,46 @@ def test_package_and_core_modules_import_without_torch():
   ''')
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_features_of_another_checkpoint_or_settings_are_refused_or_recomputed_with_overwrite(tmp_path, capsys):
+  """A re-run used to keep the .npy files of another checkpoint or --pool ("done 0, already present")."""
+  from data_prep import synthetic
+
+  for seed in (0, 1):
+    import_weights.write_checkpoint({'encoder': mu_encoder(seed)}, {'data': {'num_frames': 2, 'res': 32,
+                                                                             'frame_stride': 1}},
+                                    str(tmp_path / f'ckpt{seed}'))
+  os.makedirs(tmp_path / 'videos')
+  synthetic.write_mp4(str(tmp_path / 'videos' / 'a.mp4'), clip((4, 32, 32, 3)))
+  out = tmp_path / 'feats'
+
+  def run(*args):
+    status = features.main([f'--input={tmp_path / "videos"}', f'--output_dir={out}', *args])
+    return status, capsys.readouterr()
+
+  status, _ = run(f'--checkpoint={tmp_path / "ckpt0"}')
+  first = np.load(out / 'a.npy')
+  assert status == 0 and first.shape == (2, 64)
+  status, printed = run(f'--checkpoint={tmp_path / "ckpt0"}')  # The same: kept (a killed job resumes).
+  assert status == 0 and 'done 0, already present 1' in printed.out
+  for args, changed in (([f'--checkpoint={tmp_path / "ckpt1"}'], f"checkpoint '{tmp_path / 'ckpt0'}' there, "
+                                                                  f"'{tmp_path / 'ckpt1'}' now"),
+                        ([f'--checkpoint={tmp_path / "ckpt0"}', '--pool=tokens'], "pool 'mean' there, 'tokens' now")):
+    status, printed = run(*args)
+    assert status == 1 and len(printed.err.strip().splitlines()) == 1, printed.err
+    assert printed.err.startswith(f'error: --output_dir={out} holds features of another checkpoint or other '
+                                  f'settings ({changed}') and 'pass --overwrite' in printed.err, printed.err
+    np.testing.assert_array_equal(np.load(out / 'a.npy'), first)
+  status, printed = run(f'--checkpoint={tmp_path / "ckpt1"}', '--pool=tokens', '--overwrite')
+  assert status == 0 and 'done 1, already present 0' in printed.out
+  assert np.load(out / 'a.npy').shape == (2, 1 * 2 * 2, 64)  # [clips, T/2 * H/16 * W/16, D]
+  assert len(list(csv.DictReader(open(out / 'index.csv')))) == 1
+
+
+def test_a_list_with_labels_features_do_not_use_is_read(tmp_path):
+  """Data prep refuses a list giving a video two labels, or mixing class indices and names; features need no label."""
+  (tmp_path / 'conflict.csv').write_text('a.mp4,0\nb.mp4,1\na.mp4,2\n')
+  (tmp_path / 'mixed.csv').write_text('path,label\na.mp4,3\nsub/../b.mp4,cat\n')
+  for name in ('conflict.csv', 'mixed.csv'):
+    assert features.list_videos(str(tmp_path / name)) == [str(tmp_path / 'a.mp4'), str(tmp_path / 'b.mp4')], name

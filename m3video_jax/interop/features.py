@@ -27,14 +27,18 @@ covers source frames `[k * num_frames * stride, (k + 1) * num_frames * stride)`;
 its last frame, as the reference pads short videos). `<output_dir>/<path relative to the inputs' common folder>.npy`
 (never outside `--output_dir`; the video's extension is kept, `x.mp4.npy`, where two videos differ only in it) holds
 `[num_clips, D]` (`--pool=mean`) or `[num_clips, N, D]` (`--pool=tokens`) float32; `index.csv` lists video, feature
-file, clips, decoded frames and fps; unreadable videos are skipped and listed in `failures.csv`. Existing
-`.npy` files are kept unless `--overwrite`. Defaults of `--num_frames/--stride/--res` come from the checkpoint's
-config (`data.num_frames`, `data.frame_stride`, `data.res`), else 16 / 4 / 224.
+file, clips, decoded frames and fps; unreadable videos are skipped and listed in `failures.csv`. `features.json`
+records the checkpoint (path and step) and the settings (`--num_frames/--stride/--res/--pool`) the features were
+computed with: a re-run with the same ones keeps the existing `.npy` files (a killed job resumes), one with another
+checkpoint or settings is refused unless `--overwrite`, which recomputes every listed video and starts `index.csv` and
+`failures.csv` anew. Defaults of `--num_frames/--stride/--res` come from the checkpoint's config (`data.num_frames`,
+`data.frame_stride`, `data.res`), else 16 / 4 / 224. The labels of a list file are not read.
 """
 from __future__ import annotations
 
 import collections
 import csv
+import json
 import logging
 import os
 import sys
@@ -65,18 +69,22 @@ class Encoder:
     kind: 'pretrain', 'classifier' or 'encoder' (the layout the parameters came in).
     final_norm: whether the tokens are after the encoder's final LayerNorm.
     config: the checkpoint's config dict, or None.
+    source: what the parameters were loaded from (`load_encoder`: `checkpoint` path and orbax `step`), or None; the
+      CLI records it beside the features.
     attention: the attention implementation (`layers.resolve_attention`; default 'auto', the best for the backend
       this runs on). The checkpoint's own `model.attention` is not used: it chose the speed on the training machine,
       and every implementation computes the same function of the same parameters.
   """
 
-  def __init__(self, params: Mapping[str, Any], config: Mapping[str, Any] | None = None, *, attention: str = 'auto'):
+  def __init__(self, params: Mapping[str, Any], config: Mapping[str, Any] | None = None, *, attention: str = 'auto',
+               source: Mapping[str, Any] | None = None):
     layout = torch_mapping.layout_of(params)
     self.kind = layout.kind
     self.final_norm = layout.final_norm
     self.variant, self.patch_size = weights.encoder_arch(params['encoder'])
     self.width = vit.VARIANTS[self.variant].width
     self.config = dict(config) if config else None
+    self.source = dict(source) if source else None
     self.attention = attention
     self._model = vit.VideoViT(self.variant, self.patch_size, final_norm=self.final_norm, attention=attention)
     self._params = jax.device_put({k: params[k] for k in ('encoder', 'fc_norm', 'head') if k in params})
@@ -143,8 +151,12 @@ def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = Fal
   Returns:
     The encoder; `enc(video)` -> `[B, N, D]`, `enc.pooled(video)` -> `[B, D]`.
   """
+  from m3video_jax import checkpointing
+
   params, config = weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
-  return Encoder(params, config, attention=attention)
+  if not weights.is_torch_source(path):
+    step = checkpointing.resolve_checkpoint(path, step)[1]  # The step read: a workdir's latest moves on.
+  return Encoder(params, config, attention=attention, source={'checkpoint': os.path.abspath(path), 'step': step})
 
 
 def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
@@ -249,6 +261,42 @@ def output_names(paths: Sequence[str], root: str | None = None) -> list[str]:
   return names
 
 
+SETTINGS_FILE = 'features.json'
+
+
+class OtherSettingsError(cli.UserError, ValueError):
+  """The output directory holds features of another checkpoint or other settings (`check_settings`)."""
+
+
+def check_settings(output_dir: str, settings: Mapping[str, Any], overwrite: bool) -> None:
+  """Records `settings` (checkpoint, clip shape, pooling) in `<output_dir>/features.json`, or checks them against it.
+
+  Existing `.npy` files are kept by a re-run, so they must be of the same checkpoint and settings: without
+  `overwrite`, a directory whose features.json differs, or one holding features (`index.csv`) but no features.json, is
+  refused. With `overwrite` the new settings are recorded and every video is recomputed.
+
+  Raises:
+    OtherSettingsError: naming each setting that differs, its old and its new value.
+  """
+  path = os.path.join(output_dir, SETTINGS_FILE)
+  settings = json.loads(json.dumps(dict(settings)))  # As read back (tuples are lists).
+  if os.path.exists(path) and not overwrite:
+    with open(path) as f:
+      old = json.load(f)
+    changed = [f'{k} {old.get(k)!r} there, {v!r} now' for k, v in settings.items() if old.get(k) != v]
+    if changed:
+      raise OtherSettingsError(f'--output_dir={output_dir} holds features of another checkpoint or other settings '
+                               f'({"; ".join(changed)}; {path}); pass --overwrite to recompute every video, or use '
+                               'another --output_dir')
+    return
+  if os.path.exists(os.path.join(output_dir, 'index.csv')) and not os.path.exists(path) and not overwrite:
+    raise OtherSettingsError(f'--output_dir={output_dir} holds features with no record of their checkpoint and '
+                             f'settings (no {SETTINGS_FILE}); pass --overwrite to recompute every video, or use '
+                             'another --output_dir')
+  with open(path, 'w') as f:
+    json.dump(settings, f, indent=2, sort_keys=True)
+
+
 def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_frames: int, stride: int, res: int,
             batch_size: int = 8, pool: str = 'mean', overwrite: bool = False, root: str | None = None,
             show_progress: bool = True) -> dict[str, int]:
@@ -259,12 +307,17 @@ def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_fra
     inputs: video paths (local or `tf.io.gfile` URLs).
     output_dir: local directory.
     num_frames, stride, res, batch_size, pool: see `video_features`.
-    overwrite: recompute videos whose `.npy` exists (otherwise they are skipped, so a killed job can be rerun).
+    overwrite: recompute videos whose `.npy` exists (otherwise they are skipped, so a killed job can be rerun), and
+      start `index.csv` and `failures.csv` anew.
     root: name the outputs relative to this folder (default: the videos' common folder).
     show_progress: tqdm progress bar.
 
   Returns:
     Counts: `done`, `skipped` (already present), `failed`.
+
+  Raises:
+    OtherSettingsError: when `output_dir` holds features of another checkpoint (`encoder.source`) or other settings
+      and not `overwrite` (`check_settings`).
   """
   from tqdm import tqdm
 
@@ -272,6 +325,12 @@ def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_fra
 
   names = output_names(inputs, root)
   os.makedirs(output_dir, exist_ok=True)
+  check_settings(output_dir, {**(encoder.source or {'checkpoint': None, 'step': None}), 'num_frames': num_frames,
+                              'stride': stride, 'res': res, 'pool': pool}, overwrite)
+  if overwrite:
+    for name in ('index.csv', 'failures.csv'):
+      if os.path.exists(os.path.join(output_dir, name)):
+        os.remove(os.path.join(output_dir, name))
   rows, failures, counts = [], [], {'done': 0, 'skipped': 0, 'failed': 0}
   bar = tqdm(list(zip(inputs, names)), unit='video', disable=not show_progress, desc='features')
   for path, name in bar:
@@ -307,6 +366,30 @@ def _append_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]])
     writer.writerows(rows)
 
 
+def list_videos(spec: str, data_root: str | None = None) -> list[str]:
+  """The videos of `--input` as data prep lists them (`data_prep.inputs.list_inputs`), except that the labels of a list
+  file are not read: features need none, so a list that gives a video two labels, or mixes class indices and names
+  (which data prep refuses), is read too. Sorted, one entry per real file."""
+  from data_prep import datasets
+  from data_prep import inputs as inputs_lib
+
+  if not (spec.lower().endswith(inputs_lib.LIST_EXTENSIONS) and inputs_lib.exists(spec)
+          and datasets.detect(spec) == 'list'):
+    return [v.path for v in inputs_lib.list_inputs(spec, data_root=data_root).videos]
+  root = data_root if data_root is not None else os.path.dirname(spec)
+  by_file: dict[str, str] = {}
+  for n, raw in enumerate(inputs_lib.read_text(spec).splitlines()):
+    line = raw.strip()
+    if not line or line.startswith('#'):
+      continue
+    video, _ = inputs_lib._split_line(line)  # pylint: disable=protected-access
+    if n == 0 and video.lower() in ('path', 'video', 'filename', 'file'):
+      continue  # The header read_list_file skips.
+    path = inputs_lib._join(root, video)  # pylint: disable=protected-access
+    by_file.setdefault(inputs_lib._real(path), path)  # pylint: disable=protected-access
+  return sorted(by_file.values())
+
+
 def define_flags(fv) -> None:
   from absl import flags
 
@@ -327,7 +410,8 @@ def define_flags(fv) -> None:
   flags.DEFINE_integer('batch_size', 8, 'Clips per forward pass.', flag_values=fv)
   flags.DEFINE_enum('pool', 'mean', ['mean', 'tokens'], 'mean: [clips, D] per video; tokens: [clips, N, D].',
                     flag_values=fv)
-  flags.DEFINE_bool('overwrite', False, 'Recompute videos whose .npy already exists.', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Recompute every video (also those whose .npy exists, of another checkpoint or '
+                    'settings) and start index.csv anew.', flag_values=fv)
   flags.DEFINE_bool('encoder_only', False, 'PyTorch checkpoints: ignore decoder/classifier keys.', flag_values=fv)
 
 
@@ -341,7 +425,7 @@ def _main(f, rest) -> int:
   num_frames = f.num_frames or data.get('num_frames') or DEFAULT_NUM_FRAMES
   stride = f.stride or data.get('frame_stride') or DEFAULT_STRIDE
   res = f.res or data.get('res') or DEFAULT_RES
-  videos = [v.path for v in inputs_lib.list_inputs(f.input, data_root=f.data_root).videos]
+  videos = list_videos(f.input, f.data_root)
   if not videos:
     raise ValueError(f'--input={f.input} lists no videos')
   output_dir = os.path.abspath(f.output_dir)
