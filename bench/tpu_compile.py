@@ -29,8 +29,8 @@ Printed (and written to `--json`), per chip unless said otherwise:
   global batch              how the config's `data.batch_size` is reached: per-chip batch x chips x grad_accum_steps,
                             and the `--config` overrides that launch it
   host feed                 clips/s one chip would consume at `--mfu` of its bf16 peak, and the host cores that needs at
-                            `--host_clips_per_core` (bench/input_pipeline.py's figure), against the vCPUs per chip of
-                            the slice's TPU VMs
+                            `--host_clips_per_core` (bench/input_pipeline.py's figure), against `--host_share` of the
+                            vCPUs per chip of the slice's TPU VMs
 """
 from __future__ import annotations
 
@@ -76,6 +76,8 @@ class Options:
   max_batch: int = 512  # Batch search: the largest per-device batch tried.
   mfu: float = 0.4  # Assumed model-FLOPs utilisation for the host-feed estimate.
   host_clips_per_core: float = DEFAULT_HOST_CLIPS_PER_CORE  # Input-pipeline clips/s per host core.
+  host_share: float = 0.75  # Share of the TPU VM's vCPUs the input pipeline may take (the rest: the training loop,
+  # checkpointing, the OS).
 
 
 def define_flags() -> None:
@@ -89,6 +91,7 @@ def define_flags() -> None:
   flags.DEFINE_float('mfu', defaults.mfu, 'Assumed model-FLOPs utilisation for the host-feed estimate.')
   flags.DEFINE_float('host_clips_per_core', defaults.host_clips_per_core,
                      'Input-pipeline clips/s per host core (bench/input_pipeline.py).')
+  flags.DEFINE_float('host_share', defaults.host_share, "Share of the TPU VM's vCPUs the input pipeline may take.")
   flags.DEFINE_string('json', '', 'Write the figures to this file.')
   flags.mark_flags_as_required(['config'])
 
@@ -291,7 +294,7 @@ def figures(config, topology: str, devices, chip: dict, best: dict, tried: list[
       'peak_tflops_per_chip': chip['peak_tflops'], 'assumed_mfu': opts.mfu,
       'clips_per_s_per_chip_at_mfu': consumed, 'host_clips_per_core': opts.host_clips_per_core,
       'host_cores_needed_per_chip': cores, 'host_vcpus_per_chip': vcpus_per_chip,
-      'host_can_feed': cores <= vcpus_per_chip,
+      'host_share': opts.host_share, 'host_can_feed': cores <= opts.host_share * vcpus_per_chip,
       'note': 'compile-time figures (XLA memory and cost analysis for the described slice), not measured runs',
   }
 
@@ -328,8 +331,9 @@ def print_figures(f: dict) -> None:
   print(f'launch overrides: {" ".join(f["launch_overrides"])}')
   print(f'host feed: at {100 * f["assumed_mfu"]:.0f} % MFU of {f["peak_tflops_per_chip"]:g} TFLOP/s a chip consumes '
         f'{f["clips_per_s_per_chip_at_mfu"]:.0f} clips/s = {f["host_cores_needed_per_chip"]:.1f} host cores at '
-        f'{f["host_clips_per_core"]:g} clips/s per core; the TPU VM has {f["host_vcpus_per_chip"]:g} vCPUs per chip '
-        f'({"enough" if f["host_can_feed"] else "NOT enough"})')
+        f'{f["host_clips_per_core"]:g} clips/s per core; the TPU VM has {f["host_vcpus_per_chip"]:g} vCPUs per chip, '
+        f'{f["host_share"] * f["host_vcpus_per_chip"]:.1f} of them ({100 * f["host_share"]:.0f} %) for input: '
+        f'{"enough" if f["host_can_feed"] else "NOT enough, the input pipeline cannot feed this chip"}')
   print(f'compile: {f["compile_s"]} s for the reported batch, {len(f["compiles"])} compiles in all '
         f'({sum(r["compile_s"] for r in f["compiles"]):.0f} s); {f["note"]}')
 
@@ -363,7 +367,7 @@ def main(argv):
   cli.quiet_libraries(False)
   fv = flags.FLAGS
   opts = Options(per_chip_batch=fv.per_chip_batch, base_batch=fv.base_batch, max_batch=fv.max_batch, mfu=fv.mfu,
-                 host_clips_per_core=fv.host_clips_per_core)
+                 host_clips_per_core=fv.host_clips_per_core, host_share=fv.host_share)
   dtype_given = any(a.startswith('--config.model.dtype') for a in argv[1:] + sys.argv[1:])
   f = run(fv.config, fv.topology, opts, log=lambda line: print(line, flush=True), bfloat16=not dtype_given)
   print_figures(f)
