@@ -71,8 +71,9 @@ def _split_line(line: str) -> tuple[str, str]:
 
 
 def read_list_file(path: str, data_root: str | None = None,
-                   label_map: dict[str, int] | None = None) -> InputList:
-  """Parses a CSV/list file (see the module docstring)."""
+                   label_map: dict[str, int] | None = None, *, labels: bool = True) -> InputList:
+  """Parses a CSV/list file (see the module docstring); with `labels=False` its labels are not read (every video
+  unlabelled), so labels that would be refused (two for one video, indices mixed with names) do not matter."""
   root = data_root if data_root is not None else os.path.dirname(path)
   rows = []
   for n, raw in enumerate(read_text(path).splitlines()):
@@ -82,7 +83,7 @@ def read_list_file(path: str, data_root: str | None = None,
     video, label = _split_line(line)
     if n == 0 and video.lower() in ('path', 'video', 'filename', 'file') and label.lower() in ('label', 'class', ''):
       continue  # header
-    rows.append((_join(root, video), label))
+    rows.append((_join(root, video), label if labels else ''))
   label_map = _resolve_label_map({lab for _, lab in rows if lab and not _is_int(lab)}, label_map, path,
                                  'class names')
   index_to_name = {v: k for k, v in label_map.items()}
@@ -135,7 +136,7 @@ def read_glob(pattern: str) -> InputList:
 
 def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None, label_map_path: str | None = None,
                 fmt: str = 'auto', split: str | None = None, split_id: int = 0,
-                default_label_map: dict[str, int] | None = None) -> InputList:
+                default_label_map: dict[str, int] | None = None, labels: bool = True) -> InputList:
   """Lists the videos of `spec` (list files, directories, globs, videos, official annotation files of
   `data_prep.datasets` or `tfds:` inputs, or a sequence of those), sorted by path, deduplicated.
 
@@ -149,6 +150,7 @@ def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None, labe
     split, split_id: the split to read from an official annotation file or TFDS dataset.
     default_label_map: the map to use when `label_map_path` is not given and the inputs carry class names (the map
       of a split already written to the same dataset directory).
+    labels: False = list files are read without their labels (for readers that need only the videos).
 
   Raises:
     ValueError: if a spec matches nothing, a label is out of range, or the same path appears with two labels.
@@ -175,7 +177,7 @@ def list_inputs(spec: str | Sequence[str], *, data_root: str | None = None, labe
     elif s.lower().endswith(LIST_EXTENSIONS):
       if not exists(s):
         raise ValueError(f'--input list file {s} does not exist')
-      found = read_list_file(s, data_root, label_map)
+      found = read_list_file(s, data_root, label_map, labels=labels)
     elif has_video_extension(s):
       found = InputList([VideoInput(canonical(s))], {})
     else:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
@@ -34,6 +33,7 @@ from typing import Any
 
 from data_prep.options import PrepConfig
 from data_prep.input_files import VideoInput
+from m3video_jax import cli
 
 WORK_DIR = '_work'
 BEAM_LOG = 'beam.log'  # In WORK_DIR: what Beam, its workers and TF printed (data_prep.extract; all with --verbose).
@@ -120,25 +120,15 @@ def output_dir_lock(output_dir: str):
   if '://' in output_dir:
     yield
     return
-  import fcntl
-
   os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
-  path = os.path.join(output_dir, WORK_DIR, LOCK)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'unknown'
-      raise OutputDirInUseError(f'--output_dir={output_dir} is in use by another data_prep job ({holder}); wait for '
-                                'it to finish (or stop it) and re-run this command, which then resumes, or use '
-                                'another --output_dir') from None
-    started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}, started {started}\n'.encode(), 0)
+
+  def in_use(holder: str) -> Exception:
+    return OutputDirInUseError(f'--output_dir={output_dir} is in use by another data_prep job ({holder}); wait for it '
+                               'to finish (or stop it) and re-run this command, which then resumes, or use another '
+                               '--output_dir')
+
+  with cli.exclusive_lock(os.path.join(output_dir, WORK_DIR, LOCK), in_use):
     yield
-  finally:
-    os.close(fd)  # Releases the lock.
 
 
 def write_json_atomic(path: str, data: Any) -> None:

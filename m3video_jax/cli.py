@@ -34,6 +34,17 @@ class UserError(Exception):
   exception escape as a traceback."""
 
 
+class ConfigError(UserError, ValueError):
+  """A config field, or the workdir, cannot be used; the message names it, its value and what is expected. A
+  `UserError` (one `error:` line) and, for the callers that catch it so, a ValueError. (`config_lib.ConfigError`.)"""
+
+
+def check_config(ok: bool, field: str, value, expected: str) -> None:
+  """Raises `ConfigError` `config.<field>=<value> is invalid: expected <expected>` unless `ok` (`config_lib.check`)."""
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r} is invalid: expected {expected}')
+
+
 # Bad input as reported by the tools: one line, no traceback.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, ImportError)
 # Libraries whose INFO lines would drown a tool's own output; their warnings still show.

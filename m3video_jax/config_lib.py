@@ -231,15 +231,9 @@ def epochs_to_steps(epochs: float, num_videos: int, batch_size: int) -> int:
   return max(1, int(round(epochs * num_videos / batch_size)))
 
 
-class ConfigError(cli.UserError, ValueError):
-  """A config field, or the workdir, cannot be used; the message names it, its value and what is expected. A
-  `cli.UserError` (one `error:` line) and, for the callers that catch it so, a ValueError."""
-
-
-def check(ok: bool, field: str, value: Any, expected: str) -> None:
-  """Raises `ConfigError` `config.<field>=<value> is invalid: expected <expected>` unless `ok`."""
-  if not ok:
-    raise ConfigError(f'config.{field}={value!r} is invalid: expected {expected}')
+# Defined with the CLI convention (`cli.py`), so that modules this one imports (`targets`) raise the same type.
+ConfigError = cli.ConfigError
+check = cli.check_config
 
 
 # Tuple fields: (length or None for any non-empty length, element type, an example). Checked before any field is

@@ -61,11 +61,9 @@ def main(argv):
     logging.getLogger().setLevel(logging.WARNING)
   from m3video_jax import train_lib
 
-  from m3video_jax.data import stream
-
   try:
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (cli.UserError, stream.DataError) as e:  # Bad input: one line, no traceback (the cli convention).
+  except cli.UserError as e:  # Bad input (config, data, workdir, checkpoints, disk): one line, no traceback.
     sys.exit(f'error: {e}')
 
 

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from m3video_jax import config_lib
+from m3video_jax import cli
 from m3video_jax import hog
 from m3video_jax.data import schema
 from m3video_jax.models import vit
@@ -128,14 +128,14 @@ def describe(cfg: ml_collections.ConfigDict) -> str:
 
 
 def _check(ok: bool, field: str, value: Any, expected: str) -> None:
-  config_lib.check(ok, f'target.{field}', value, expected)
+  cli.check_config(ok, f'target.{field}', value, expected)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks a target config.
 
   Raises:
-    config_lib.ConfigError: naming the first invalid field, its value and the allowed values.
+    cli.ConfigError (`config_lib.ConfigError`): naming the first invalid field, its value and the allowed values.
   """
   _check(cfg.kind in KINDS, 'kind', cfg.kind, f'one of {KINDS}')
   for name in ('position', 'shape', 'norm_valid_only', 'balance_parts', 'pixel_norm', 'hog_norm'):

@@ -431,6 +431,7 @@ class FinetuneTask:
 
   def make_train_iterator(self, start_step: int):
     from m3video_jax.data import classification  # TF is imported only when the real pipeline is used.
+    classification.eval_shards(self.config)  # A held-out glob that matches nothing stops the run before training.
     return classification.train_iterator(self.config, process_index=jax.process_index(),
                                          process_count=jax.process_count(), start_step=start_step)
 

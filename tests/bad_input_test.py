@@ -59,6 +59,19 @@ def test_train_files_matching_nothing_is_a_user_error_naming_the_field(tmp_path)
     train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
+def test_eval_files_matching_nothing_stop_a_fine_tune_before_it_trains(tmp_path):
+  from configs import finetune_ssv2
+  import motion_records
+
+  config = finetune_ssv2.get_config('tiny')
+  config.data.train_files = motion_records.write_motion_shards(tmp_path / 'train', num_videos=4, size=48, frames=12)
+  config.data.eval_files = str(tmp_path / 'val-nothing-*.tfrecord')
+  with pytest.raises(cli.UserError, match=r"config.data.eval_files='.*val-nothing-\*.tfrecord' matches no file"):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  checkpoints = tmp_path / 'run' / 'checkpoints'  # Stopped before the first step: no checkpoint was written.
+  assert not os.path.exists(checkpoints) or not [n for n in os.listdir(checkpoints) if n.isdigit()]
+
+
 def _abstract_params(config):
   abstract = jax.eval_shape(tasks.get_task(config).init_params, jax.random.PRNGKey(0))
   return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)

@@ -212,6 +212,19 @@ def check_class_count(shards: list[str], num_classes: int, what: str) -> None:
                               'the config is for')
 
 
+def eval_shards(config) -> list[str]:
+  """The shards of `config.data.eval_files`.
+
+  Raises:
+    stream.DataError: when the glob matches no file (checked before training, not after it).
+  """
+  try:
+    return stream.list_shards(config.data.eval_files)
+  except FileNotFoundError:
+    raise stream.DataError(f'config.data.eval_files={config.data.eval_files!r} matches no file; expected held-out '
+                           'TFRecord shards written by `python -m data_prep.extract`') from None
+
+
 def train_iterator(config, *, process_index: int = 0, process_count: int = 1,
                    start_step: int = 0) -> stream.TrainIterator:
   """The training batches; every batch's labels are checked to be classes of the model (`bad_label`)."""
@@ -229,12 +242,7 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
     `num_videos`, `num_clips`, `num_batches`, `local_batch`).
   """
   d = config.data
-  try:
-    shards = stream.list_shards(d.eval_files)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'config.data.eval_files={d.eval_files!r} matches no file; expected held-out TFRecord '
-                            'shards written by `python -m data_prep.extract`') from e
-  shards = stream.process_shards(shards, process_index, process_count)
+  shards = stream.process_shards(eval_shards(config), shards, process_index, process_count)
   if config.eval.batch_size % process_count:
     raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible by {process_count} processes')
   local_batch = config.eval.batch_size // process_count

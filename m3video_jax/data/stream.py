@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
+from m3video_jax import cli
 from m3video_jax.data import schema
 
 
@@ -55,7 +56,7 @@ def element_seed(stream_seed: int, epoch, index) -> tf.Tensor:
   return tf.stack([tf.cast(int(stream_seed) * SEED_MIX, tf.int64) + epoch, index])
 
 
-class DataError(ValueError):
+class DataError(cli.UserError, ValueError):
   """Training or evaluation data that cannot be used; the message names the shard and record (a one-line error)."""
 
 

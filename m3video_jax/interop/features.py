@@ -370,24 +370,9 @@ def list_videos(spec: str, data_root: str | None = None) -> list[str]:
   """The videos of `--input` as data prep lists them (`data_prep.inputs.list_inputs`), except that the labels of a list
   file are not read: features need none, so a list that gives a video two labels, or mixes class indices and names
   (which data prep refuses), is read too. Sorted, one entry per real file."""
-  from data_prep import datasets
   from data_prep import inputs as inputs_lib
 
-  if not (spec.lower().endswith(inputs_lib.LIST_EXTENSIONS) and inputs_lib.exists(spec)
-          and datasets.detect(spec) == 'list'):
-    return [v.path for v in inputs_lib.list_inputs(spec, data_root=data_root).videos]
-  root = data_root if data_root is not None else os.path.dirname(spec)
-  by_file: dict[str, str] = {}
-  for n, raw in enumerate(inputs_lib.read_text(spec).splitlines()):
-    line = raw.strip()
-    if not line or line.startswith('#'):
-      continue
-    video, _ = inputs_lib._split_line(line)  # pylint: disable=protected-access
-    if n == 0 and video.lower() in ('path', 'video', 'filename', 'file'):
-      continue  # The header read_list_file skips.
-    path = inputs_lib._join(root, video)  # pylint: disable=protected-access
-    by_file.setdefault(inputs_lib._real(path), path)  # pylint: disable=protected-access
-  return sorted(by_file.values())
+  return [v.path for v in inputs_lib.list_inputs(spec, data_root=data_root, labels=False).videos]
 
 
 def define_flags(fv) -> None:
