@@ -242,7 +242,7 @@ def make_eval_dataset(config, *, num_temporal: int, num_spatial: int, process_in
     `num_videos`, `num_clips`, `num_batches`, `local_batch`).
   """
   d = config.data
-  shards = stream.process_shards(eval_shards(config), shards, process_index, process_count)
+  shards = stream.process_shards(eval_shards(config), process_index, process_count)
   if config.eval.batch_size % process_count:
     raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible by {process_count} processes')
   local_batch = config.eval.batch_size // process_count
