@@ -233,8 +233,8 @@ def test_features_of_another_checkpoint_or_settings_are_refused_or_recomputed_wi
   assert status == 0 and first.shape == (2, 64)
   status, printed = run(f'--checkpoint={tmp_path / "ckpt0"}')  # The same: kept (a killed job resumes).
   assert status == 0 and 'done 0, already present 1' in printed.out
-  for args, changed in (([f'--checkpoint={tmp_path / "ckpt1"}'], f"checkpoint '{tmp_path / 'ckpt0'}' there, "
-                                                                  f"'{tmp_path / 'ckpt1'}' now"),
+  for args, changed in (([f'--checkpoint={tmp_path / "ckpt1"}'], f"checkpoint '{tmp_path / 'ckpt0' / 'checkpoints'}' "
+                                                                  f"there, '{tmp_path / 'ckpt1' / 'checkpoints'}' now"),
                         ([f'--checkpoint={tmp_path / "ckpt0"}', '--pool=tokens'], "pool 'mean' there, 'tokens' now")):
     status, printed = run(*args)
     assert status == 1 and len(printed.err.strip().splitlines()) == 1, printed.err
@@ -253,3 +253,43 @@ def test_a_list_with_labels_features_do_not_use_is_read(tmp_path):
   (tmp_path / 'mixed.csv').write_text('path,label\na.mp4,3\nsub/../b.mp4,cat\n')
   for name in ('conflict.csv', 'mixed.csv'):
     assert features.list_videos(str(tmp_path / name)) == [str(tmp_path / 'a.mp4'), str(tmp_path / 'b.mp4')], name
+
+
+def test_a_killed_run_leaves_an_index_of_what_it_wrote_and_a_killed_overwrite_no_old_features(tmp_path, monkeypatch):
+  from data_prep import synthetic
+
+  for seed in (0, 1):
+    import_weights.write_checkpoint({'encoder': mu_encoder(seed)}, {'data': {'num_frames': 2, 'res': 32,
+                                                                             'frame_stride': 1}},
+                                    str(tmp_path / f'ckpt{seed}'))
+  os.makedirs(tmp_path / 'videos')
+  for name in ('a', 'b'):
+    synthetic.write_mp4(str(tmp_path / 'videos' / f'{name}.mp4'), clip((4, 32, 32, 3), seed=ord(name)))
+  out = tmp_path / 'feats'
+  inputs = sorted(str(p) for p in (tmp_path / 'videos').iterdir())
+  real = features.video_features
+  run = lambda encoder, **kw: features.extract(encoder, inputs, str(out), num_frames=2, stride=1, res=32,
+                                               show_progress=False, **kw)
+
+  def killed_at_b(encoder, path, **kwargs):
+    if path.endswith('b.mp4'):
+      raise KeyboardInterrupt  # The job is killed while it computes the second video.
+    return real(encoder, path, **kwargs)
+
+  old, new = (features.load_encoder(str(tmp_path / f'ckpt{seed}')) for seed in (0, 1))
+  monkeypatch.setattr(features, 'video_features', killed_at_b)
+  with pytest.raises(KeyboardInterrupt):
+    run(old)
+  assert [row['features'] for row in csv.DictReader(open(out / 'index.csv'))] == ['a.npy']  # What it finished.
+  monkeypatch.setattr(features, 'video_features', real)
+  assert run(old) == {'done': 1, 'skipped': 1, 'failed': 0}  # The rerun resumes, and indexes both.
+  assert sorted(row['features'] for row in csv.DictReader(open(out / 'index.csv'))) == ['a.npy', 'b.npy']
+  # --overwrite with another checkpoint, killed at b: b's old features must not survive to be kept by a rerun.
+  monkeypatch.setattr(features, 'video_features', killed_at_b)
+  with pytest.raises(KeyboardInterrupt):
+    run(new, overwrite=True)
+  monkeypatch.setattr(features, 'video_features', real)
+  assert run(new) == {'done': 1, 'skipped': 1, 'failed': 0}
+  for path in inputs:
+    name = os.path.basename(path).replace('.mp4', '.npy')
+    np.testing.assert_allclose(np.load(out / name), real(new, path, num_frames=2, stride=1, res=32)[0], rtol=1e-6)

@@ -139,10 +139,15 @@ def _makedirs_for(path: str) -> None:
 
 
 def _ordinary_permissions(path: str) -> None:
-  """Gives `path` the mode a plain `open()` gives a new file (0666 less the umask): safetensors writes 0600."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(path, 0o666 & ~umask)
+  """Gives `path` the mode a plain `open()` gives a new file (0666 less the umask): safetensors writes 0600. The mode
+  is read off a file created for it (changing the process umask to read it would race other threads' files)."""
+  probe = f'{path}.mode-{os.getpid()}'
+  with open(probe, 'w'):
+    pass
+  try:
+    os.chmod(path, os.stat(probe).st_mode & 0o777)
+  finally:
+    os.remove(probe)
 
 
 def check_output(fmt: str, output: str, overwrite: bool = False) -> None:

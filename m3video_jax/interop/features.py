@@ -153,10 +153,14 @@ def load_encoder(path: str, step: int | None = None, *, encoder_only: bool = Fal
   """
   from m3video_jax import checkpointing
 
-  params, config = weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
+  source = os.path.abspath(path)
   if not weights.is_torch_source(path):
-    step = checkpointing.resolve_checkpoint(path, step)[1]  # The step read: a workdir's latest moves on.
-  return Encoder(params, config, attention=attention, source={'checkpoint': os.path.abspath(path), 'step': step})
+    # Resolved once, before reading: the step read is the one recorded (a workdir's latest moves on), and a workdir,
+    # its checkpoints/ dir and a step dir of one checkpoint are recorded alike.
+    source, step = checkpointing.resolve_checkpoint(path, step)
+    path = source
+  params, config = weights.load_weights(path, step, encoder_only=encoder_only, allow_pickle=allow_pickle)
+  return Encoder(params, config, attention=attention, source={'checkpoint': source, 'step': step})
 
 
 def centre_crop(frame: np.ndarray, size: int) -> np.ndarray:
@@ -325,13 +329,14 @@ def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_fra
 
   names = output_names(inputs, root)
   os.makedirs(output_dir, exist_ok=True)
-  check_settings(output_dir, {**(encoder.source or {'checkpoint': None, 'step': None}), 'num_frames': num_frames,
-                              'stride': stride, 'res': res, 'pool': pool}, overwrite)
-  if overwrite:
-    for name in ('index.csv', 'failures.csv'):
+  if overwrite:  # Before the new settings are recorded: a killed --overwrite run must not leave old features behind.
+    for name in [*names, 'index.csv', 'failures.csv']:
       if os.path.exists(os.path.join(output_dir, name)):
         os.remove(os.path.join(output_dir, name))
-  rows, failures, counts = [], [], {'done': 0, 'skipped': 0, 'failed': 0}
+  check_settings(output_dir, {**(encoder.source or {'checkpoint': None, 'step': None}), 'num_frames': num_frames,
+                              'stride': stride, 'res': res, 'pool': pool}, overwrite)
+  index = os.path.join(output_dir, 'index.csv')
+  failures, counts = [], {'done': 0, 'skipped': 0, 'failed': 0}
   bar = tqdm(list(zip(inputs, names)), unit='video', disable=not show_progress, desc='features')
   for path, name in bar:
     out = os.path.join(output_dir, name)
@@ -348,13 +353,18 @@ def extract(encoder: Encoder, inputs: Sequence[str], output_dir: str, *, num_fra
       continue
     os.makedirs(os.path.dirname(out), exist_ok=True)
     np.save(out, feats)
-    rows.append((path, name, feats.shape[0], info['frames_decoded'], info['fps']))
+    # Indexed as soon as it is written, so a killed job's index lists every video it finished (the rerun skips them).
+    _append_csv(index, INDEX_HEADER, [(path, name, feats.shape[0], info['frames_decoded'], info['fps'])])
     counts['done'] += 1
     bar.set_postfix(clips=feats.shape[0], failed=counts['failed'])
-  _append_csv(os.path.join(output_dir, 'index.csv'), ('video', 'features', 'num_clips', 'frames_decoded', 'fps'), rows)
+  if not os.path.exists(index):
+    _append_csv(index, INDEX_HEADER, [])
   if failures:
     _append_csv(os.path.join(output_dir, 'failures.csv'), ('video', 'reason', 'message'), failures)
   return counts
+
+
+INDEX_HEADER = ('video', 'features', 'num_clips', 'frames_decoded', 'fps')
 
 
 def _append_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -402,8 +412,6 @@ def define_flags(fv) -> None:
 
 def _main(f, rest) -> int:
   del rest
-  from data_prep import inputs as inputs_lib
-
   schema.writable_dir(f.output_dir, '--output_dir')
   encoder = load_encoder(f.checkpoint, f.step, encoder_only=f.encoder_only)
   data = (encoder.config or {}).get('data', {})

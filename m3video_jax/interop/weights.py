@@ -93,6 +93,8 @@ def _torch_load(path: str, allow_pickle: bool) -> Any:
     # Reference checkpoints also pickle their argparse `args`; allow exactly that class besides tensors.
     with torch.serialization.safe_globals([argparse.Namespace]):
       return torch.load(path, map_location='cpu', weights_only=True)
+  except OSError:  # Missing or unreadable file: its own message (the file is not damaged).
+    raise
   except Exception as e:  # Truncated zip: RuntimeError; truncated pickle: EOFError/UnpicklingError; and others.
     refused = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
     if refused and not allow_pickle:
