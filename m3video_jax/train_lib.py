@@ -198,17 +198,39 @@ def workdir_lock(workdir: str):
   process 0 takes it (the other processes of a multi-process run share its workdir and write no metrics). A killed
   run's lock goes with its process, so it never blocks the resume.
 
+  Process 0 tells the others whether it got the lock (the coordination service's key-value store), so that a refused
+  run stops in every process with the same line instead of leaving processes > 0 waiting in the first collective.
+
   Raises:
     WorkdirInUseError: naming the holder (pid, host, start time) when another run holds the lock.
   """
+  key = f'm3video_workdir_lock:{workdir}'
   if jax.process_index() > 0:
+    from jax._src import distributed  # The key-value store of the coordination service, as wait_for_process_0 uses.
+
+    verdict = distributed.global_state.client.blocking_key_value_get(key, 600_000)
+    if verdict != 'ok':
+      raise WorkdirInUseError(verdict)
     yield
     return
   busy = lambda holder: WorkdirInUseError(
       f'--workdir={workdir} is in use by another training run ({holder}); wait for it to finish (or stop it) and '
       're-run this command, which then resumes, or use another --workdir')
-  with cli.exclusive_lock(os.path.join(workdir, LOCK_FILE), busy):
+  with contextlib.ExitStack() as stack:
+    try:
+      stack.enter_context(cli.exclusive_lock(os.path.join(workdir, LOCK_FILE), busy))
+    except WorkdirInUseError as e:
+      _tell_other_processes(key, str(e))
+      raise
+    _tell_other_processes(key, 'ok')
     yield
+
+
+def _tell_other_processes(key: str, value: str) -> None:
+  if jax.process_count() > 1:
+    from jax._src import distributed
+
+    distributed.global_state.client.key_value_set(key, value)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

@@ -29,6 +29,20 @@ WAITER = textwrap.dedent('''
 ''')
 
 
+LOCKER = textwrap.dedent('''
+    import os, sys
+    import jax
+    jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+    from m3video_jax import train_lib
+    try:
+      with train_lib.workdir_lock(sys.argv[3]):
+        print('LOCKED', flush=True)
+    except train_lib.WorkdirInUseError as e:
+      print('REFUSED', e, flush=True)
+    os._exit(0)  # No shutdown barrier: the other process may already be gone.
+''')
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -141,3 +155,25 @@ def test_two_processes_train_like_one_and_their_checkpoints_resume_either_way(tm
   for step in (3, 4):
     np.testing.assert_allclose(got[step], reference[step], rtol=0, atol=1e-6,
                                err_msg=f'1 then 2 processes, step {step}')
+
+
+def test_a_refused_workdir_lock_stops_every_process_with_the_same_line(tmp_path):
+  """Process 0 takes the lock of a multi-process run and tells the others whether it got it: when another run holds
+  it, process 1 stops with the same line instead of going on to wait in the first collective."""
+  from m3video_jax import train_lib
+
+  address = f'127.0.0.1:{_free_port()}'
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+
+  def pair():
+    procs = [subprocess.Popen([sys.executable, '-c', LOCKER, address, str(i), str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for i in range(2)]
+    return [p.communicate(timeout=120)[0].strip() for p in procs]
+
+  with train_lib.workdir_lock(str(tmp_path)):  # Another run holds it.
+    outs = pair()
+  assert all(o.startswith(f'REFUSED --workdir={tmp_path} is in use by another training run (pid {os.getpid()}')
+             for o in outs), outs
+  assert outs[0] == outs[1]
+  address = f'127.0.0.1:{_free_port()}'
+  assert pair() == ['LOCKED', 'LOCKED']
