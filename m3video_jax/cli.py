@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Sequence
 from absl import flags
 
 
-
 class UserError(Exception):
   """Bad input a user can fix (a file, a line of it, a flag, a config field, a full disk): every tool, `m3video_jax.main`
   included, prints it as one `error:` line and exits non-zero. The message names what was wrong (file and line where
