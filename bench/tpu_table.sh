@@ -21,7 +21,7 @@ ROWS=(
   "b_pretrain_v5e8_remat|configs/pretrain_ssv2.py|v5e:2x4|--base_batch=32 --config.model.remat=True"
   "l_pretrain_v5p8_fsdp8|configs/pretrain_ssv2.py:variant=L|v5p:2x2x2|--base_batch=32 --config.mesh.fsdp=8"
   "b_pretrain_v5e256|configs/pretrain_ssv2.py|v5e:16x16|--per_chip_batch=2"
-  "l_pretrain_v6e8_fsdp8|configs/pretrain_ssv2.py:variant=L|v6e:2x4|--per_chip_batch=16 --config.mesh.fsdp=8"
+  "l_pretrain_v6e8_fsdp8|configs/pretrain_ssv2.py:variant=L|v6e:2x4|--base_batch=16 --config.mesh.fsdp=8"
   "l_pretrain_v5p128_fsdp4|configs/pretrain_ssv2.py:variant=L|v5p:4x4x8|--per_chip_batch=4 --config.mesh.fsdp=4"
 )
 for row in "${ROWS[@]}"; do
