@@ -35,9 +35,10 @@ EXTRAS = {
     'experiments': ['matplotlib>=3.8'],
     # bench/input_pipeline.py's reference-style loader decodes the source videos with decord, as the released code does.
     'bench': ['decord>=0.6'],
-    # libtpu (the TPU compiler) for bench/tpu_compile.py and its CI test: compiles for described TPU slices on a host
-    # without a TPU. Pinned to the JAX release it was built with (jax[tpu] pins the matching libtpu); ~700 MB.
-    'tpu_compile': ['jax[tpu]==0.10.2'],
+    # libtpu, the TPU runtime and compiler: runs on a TPU VM, and on any host compiles for described TPU slices
+    # (bench/tpu_compile.py and its CI test). Pinned to the JAX release (jax[tpu] pins the matching libtpu); ~700 MB.
+    # (No underscore in extra names: pip 23 does not match `a_b` to the normalised `a-b` that setuptools writes.)
+    'tpu': ['jax[tpu]==0.10.2'],
     'test': [
         'apache-beam[dask]==2.77.*',  # The Dask-cluster test of data_prep.
         'matplotlib>=3.8',  # The smoke run of experiments/motion_mini.py draws its plots.

@@ -5,7 +5,7 @@ r"""Compiles a config's real training step for a TPU slice on this host, without
   python bench/tpu_compile.py --config=configs/pretrain_ssv2.py:variant=L --topology=v5p:4x4x8 \
       --config.mesh.fsdp=4 --config.model.remat=True --json=vitl_v5p128.json
 
-libtpu's ahead-of-time compiler (`pip install -e '.[tpu_compile]'`) compiles for a described TPU topology
+libtpu's ahead-of-time compiler (`pip install -e '.[tpu]'`) compiles for a described TPU topology
 (`jax.experimental.topologies`) on a host that has none, as MaxText's `train_compile.py` does: the step is the one
 `m3video_jax.train_lib.make_trainer` jits for a run (pretraining, fine-tuning or linear probing, by `config.task`), on
 the config's ('data', 'fsdp') mesh over the slice's devices, lowered on abstract inputs, so nothing is allocated. The
@@ -119,7 +119,7 @@ def slice_devices(topology: str):
                                            chip_config_name='megacore' if megacore else 'default').devices
   except Exception as e:  # pylint: disable=broad-except
     raise app.UsageError(f'libtpu cannot describe --topology={topology!r} (expected e.g. v5e:2x4 or v5p:2x2x2; is '
-                         f"libtpu installed? pip install -e '.[tpu_compile]'): {type(e).__name__}: "
+                         f"libtpu installed? pip install -e '.[tpu]'): {type(e).__name__}: "
                          f'{str(e).splitlines()[0] if str(e) else ""}') from None
   kind = devices[0].device_kind
   if kind not in CHIPS:

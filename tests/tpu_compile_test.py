@@ -3,7 +3,7 @@
 with `mesh.fsdp` 1 and 2 fit in the chip's HBM, and XLA's FLOPs agree with the script's analytic count within 25 %.
 And with libtpu installed, the training CLI still runs on the CPU backend.
 
-Skipped when libtpu is not installed (`pip install -e '.[tpu_compile]'`; `.ci/run` installs it, so CI runs these).
+Skipped when libtpu is not installed (`pip install -e '.[tpu]'`; `.ci/run` installs it, so CI runs these).
 """
 import importlib
 import importlib.util
@@ -18,7 +18,7 @@ import motion_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
-                                reason="libtpu is not installed (pip install -e '.[tpu_compile]'; CI installs it)")
+                                reason="libtpu is not installed (pip install -e '.[tpu]'; CI installs it)")
 
 
 def _bench():
