@@ -39,7 +39,10 @@ LOCKER = textwrap.dedent('''
         print('LOCKED', flush=True)
     except train_lib.WorkdirInUseError as e:
       print('REFUSED', e, flush=True)
-    os._exit(0)  # No shutdown barrier: the other process may already be gone.
+    from jax._src import distributed
+    # Process 0 hosts the coordination service: it waits for process 1 to have read the verdict before it exits.
+    distributed.global_state.client.wait_at_barrier('locker_done', 60_000)
+    os._exit(0)
 ''')
 
 
