@@ -212,8 +212,8 @@ def test_package_and_core_modules_import_without_torch():
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_features_of_another_checkpoint_or_settings_are_refused_or_recomputed_with_overwrite(tmp_path, capsys):
-  """A re-run used to keep the .npy files of another checkpoint or --pool ("done 0, already present")."""
+def _two_checkpoints_and_videos(tmp_path, video_seeds: dict[str, int]) -> None:
+  """`tmp_path/ckpt0`, `ckpt1` (mu encoders of seeds 0 and 1, 2-frame 32² clips) and `tmp_path/videos/<name>.mp4`."""
   from data_prep import synthetic
 
   for seed in (0, 1):
@@ -221,7 +221,13 @@ def test_features_of_another_checkpoint_or_settings_are_refused_or_recomputed_wi
                                                                              'frame_stride': 1}},
                                     str(tmp_path / f'ckpt{seed}'))
   os.makedirs(tmp_path / 'videos')
-  synthetic.write_mp4(str(tmp_path / 'videos' / 'a.mp4'), clip((4, 32, 32, 3)))
+  for name, seed in video_seeds.items():
+    synthetic.write_mp4(str(tmp_path / 'videos' / f'{name}.mp4'), clip((4, 32, 32, 3), seed=seed))
+
+
+def test_features_of_another_checkpoint_or_settings_are_refused_or_recomputed_with_overwrite(tmp_path, capsys):
+  """A re-run used to keep the .npy files of another checkpoint or --pool ("done 0, already present")."""
+  _two_checkpoints_and_videos(tmp_path, {'a': 0})
   out = tmp_path / 'feats'
 
   def run(*args):
@@ -256,15 +262,7 @@ def test_a_list_with_labels_features_do_not_use_is_read(tmp_path):
 
 
 def test_a_killed_run_leaves_an_index_of_what_it_wrote_and_a_killed_overwrite_no_old_features(tmp_path, monkeypatch):
-  from data_prep import synthetic
-
-  for seed in (0, 1):
-    import_weights.write_checkpoint({'encoder': mu_encoder(seed)}, {'data': {'num_frames': 2, 'res': 32,
-                                                                             'frame_stride': 1}},
-                                    str(tmp_path / f'ckpt{seed}'))
-  os.makedirs(tmp_path / 'videos')
-  for name in ('a', 'b'):
-    synthetic.write_mp4(str(tmp_path / 'videos' / f'{name}.mp4'), clip((4, 32, 32, 3), seed=ord(name)))
+  _two_checkpoints_and_videos(tmp_path, {'a': ord('a'), 'b': ord('b')})
   out = tmp_path / 'feats'
   inputs = sorted(str(p) for p in (tmp_path / 'videos').iterdir())
   real = features.video_features
