@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import json
 import os
 import re
@@ -57,17 +56,6 @@ class RunnerStartError(ValueError):
 
 class DiskFullError(cli.UserError):
   """The device of the output directory is full (or the quota used up); the shards completed so far are kept."""
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _is_disk_full(error: BaseException) -> bool:
-  """Whether `error` is a full device: an `OSError`, TensorFlow's `ResourceExhaustedError` or a Beam worker's error
-  re-raised by the runner, whose text is all that is left of it."""
-  if isinstance(error, OSError) and error.errno in _DISK_FULL:
-    return True
-  return any(os.strerror(code) in str(error) for code in _DISK_FULL)
 
 
 class _DropWriteErrors:
@@ -458,7 +446,7 @@ def _library_output_to_log(output_dir: str, log, enabled: bool):
   except (TooManyFailuresError, RunnerStartError):  # Their messages say all there is.
     raise
   except BaseException as e:
-    failed = not _is_disk_full(e)  # So does `_run_locked`'s line for a full disk (which holds this log too).
+    failed = not cli.is_disk_full(e)  # So does `_run_locked`'s line for a full disk (which holds this log too).
     raise
   finally:
     sys.stderr.flush()
@@ -497,7 +485,7 @@ def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, l
     with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
       return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start, dataset_dir)
   except Exception as e:
-    if isinstance(e, cli.UserError) or not _is_disk_full(e):
+    if isinstance(e, cli.UserError) or not cli.is_disk_full(e):
       raise
     done = sum(shards.completed_result(output_dir, t) is not None for t in tasks)
     raise DiskFullError(f'--output_dir={output_dir}: no space left on its device; {done} of {len(tasks)} shards are '

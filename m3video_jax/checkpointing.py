@@ -1,7 +1,6 @@
 """Orbax checkpoints of the TrainState: async saves every `checkpoint_every_steps`, keep-N, resume onto any mesh."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -144,26 +143,12 @@ def finish(manager: ocp.CheckpointManager) -> None:
   manager.close()
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _is_disk_full(e: BaseException | None) -> bool:
-  """Whether `e` (or an exception it was raised from) says the disk or the quota is full."""
-  while e is not None:
-    if isinstance(e, OSError) and e.errno in _DISK_FULL:
-      return True
-    if any(os.strerror(code) in str(e) for code in _DISK_FULL):  # Tensorstore's text: 'No space left on device'.
-      return True
-    e = e.__cause__ or e.__context__
-  return False
-
-
 class _DiskFullNoise(logging.Filter):
   """Drops the reports, each with its traceback, that Orbax's writer threads (absl) and asyncio log of a save that
   found no space: the run reports that failure in one line (`DiskFullError`); `--verbose` shows them."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.exc_info and _is_disk_full(record.exc_info[1]))
+    return not (record.exc_info and cli.is_disk_full(record.exc_info[1]))
 
 
 _DISK_FULL_NOISE = _DiskFullNoise()
@@ -171,7 +156,7 @@ _DISK_FULL_NOISE = _DiskFullNoise()
 
 def _raise_if_disk_full(e: Exception, manager: ocp.CheckpointManager) -> None:
   """Raises `DiskFullError` from `e` when `e` says no space is left, naming the checkpoints still intact."""
-  if not _is_disk_full(e):
+  if not cli.is_disk_full(e):
     return
   try:
     manager.wait_until_finished()  # An earlier save still in flight may complete.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging
 import os
 import socket
@@ -42,6 +43,22 @@ def check_config(ok: bool, field: str, value, expected: str) -> None:
   """Raises `ConfigError` `config.<field>=<value> is invalid: expected <expected>` unless `ok` (`config_lib.check`)."""
   if not ok:
     raise ConfigError(f'config.{field}={value!r} is invalid: expected {expected}')
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an exception it was raised from, says the device or the quota is full: an `OSError` with that
+  errno, or only its text (TensorFlow's `ResourceExhaustedError`, Tensorstore's errors, a Beam worker's error re-raised
+  by the runner: 'No space left on device')."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+      return True
+    if any(os.strerror(code) in str(error) for code in _DISK_FULL):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 # Bad input as reported by the tools: one line, no traceback.
