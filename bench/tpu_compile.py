@@ -124,13 +124,9 @@ def slice_devices(topology: str):
   kind = devices[0].device_kind
   if kind not in CHIPS:
     raise app.UsageError(f'--topology={topology!r} gives {kind!r} devices; known chips: {sorted(CHIPS)}')
+  if len({tuple(d.coords) for d in devices}) != len(devices):  # Every figure below is per device = per chip.
+    raise app.UsageError(f'--topology={topology!r} gives several devices per chip; expected one (megacore)')
   return list(devices), CHIPS[kind]
-
-
-def chips_of(devices) -> int:
-  """Chips of a slice: devices with distinct coordinates (v4's topology has one device per TensorCore)."""
-  coords = {tuple(getattr(d, 'coords', (d.id,))) for d in devices}
-  return len(coords)
 
 
 def step_config(base, batch: int, accum: int = 1):
@@ -167,11 +163,12 @@ def is_out_of_memory(error: Exception) -> bool:
   return 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()
 
 
-def compile_step(config, devices, per_device: int, accum: int = 1) -> dict:
+def compile_step(config, devices, per_device: int, hbm_bytes: float, accum: int = 1) -> dict:
   """Compiles `config`'s train step on `devices` at `per_device` clips per device (per micro-batch with `accum`).
 
-  Returns a record: per_device, fits, compile_s, program_bytes, flops (XLA, per device per step), and the compiler's
-  out-of-memory line when it refused the program."""
+  Returns a record: per_device, fits (compiled, and within `hbm_bytes` by XLA's memory analysis), compile_s,
+  program_bytes, flops (XLA, per device per step), and the compiler's out-of-memory line when it refused the
+  program."""
   import jax
 
   from m3video_jax import sharding, tasks, train_lib
@@ -195,9 +192,10 @@ def compile_step(config, devices, per_device: int, accum: int = 1) -> dict:
     record.update(fits=False, compile_s=round(time.perf_counter() - start, 1),
                   compiler=used.group(0) if used else str(e).splitlines()[0][:200])
     return record
-  record.update(fits=True, compile_s=round(time.perf_counter() - start, 1),
-                program_bytes=bench_step.program_bytes(compiled),
-                flops=bench_step.cost_flops(compiled.cost_analysis()))
+  size = bench_step.program_bytes(compiled)
+  # Over the data sheet's HBM: the compiler's own limit is what refuses it on a real chip.
+  record.update(fits=size is None or size <= hbm_bytes, compile_s=round(time.perf_counter() - start, 1),
+                program_bytes=size, flops=bench_step.cost_flops(compiled.cost_analysis()))
   return record
 
 
@@ -208,9 +206,7 @@ def find_batch(config, devices, hbm_bytes: float, opts: Options, log) -> tuple[d
 
   def attempt(b: int) -> bool:
     if b not in tried:
-      r = compile_step(config, devices, b)
-      if r['fits'] and r['program_bytes'] is not None and r['program_bytes'] > hbm_bytes:
-        r['fits'] = False  # Over the data sheet's HBM (the compiler's own limit is what refuses it on a real chip).
+      r = compile_step(config, devices, b, hbm_bytes)
       tried[b] = r
       size = f'{r["program_bytes"] / GIB:.2f} GiB' if r.get('program_bytes') else r.get('compiler', '')
       log(f'  per-device batch {b}: {"fits" if r["fits"] else "does not fit"} ({size}), compiled in '
@@ -257,10 +253,8 @@ def global_batch_plan(global_batch: int, per_device_max: int, devices: int) -> t
 def figures(config, topology: str, devices, chip: dict, best: dict, tried: list[dict], opts: Options) -> dict:
   import jax
 
-  chips = chips_of(devices)
-  per_chip_devices = len(devices) // chips
+  chips = len(devices)  # One device per chip (`slice_devices`).
   hbm_chip = chip['hbm_gib'] * GIB
-  per_chip_batch = best['per_device_batch'] * per_chip_devices
   model_flops = model_flops_per_clip(config)
   xla_per_clip = best['flops'] / best['per_device_batch'] if best.get('flops') else None
   consumed = opts.mfu * chip['peak_tflops'] * 1e12 / model_flops
@@ -274,21 +268,20 @@ def figures(config, topology: str, devices, chip: dict, best: dict, tried: list[
     overrides.append(f'--config.optim.grad_accum_steps={plan[1]}')
   mesh_data = len(devices) // config.mesh.fsdp if config.mesh.data == -1 else config.mesh.data
   return {
-      'topology': topology, 'chips': chips, 'devices': len(devices), 'devices_per_chip': per_chip_devices,
+      'topology': topology, 'chips': chips, 'devices': len(devices),
       'hosts': len({d.process_index for d in devices}), 'device_kind': devices[0].device_kind,
       'generation': chip['generation'], 'jax_version': jax.__version__, 'libtpu_version': _libtpu_version(),
       'task': config.task, 'encoder': config.model.encoder, 'frames': config.data.num_frames, 'res': config.data.res,
       'dtype': config.model.dtype, 'remat': bool(config.model.get('remat')),
       'mesh': {'data': mesh_data, 'fsdp': config.mesh.fsdp},
-      'per_chip_batch': per_chip_batch, 'per_device_batch': best['per_device_batch'],
-      'hbm_bytes_per_chip': best.get('program_bytes', 0) * per_chip_devices if best.get('program_bytes') else None,
-      'hbm_capacity_bytes': hbm_chip, 'fits': best['fits'],
-      'xla_flops_per_step_per_chip': best['flops'] * per_chip_devices if best.get('flops') else None,
+      'per_chip_batch': best['per_device_batch'], 'per_device_batch': best['per_device_batch'],
+      'hbm_bytes_per_chip': best.get('program_bytes'), 'hbm_capacity_bytes': hbm_chip, 'fits': best['fits'],
+      'xla_flops_per_step_per_chip': best.get('flops'),
       'xla_flops_per_clip': xla_per_clip, 'model_flops_per_clip': model_flops,
       'xla_over_model_flops': xla_per_clip / model_flops if xla_per_clip else None,
       'compile_s': best['compile_s'], 'compiles': tried,
       'global_batch': config.data.batch_size,
-      'global_batch_plan': ({'per_chip_batch': plan[0] * per_chip_devices, 'chips': chips, 'grad_accum_steps': plan[1]}
+      'global_batch_plan': ({'per_chip_batch': plan[0], 'chips': chips, 'grad_accum_steps': plan[1]}
                             if plan else None),
       'launch_overrides': overrides,
       'peak_tflops_per_chip': chip['peak_tflops'], 'assumed_mfu': opts.mfu,
@@ -344,19 +337,13 @@ def run(config, topology: str, opts: Options = Options(), log=print, *, bfloat16
   config = ml_collections.ConfigDict(config.to_dict())
   if bfloat16:
     config.model.dtype = 'bfloat16'
-  per_chip_devices = len(devices) // chips_of(devices)
-  hbm_device = chip['hbm_gib'] * GIB / per_chip_devices
+  hbm = chip['hbm_gib'] * GIB
   log(f'compiling {config.task} for {topology} ({len(devices)} {devices[0].device_kind} devices)')
   if opts.per_chip_batch:
-    if opts.per_chip_batch % per_chip_devices:
-      raise app.UsageError(f'--per_chip_batch={opts.per_chip_batch} must be a multiple of the {per_chip_devices} '
-                           f'devices per chip')
-    best = compile_step(config, devices, opts.per_chip_batch // per_chip_devices)
-    if best['fits'] and best['program_bytes'] and best['program_bytes'] > hbm_device:
-      best['fits'] = False
+    best = compile_step(config, devices, opts.per_chip_batch, hbm)
     tried = [best]
   else:
-    best, tried = find_batch(config, devices, hbm_device, opts, log)
+    best, tried = find_batch(config, devices, hbm, opts, log)
   return figures(config, topology, devices, chip, best, tried, opts)
 
 
