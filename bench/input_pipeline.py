@@ -80,26 +80,88 @@ def load_config(path: str, **data):
   return config
 
 
-def measure(config, shards: list[str], clips: int, per_core: bool) -> float:
-  """Clips per second of the pretraining input (`pretraining.make_train_dataset`) after one warm-up batch."""
+def _one_core(ds, per_core: bool):
   import tensorflow as tf
+
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1 if per_core else 0
+  options.autotune.enabled = not per_core
+  return ds.with_options(options)
+
+
+def measure(config, shards: list[str], clips: int, per_core: bool) -> tuple[float, float]:
+  """(clips per second, host-to-device bytes per clip) of the pretraining input (`pretraining.make_train_dataset`)
+  after one warm-up batch. The bytes are those of the arrays a batch hands to the device, per clip."""
   from m3video_jax.data import pretraining
 
   with config.unlocked():
     config.data.num_parallel_calls = 1 if per_core else -1
   ds, _ = pretraining.make_train_dataset(config, shards=shards)
-  options = tf.data.Options()
-  options.threading.private_threadpool_size = 1 if per_core else 0
-  options.autotune.enabled = not per_core
-  ds = ds.with_options(options)
-  it = iter(ds)
-  next(it)  # Warm-up: graph tracing, file opening.
+  it = iter(_one_core(ds, per_core))
+  first = next(it)  # Warm-up: graph tracing, file opening.
   batch = config.data.batch_size
+  h2d = sum(v.numpy().nbytes for k, v in first.items() if not k.startswith('_')) / batch
   n = max(1, clips // batch)
   start = time.perf_counter()
   for _ in range(n):
     next(it)
-  return n * batch / (time.perf_counter() - start)
+  return n * batch / (time.perf_counter() - start), h2d
+
+
+def measure_decode_floor(config, shards: list[str], clips: int) -> float:
+  """Clips per second of the JPEG decode alone, one core: exactly the crops of the frames that the measured stream's
+  clips need (same records, seeds, clip starts and crop windows: `clip_ops.sample_clip` and
+  `clip_ops.multiscale_crop_params` drawn as `pretraining.make_clip_fn` draws them), collected first, then decoded in
+  a tf.data map as the pipeline decodes them (`decode_and_crop_jpeg`, integer IDCT), nothing else."""
+  import tensorflow as tf
+  from m3video_jax.data import clip_ops
+  from m3video_jax.data import pretraining
+  from m3video_jax.data import schema
+  from m3video_jax.data import stream
+
+  d = config.data
+  spec = pretraining.ClipSpec.from_config(config)
+  feature_spec = schema.tf_feature_spec()
+  r = d.get('clips_per_record', 1)
+  base_seed = stream.process_seed(config.seed, 0)
+
+  def windows(epoch, index, serialized):
+    rec = tf.io.parse_single_example(serialized, feature_spec)
+    seeds = [stream.element_seed(base_seed, epoch, index)]
+    if r > 1:
+      seeds = tf.unstack(tf.random.experimental.stateless_split(seeds[0], r))
+    out = []
+    for seed in seeds:
+      seed_clip, seed_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+      frame_idx = clip_ops.sample_clip(rec[schema.NUM_FRAMES], rec[schema.NUM_STARTS], seed_clip,
+                                       clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
+                                       tubelet=spec.tubelet, traj_len=spec.traj_len,
+                                       start_stride=rec[schema.TRAJ_START_STRIDE])[0]
+      crop = clip_ops.multiscale_crop_params(rec[schema.HEIGHT], rec[schema.WIDTH], seed_crop,
+                                             scales=tuple(d.crop_scales), max_distort=d.crop_max_distort,
+                                             res=spec.res)
+      out.append((tf.gather(rec[schema.FRAMES].values, frame_idx), tf.stack(crop)))
+    return tf.stack([o[0] for o in out]), tf.stack([o[1] for o in out])
+
+  with config.unlocked():
+    config.data.num_parallel_calls = 1
+  ds, _ = stream.train_stream(config, windows, clips_per_record=r, stacked=True, shards=shards)
+  jpegs, crops = [], []
+  for j, c in _one_core(ds.unbatch().take(clips + 1), True):
+    jpegs.append(j.numpy())
+    crops.append(c.numpy())
+
+  def decode(j, c):
+    return tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, c, channels=3, dct_method='INTEGER_FAST'), j,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+  ds = _one_core(tf.data.Dataset.from_tensor_slices((np.stack(jpegs), np.stack(crops))).map(decode), True)
+  it = iter(ds)
+  next(it)  # Warm-up.
+  start = time.perf_counter()
+  for _ in range(clips):
+    next(it)
+  return clips / (time.perf_counter() - start)
 
 
 def write_reference_trajectories(shard_pattern: str, videos: list[str], out_dir: str, traj_len: int) -> dict[str, str]:
@@ -235,6 +297,10 @@ def main(argv=None) -> dict:
   parser.add_argument('--clips_per_record', type=int, default=2)
   parser.add_argument('--all_cores', action='store_true', help='Also measure with AUTOTUNE on all cores.')
   parser.add_argument('--skip_reference', action='store_true', help='Do not run the reference-style loader.')
+  parser.add_argument('--clip_ops', default='', choices=['', 'device', 'host'],
+                      help="config.data.clip_ops for the measured settings (default: the config's)")
+  parser.add_argument('--compare_host', action=argparse.BooleanOptionalAction, default=True,
+                      help="Also measure the recommended setting with data.clip_ops='host' in the same run.")
   parser.add_argument('--resume_records', type=int, default=10_000,
                       help='Epoch size of the resume measurement (0 = skip it).')
   parser.add_argument('--resume_record_kib', type=int, default=256, help='Record size of the resume measurement.')
@@ -255,6 +321,9 @@ def main(argv=None) -> dict:
   from m3video_jax.data import stream
 
   config = load_config(args.config, batch_size=args.batch_size, shuffle_buffer=16)
+  if args.clip_ops:
+    with config.unlocked():
+      config.data.clip_ops = args.clip_ops
   traj_len = config.target.traj_len
   d = config.data
   print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; clip: {d.num_frames} frames '
@@ -273,25 +342,44 @@ def main(argv=None) -> dict:
                  (f'{args.segment_frames}-frame segments, {args.clips_per_record} clips/record', seg,
                   args.clips_per_record)]
   results = {}
+  clip_ops = config.data.clip_ops
   for name, pattern, r in settings:
     shards = stream.list_shards(pattern)
     mean_bytes, non_jpeg, n = record_bytes(shards)
     with config.unlocked():
       config.data.train_files = pattern
       config.data.clips_per_record = r
-    rate = measure(config, shards, args.clips, per_core=True)
-    results[name] = {'clips_per_s': rate, 'bytes_per_clip': mean_bytes / r}
+    rate, h2d = measure(config, shards, args.clips, per_core=True)
+    results[name] = {'clips_per_s': rate, 'bytes_per_clip': mean_bytes / r, 'h2d_bytes_per_clip': h2d}
     print(f'ours, {name:40s}: {rate:6.1f} clips/s per core | {mean_bytes / r / 2**20:5.2f} MiB read per clip '
-          f'({n} records of {mean_bytes / 2**20:.2f} MiB, {non_jpeg / 2**20:.2f} MiB of it trajectories/HOG)',
-          flush=True)
+          f'({n} records of {mean_bytes / 2**20:.2f} MiB, {non_jpeg / 2**20:.2f} MiB of it trajectories/HOG) | '
+          f'{h2d / 2**20:.2f} MiB to the device per clip', flush=True)
     if args.all_cores:
-      print(f'      all cores (AUTOTUNE): {measure(config, shards, args.clips, per_core=False):.1f} clips/s', flush=True)
+      print(f'      all cores (AUTOTUNE): {measure(config, shards, args.clips, per_core=False)[0]:.1f} clips/s',
+            flush=True)
   # The last setting is the one the README recommends for accelerators (segments, several clips per record).
   best_name = list(results)[-1]
   best = results[best_name]
-  print(f'recommended setting ({best_name}): {best["clips_per_s"]:.1f} clips/s per core (target >= 60, '
-        f'{best["clips_per_s"] / 60:.2f}x), {best["bytes_per_clip"] / 2**20:.2f} MiB per clip (target <= 1.5)')
-  summary = {'ours': results}
+  summary = {'ours': results, 'clip_ops': clip_ops}
+  floor = measure_decode_floor(config, stream.list_shards(config.data.train_files), args.clips)
+  summary['decode_floor_clips_per_s'] = floor
+  print(f'JPEG-decode floor (the same clips\' 16 crops decoded, nothing else): {floor:.1f} clips/s per core '
+        f'({1e3 / floor:.2f} ms per clip)', flush=True)
+  if args.compare_host and clip_ops == 'device':
+    with config.unlocked():
+      config.data.clip_ops = 'host'
+    host_rate, host_h2d = measure(config, stream.list_shards(config.data.train_files), args.clips, per_core=True)
+    with config.unlocked():
+      config.data.clip_ops = clip_ops
+    summary['host_path'] = {'clips_per_s': host_rate, 'h2d_bytes_per_clip': host_h2d}
+    print(f'same setting, data.clip_ops=host (all clip arithmetic in tf.data): {host_rate:.1f} clips/s per core | '
+          f'{host_h2d / 2**20:.2f} MiB to the device per clip', flush=True)
+  print(f'recommended setting ({best_name}, data.clip_ops={clip_ops}): {best["clips_per_s"]:.1f} clips/s per core '
+        f'(target >= 60, {best["clips_per_s"] / 60:.2f}x); {floor / best["clips_per_s"]:.2f}x the JPEG-decode floor '
+        f'(target <= 1.3); {best["bytes_per_clip"] / 2**20:.2f} MiB read per clip (target <= 1.5); '
+        f'{best["h2d_bytes_per_clip"] / 2**20:.2f} MiB to the device per clip (target <= 3)'
+        + (f'; {best["clips_per_s"] / summary["host_path"]["clips_per_s"]:.2f}x data.clip_ops=host'
+           if 'host_path' in summary else ''))
   if not args.shards and not args.skip_reference:
     if importlib.util.find_spec('decord') is None:
       print('reference-style loader: skipped (pip install decord)')

@@ -26,6 +26,8 @@ Printed (and written to `--json`), per chip unless said otherwise:
   largest batch that fits   per chip, and each batch compiled on the way (bytes, compile seconds)
   xla flops                 `Compiled.cost_analysis()['flops']` per step and per clip (remat recomputation included)
   model flops               the analytic count per clip (the task's `model_flops_per_clip`): what MFU counts
+  clip assembly flops       pretraining with `data.clip_ops='device'`: the analytic FLOPs of finishing the clips in the
+                            step (`clip_device.ClipLayout.assembly_flops`), and their share of XLA's count
   global batch              how the config's `data.batch_size` is reached: per-chip batch x chips x grad_accum_steps,
                             and the `--config` overrides that launch it
   host feed                 clips/s one chip would consume at `--mfu` of its bf16 peak, and the host cores that needs at
@@ -103,6 +105,17 @@ def model_flops_per_clip(config) -> float:
   from m3video_jax import tasks
 
   return tasks.get_task(config).model_flops_per_clip()
+
+
+def assembly_flops_per_clip(config) -> float:
+  """The analytic FLOPs of finishing one pretraining clip inside the step (`data.clip_ops='device'`:
+  `clip_device.ClipLayout.assembly_flops`); 0 for other tasks or host-finished clips."""
+  from m3video_jax import tasks
+  from m3video_jax.data import clip_device
+
+  if not isinstance(tasks.get_task(config), tasks.PretrainTask):
+    return 0.0
+  return clip_device.ClipLayout.from_config(config).assembly_flops()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,6 +269,7 @@ def figures(config, topology: str, devices, chip: dict, best: dict, tried: list[
   chips = len(devices)  # One device per chip (`slice_devices`).
   hbm_chip = chip['hbm_gib'] * GIB
   model_flops = model_flops_per_clip(config)
+  assembly = assembly_flops_per_clip(config)
   xla_per_clip = best['flops'] / best['per_device_batch'] if best.get('flops') else None
   consumed = opts.mfu * chip['peak_tflops'] * 1e12 / model_flops
   cores = consumed / opts.host_clips_per_core
@@ -278,7 +292,10 @@ def figures(config, topology: str, devices, chip: dict, best: dict, tried: list[
       'hbm_bytes_per_chip': best.get('program_bytes'), 'hbm_capacity_bytes': hbm_chip, 'fits': best['fits'],
       'xla_flops_per_step_per_chip': best.get('flops'),
       'xla_flops_per_clip': xla_per_clip, 'model_flops_per_clip': model_flops,
-      'xla_over_model_flops': xla_per_clip / model_flops if xla_per_clip else None,
+      'clip_assembly_flops_per_clip': assembly,
+      'clip_assembly_share_of_xla_flops': assembly / xla_per_clip if xla_per_clip else None,
+      # XLA's count against the analytic one of everything the step multiplies: the model and the clip assembly.
+      'xla_over_model_flops': xla_per_clip / (model_flops + assembly) if xla_per_clip else None,
       'compile_s': best['compile_s'], 'compiles': tried,
       'global_batch': config.data.batch_size,
       'global_batch_plan': ({'per_chip_batch': plan[0], 'chips': chips, 'grad_accum_steps': plan[1]}
@@ -315,8 +332,12 @@ def print_figures(f: dict) -> None:
   print(f'hbm per chip: {gib(f["hbm_bytes_per_chip"])} needed of {gib(f["hbm_capacity_bytes"])} (data sheet)')
   if f['xla_flops_per_clip']:
     print(f'xla flops: {f["xla_flops_per_step_per_chip"]:.3e} per chip per step, {f["xla_flops_per_clip"]:.3e} per clip'
-          f' ({f["xla_over_model_flops"]:.2f} x the model count)')
+          f' ({f["xla_over_model_flops"]:.2f} x the analytic count of model + clip assembly)')
   print(f'model flops per clip (analytic): {f["model_flops_per_clip"]:.3e}')
+  if f['clip_assembly_flops_per_clip']:
+    print(f'clip assembly on the device (data.clip_ops=device, analytic): {f["clip_assembly_flops_per_clip"]:.3e} '
+          f'flops per clip' + (f' = {100 * f["clip_assembly_share_of_xla_flops"]:.2f} % of the step\'s XLA flops'
+                               if f['clip_assembly_share_of_xla_flops'] else ''))
   plan = f['global_batch_plan']
   print(f'global batch {f["global_batch"]}: ' + (
       f'{plan["per_chip_batch"]} per chip x {plan["chips"]} chips x {plan["grad_accum_steps"]} grad_accum_steps'

@@ -68,6 +68,7 @@ def make_config(args, batch: int, *, attention: str | None = None, remat: bool |
     config.model.attention = args.attention if attention is None else attention
     config.model.remat = args.remat if remat is None else remat
     config.mesh.data = 1
+    config.data.clip_ops = args.clip_ops
   return config
 
 
@@ -75,7 +76,12 @@ def random_batch(config, batch: int) -> dict[str, np.ndarray]:
   """A host batch with the input pipeline's keys, shapes and value ranges."""
   from m3video_jax import tasks
 
+  from m3video_jax.data import clip_device
+
   rng = np.random.default_rng(0)
+  layout = clip_device.ClipLayout.from_config(config)
+  if layout.on_device:  # The host's raw clip parts; the step assembles them (data/clip_device.py).
+    return {**clip_device.example_raw(layout, batch, rng), 'label': np.zeros((batch,), np.int32)}
   out = tasks.example_batch(config, batch)
   out['video'] = rng.integers(0, 256, size=out['video'].shape, dtype=np.uint8)
   out['traj_disp'] = rng.normal(size=out['traj_disp'].shape).astype(np.float32)
@@ -449,6 +455,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--attention', default='auto', choices=['auto', 'explicit', 'xla', 'cudnn'],
                       help='config.model.attention')
   parser.add_argument('--remat', action='store_true', help='config.model.remat')
+  parser.add_argument('--clip_ops', default='device', choices=['device', 'host'],
+                      help="config.data.clip_ops: 'device' = the step also resizes the frames and resamples the "
+                           "trajectories and HOG from the host's raw clip parts; 'host' = the step gets finished clips")
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='peak TFLOP/s of the device for MFU (dense bf16: H100 SXM 989, H200 989)')
   parser.add_argument('--json', default='', help='write the JAX figures to this file')

@@ -174,6 +174,13 @@ def pretrain_base() -> ml_collections.ConfigDict:
   # Clips drawn from each record read (the repeated sampling of MAE-style video pretraining): R clips with their own
   # start, crop, flip and mask share one record's read and parse, and go into the same batch. 1 = one clip per record.
   c.data.clips_per_record = 1
+  # Where a clip's arithmetic runs (data/clip_device.py): 'device' = the host decodes the crop and sends windows of
+  # the stored trajectories and HOG maps, the jitted step resizes, flips, resamples and looks up; 'host' = all of it
+  # in tf.data (the earlier path; same clips up to float rounding).
+  c.data.clip_ops = 'device'
+  # Data prep's --short_side (0 = native size): the longest crop side, which sizes the windows the host sends.
+  c.data.prep_short_side = 256
+  c.data.hog_margin_cells = 4  # HOG map cells sent beyond the crop on each side (trajectories leaving the crop).
 
   c.model.decoder_width = 192
   c.model.decoder_depth = 1

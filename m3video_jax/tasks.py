@@ -35,6 +35,7 @@ from m3video_jax import masking
 from m3video_jax import metrics as metrics_lib
 from m3video_jax import optim
 from m3video_jax import targets
+from m3video_jax.data import clip_device
 from m3video_jax.data import schema
 from m3video_jax.models import classifier
 from m3video_jax.models import m3video
@@ -71,6 +72,9 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   d = config.data
   if config.task != 'pretrain':
     return {'video': np.zeros(clip_shape(config, batch_size), np.uint8), 'label': np.zeros((batch_size,), np.int32)}
+  layout = clip_device.ClipLayout.from_config(config)
+  if layout.on_device:
+    return {**clip_device.example_raw(layout, batch_size), 'label': np.zeros((batch_size,), np.int32)}
   pt = config.model.patch_size[0]
   tt, g, steps = d.num_frames // pt, d.res // schema.GRID_STEP, config.target.traj_len
   return {
@@ -107,6 +111,13 @@ class PretrainTask:
           d.clips_per_record, 'an integer >= 1 (1 = one clip per record)')
     check(d.batch_size % d.clips_per_record == 0, 'data.batch_size', d.batch_size,
           f'a multiple of data.clips_per_record={d.clips_per_record}')
+    check(d.clip_ops in ('device', 'host'), 'data.clip_ops', d.clip_ops,
+          "'device' (the jitted step finishes the clips) or 'host' (tf.data does)")
+    check(d.clip_ops == 'host' or clip_device.ClipLayout.from_config(c).prep_short_side > 0, 'data.prep_short_side',
+          d.prep_short_side, "data prep's --short_side in px (it sizes the windows data.clip_ops='device' sends; for "
+          "records prepared at native size give the largest short side, or use data.clip_ops='host')")
+    check(isinstance(d.hog_margin_cells, int) and d.hog_margin_cells >= 0, 'data.hog_margin_cells',
+          d.hog_margin_cells, 'an integer >= 0')
     check(m.decoder_mode in config_lib.DECODER_MODES, 'model.decoder_mode', m.decoder_mode,
           f'one of {config_lib.DECODER_MODES}')
     check(m.decoder_depth >= 1, 'model.decoder_depth', m.decoder_depth, 'an integer >= 1')
@@ -185,6 +196,7 @@ class PretrainTask:
     """
     c = self.config
     rng_mask, rng_drop, rng_static = jax.random.split(rng, 3)
+    batch = clip_device.assemble(batch, clip_device.ClipLayout.from_config(c))  # Raw clip parts from the host.
     batch = dict(batch, video=schema.normalize_video(batch['video'], c.data.mean, c.data.std))
     batch_size = batch['video'].shape[0]
     hidden = masking.sample(rng_mask, batch_size, self.grid, c.mask)
@@ -205,6 +217,7 @@ class PretrainTask:
     has_prediction = c.target.kind == 'trajectory' and c.target.position
 
     def fn(params, batch, rng):
+      batch = clip_device.assemble(batch, clip_device.ClipLayout.from_config(c))
       out = self.forward(params, batch, rng, train=False)
       raw, valid = targets.trajectories_by_token(batch, c.target, patch_size)
       pred_disp = None

@@ -38,6 +38,7 @@ def _demo_losses(dtype: str, steps: int = 20) -> np.ndarray:
   with config.unlocked():
     config.model.dtype = dtype
     config.mesh.data = 1
+    config.data.clip_ops = 'host'  # Finished synthetic clips of the demo's scale (below).
   trainer = train_lib.make_trainer(config, sharding.make_mesh(config.mesh, devices=jax.devices()[:1]))
   batches = []
   for seed in range(2):
@@ -91,8 +92,9 @@ NO_TF_SCRIPT = textwrap.dedent('''\
       config.mesh.data = 1
     trainer = train_lib.make_trainer(config, sharding.make_mesh(config.mesh, devices=jax.devices()[:1]))
     batch = tasks.example_batch(config, config.data.batch_size)
-    batch['video'] = np.random.default_rng(0).integers(0, 256, batch['video'].shape, dtype=np.uint8)
-    batch['traj_valid'][:] = True
+    # The host's raw clip parts (data.clip_ops='device'): the step finishes them without TensorFlow.
+    batch['frames'] = np.random.default_rng(0).integers(0, 256, batch['frames'].shape, dtype=np.uint8)
+    batch['traj_ok'][:] = True
     state, metrics = trainer.step_fn(trainer.init(jax.random.PRNGKey(0)),
                                      sharding.to_global(batch, trainer.batch_sharding))
     loss = float(metrics['train/loss'])

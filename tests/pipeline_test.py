@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from m3video_jax.data import clip_device
 from m3video_jax.data import clip_ops
 from m3video_jax.data import pretraining
 from m3video_jax.data import stream
@@ -57,9 +58,15 @@ def clip_config(**data):
 
 
 def run_clip(config, record, index, train=True):
-  fn = pretraining.make_clip_fn(config, pretraining.ClipSpec.from_config(config), train=train)
-  out = fn(tf.constant(0, tf.int64), tf.constant(index, tf.int64), tf.constant(record))
-  return {k: v.numpy() for k, v in out.items()}
+  """One clip of `record` as the model sees it: with `data.clip_ops='device'` (the default) the host's raw parts
+  assembled by `clip_device.assemble`, as the jitted step does."""
+  spec = pretraining.ClipSpec.from_config(config)
+  fn = pretraining.make_clip_fn(config, spec, train=train)
+  out = {k: v.numpy() for k, v in fn(tf.constant(0, tf.int64), tf.constant(index, tf.int64),
+                                     tf.constant(record)).items()}
+  if spec.on_device:
+    out = {k: np.asarray(v)[0] for k, v in clip_device.assemble({k: v[None] for k, v in out.items()}, spec).items()}
+  return out
 
 
 def centroid(frame):
@@ -207,12 +214,12 @@ def test_stream_is_deterministic_and_resumes_exactly(tmp_path):
   for x, y in zip(a[2:], resumed):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
-  assert a[0]['video'].shape == (2, 4, 32, 32, 3)
+  assert a[0]['frames'].shape == (2, 4, 32, 32, 3)  # The decoded crops (data.clip_ops='device').
   assert sorted(np.concatenate([x['label'] for x in a[:3]]).tolist()) == list(range(6))
   with config.unlocked():
     config.seed = 1
   c = take(pretraining.train_iterator(config), 3)
-  assert any(not np.array_equal(x['video'], y['video']) for x, y in zip(a, c))
+  assert any(not np.array_equal(x['frames'], y['frames']) for x, y in zip(a, c))
 
 
 def test_clips_per_record_draws_several_clips_of_each_record_and_resumes_exactly(tmp_path):
@@ -226,7 +233,7 @@ def test_clips_per_record_draws_several_clips_of_each_record_and_resumes_exactly
   assert sorted(labels[:3, 0::2].ravel().tolist()) == list(range(6))
   # The two clips of a record are drawn independently (start and crop): with the dot moving 4 px per frame, their
   # frames differ for most records.
-  assert sum(not np.array_equal(x['video'][i], x['video'][i + 1]) for x in a for i in (0, 2)) >= 4
+  assert sum(not np.array_equal(x['frames'][i], x['frames'][i + 1]) for x in a for i in (0, 2)) >= 4
   resumed = take(pretraining.train_iterator(config, start_step=2), 2)
   for x, y in zip(a[2:], resumed):
     for k in x:
@@ -235,7 +242,7 @@ def test_clips_per_record_draws_several_clips_of_each_record_and_resumes_exactly
     config.data.clips_per_record = 1
     config.data.batch_size = 2
   single = take(pretraining.train_iterator(config), 1)[0]
-  assert single['video'].shape == (2, 4, 32, 32, 3)
+  assert single['frames'].shape == (2, 4, 32, 32, 3)
 
 
 def test_processes_read_disjoint_shards(tmp_path):
@@ -263,7 +270,7 @@ def test_each_process_draws_its_own_shuffle_and_augmentation_and_resumes_exactly
   # Same six records on both sides, but not the same sequence of clips.
   assert sorted(np.concatenate([b['label'] for b in first[0][:3]]).tolist()) == \
       sorted(np.concatenate([b['label'] for b in first[1][:3]]).tolist())
-  assert not any(np.array_equal(x['video'], y['video']) for x, y in zip(first[0], first[1]))
+  assert not any(np.array_equal(x['frames'], y['frames']) for x, y in zip(first[0], first[1]))
   for p in range(2):
     resumed = take(pretraining.train_iterator(config, process_index=p, process_count=2, start_step=1), 3)
     for x, y in zip(first[p][1:], resumed):

@@ -98,7 +98,7 @@ def test_pretraining_reads_segments_and_refuses_segments_shorter_than_a_clip(vid
   shard = _write(str(tmp_path), video_targets.to_records(targets, meta, config), 12)
   # 4 frames at stride 2 with L = 4: the last tubelet starts 4 frames in, its trajectories end 4 frames later: 9.
   batch = next(pretraining.train_iterator(_pretrain_config(shard, 4)))
-  assert batch['video'].shape == (2, 4, 32, 32, 3) and batch['traj_valid'].any()
+  assert batch['frames'].shape == (2, 4, 32, 32, 3) and batch['traj_ok'].any()  # data.clip_ops='device'
   # 8 frames: the last tubelet starts 12 frames in: 12 + 4 + 1 = 17 frames > 12.
   with pytest.raises(ValueError, match=r'segments of 12 frames.*spans 17 frames.*--segment_frames >= 17'):
     pretraining.train_iterator(_pretrain_config(shard, 8))

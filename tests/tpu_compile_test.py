@@ -39,7 +39,10 @@ def test_tiny_step_compiles_for_a_v5e_slice_and_fits(config_name, fsdp):
   assert f['device_kind'] == 'TPU v5 lite' and f['chips'] == 4 and f['dtype'] == 'bfloat16'
   assert f['mesh'] == {'data': 4 // fsdp, 'fsdp': fsdp} and f['per_chip_batch'] == 16
   assert f['fits'] and 0 < f['hbm_bytes_per_chip'] < f['hbm_capacity_bytes'], f
-  assert 0.75 <= f['xla_over_model_flops'] <= 1.25, (f['xla_flops_per_clip'], f['model_flops_per_clip'])
+  assert 0.75 <= f['xla_over_model_flops'] <= 1.25, (f['xla_flops_per_clip'], f['model_flops_per_clip'],
+                                                     f['clip_assembly_flops_per_clip'])
+  if config.task == 'pretrain':  # The step finishes the clips (data.clip_ops='device'), and its count includes that.
+    assert f['clip_assembly_flops_per_clip'] > 0 and 0 < f['clip_assembly_share_of_xla_flops'] < 1
   json.dumps(f)  # What --json writes.
 
 

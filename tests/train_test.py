@@ -17,12 +17,16 @@ from m3video_jax import metrics as metrics_lib
 from m3video_jax import optim
 from m3video_jax import sharding
 from m3video_jax import tasks
+from m3video_jax.data import clip_device
 from m3video_jax import train_lib
 
 
 def tiny_config(**overrides):
   c = pretrain_ssv2.get_config('tiny')
   c.data.train_files = 'unused'
+  # The loop's tests feed synthetic finished clips (`random_batch`); clips finished on the device are
+  # tests/clip_device_test.py's, and the 1-vs-8-devices step below runs both.
+  c.data.clip_ops = 'host'
   for k, v in overrides.items():
     node = c
     *parents, leaf = k.split('.')
@@ -35,7 +39,11 @@ def tiny_config(**overrides):
 def random_batch(config, seed, batch_size=None):
   """A batch with the pipeline's keys, shapes and value ranges."""
   rng = np.random.default_rng(seed)
-  b = tasks.example_batch(config, batch_size or config.data.batch_size)
+  n = batch_size or config.data.batch_size
+  layout = clip_device.ClipLayout.from_config(config)
+  if layout.on_device:  # The host's raw clip parts (random frames, trajectories, HOG, crops and flips).
+    return {**clip_device.example_raw(layout, n, rng), 'label': np.zeros((n,), np.int32)}
+  b = tasks.example_batch(config, n)
   b['video'] = rng.integers(0, 256, size=b['video'].shape, dtype=np.uint8)
   b['traj_disp'] = rng.normal(scale=3.0, size=b['traj_disp'].shape).astype(np.float32)
   b['traj_valid'] = rng.random(b['traj_valid'].shape) < 0.8
@@ -68,9 +76,10 @@ def loss_and_grads(config, mesh, params, batch, rng):
   return jax.device_get(loss), jax.device_get(grads)
 
 
-def test_train_step_same_loss_and_grads_on_1_and_8_devices():
+@pytest.mark.parametrize('clip_ops', ['host', 'device'])
+def test_train_step_same_loss_and_grads_on_1_and_8_devices(clip_ops):
   assert jax.device_count() == 8, 'tests/conftest.py sets 8 simulated CPU devices'
-  config = tiny_config()
+  config = tiny_config(**{'data.clip_ops': clip_ops})
   task = tasks.get_task(config)
   params = jax.device_get(task.init_params(jax.random.PRNGKey(0)))
   batch = random_batch(config, seed=0)

@@ -18,6 +18,10 @@ from m3video_jax.data import schema
 
 # Offsets of the reference's `more_fix_crop` lattice, in quarters of the free space (x, y): corners, centre, edge
 # midpoints and quarter points.
+# A stored point counts for an output point's validity when its blend weight exceeds this: an output point that hits a
+# stored one exactly blends nothing from its neighbour, whatever the float rounding of its position (1e-7 either way).
+MIN_BLEND_WEIGHT = 1e-3
+
 _CROP_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
 
 
@@ -200,17 +204,19 @@ def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, of
   scale = tf.stack([res / tf.cast(crop_w, tf.float32), res / tf.cast(crop_h, tf.float32)])
   sign = tf.where(flip, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
   disp = disp * (scale * sign)
-  invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > 0, tf.float32), 1.0 - tf.cast(valid, tf.float32),
-                      tf.cast(wx > 0, tf.float32))
+  invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > MIN_BLEND_WEIGHT, tf.float32), 1.0 - tf.cast(valid, tf.float32),
+                      tf.cast(wx > MIN_BLEND_WEIGHT, tf.float32))
   return disp, invalid < 0.5, hog
 
 
-def _resize_uint8(frames: np.ndarray, res: int) -> np.ndarray:
+def _resize_uint8(frames: np.ndarray, res: int, width: int | None = None) -> np.ndarray:
   """OpenCV's bilinear resize (half-pixel centres, no antialiasing: the same sampling as `tf.image.resize`'s
-  'bilinear', in 8-bit fixed point) of uint8 `[T, h, w, 3]` frames to `[T, res, res, 3]`; ~4x faster than TF's."""
-  out = np.empty((frames.shape[0], res, res, 3), np.uint8)
+  'bilinear', in 8-bit fixed point) of uint8 `[T, h, w, 3]` frames to `[T, res, width or res, 3]`; ~4x faster than
+  TF's."""
+  res, width = int(res), res if width is None else int(width)
+  out = np.empty((frames.shape[0], res, width, 3), np.uint8)
   for i in range(frames.shape[0]):
-    cv2.resize(frames[i], (res, res), dst=out[i], interpolation=cv2.INTER_LINEAR)
+    cv2.resize(frames[i], (width, res), dst=out[i], interpolation=cv2.INTER_LINEAR)
   return out
 
 
@@ -230,3 +236,69 @@ def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, 
                                                      stateful=False), [None, res, res, 3])
   frames = tf.cond(tf.logical_and(tf.equal(crop_h, res), tf.equal(crop_w, res)), lambda: frames, resize)
   return tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+
+
+# The host half of a clip assembled on the device (`data.clip_ops='device'`, `clip_device.assemble`): decode and stack.
+
+
+def decode_crop_frames_raw(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, res: int):
+  """Decodes the crop window of the given JPEG frames for the on-device resize: a crop side longer than `res` is
+  resized down to `res` here (OpenCV, as `decode_crop_frames`), a shorter one is left for the device; the result sits
+  in the top-left corner of a zero `res x res` buffer, unflipped.
+
+  Returns:
+    uint8 `[T, res, res, 3]` and int32 `[2]`: the (height, width) the crop fills.
+  """
+  cv2.setNumThreads(1)
+  window = tf.stack([offset_y, offset_x, crop_h, crop_w])
+  frames = tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method='INTEGER_FAST'), jpegs,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+  h, w = tf.minimum(crop_h, res), tf.minimum(crop_w, res)
+  shrink = lambda: tf.numpy_function(_resize_uint8, [frames, h, w], tf.uint8, stateful=False)
+  frames = tf.cond(tf.logical_or(crop_h > res, crop_w > res), shrink, lambda: frames)
+  # Zero padding by two concatenations (memory copies): `tf.pad` of the same buffer is 3-5x slower.
+  t = tf.shape(frames)[0]
+  frames = tf.concat([frames, tf.zeros(tf.stack([t, h, res - w, 3]), tf.uint8)], 2)
+  frames = tf.concat([frames, tf.zeros(tf.stack([t, res - h, res, 3]), tf.uint8)], 1)
+  return tf.ensure_shape(frames, [None, res, res, 3]), tf.stack([h, w])
+
+
+def window_origin(offset, crop, cells, res: int, grid_step: int):
+  """First cell of the stored grid that the crop's output grid blends from (`output_grid_sources`, flip or not)."""
+  lo = tf.minimum(output_grid_sources(offset, crop, res, grid_step)[0],
+                  output_grid_sources(offset, crop, res, grid_step, True)[-1])
+  u = tf.clip_by_value((lo - grid_step / 2) / grid_step, 0.0, tf.cast(cells, tf.float32) - 1)
+  return tf.cast(tf.floor(u), tf.int32)
+
+
+def _window(x, origin_y, origin_x, size: int, gh, gw, axis: int):
+  """`size x size` cells of `x` from (origin_y, origin_x) along `axis, axis + 1`; indices past the grid repeat its
+  edge (so a lookup clamped to the window edge there equals one clamped to the grid edge)."""
+  rows = tf.clip_by_value(origin_y + tf.range(size), 0, gh - 1)
+  cols = tf.clip_by_value(origin_x + tf.range(size), 0, gw - 1)
+  shape = tf.shape(x)
+  flat = tf.reshape(x, tf.concat([shape[:axis], [-1], shape[axis + 2:]], 0))  # One gather of the window's cells.
+  out = tf.gather(flat, tf.reshape(rows[:, None] * gw + cols[None, :], [-1]), axis=axis)
+  return tf.reshape(out, tf.concat([shape[:axis], [size, size], shape[axis + 2:]], 0))
+
+
+def trajectory_window(disp_strings, inside_strings, gh, gw, stored_len, traj_len: int, origin_y, origin_x,
+                      size: int):
+  """The stored trajectories of a `size x size` window of the prep grid, still quantised.
+
+  Returns:
+    int8 `[Tt, L, size, size, 2]` (`traj_len` steps, DISP_UNITS_PER_PX per px) and bool `[Tt, size, size]`
+    (inside the frame for all `traj_len` steps).
+  """
+  raw = tf.io.decode_raw(tf.io.decode_compressed(disp_strings, 'ZLIB'), tf.int8)
+  raw = tf.reshape(raw, tf.stack([-1, stored_len, gh, gw, 2]))[:, :traj_len]
+  inside = tf.io.decode_raw(tf.io.decode_compressed(inside_strings, 'ZLIB'), tf.uint8)
+  inside = tf.reshape(inside, tf.stack([-1, gh, gw]))
+  return (_window(raw, origin_y, origin_x, size, gh, gw, 2),
+          _window(inside, origin_y, origin_x, size, gh, gw, 1) >= traj_len)
+
+
+def hog_window(hog_strings, gh, gw, origin_y, origin_x, size: int):
+  """uint8 `[F, size, size, 9]`: a window of the stored (sqrt-quantised) HOG maps of `F` frames."""
+  q = tf.reshape(tf.io.decode_raw(hog_strings, tf.uint8), tf.stack([-1, gh, gw, schema.HOG_BINS]))
+  return _window(q, origin_y, origin_x, size, gh, gw, 1)

@@ -7,7 +7,14 @@ Records may be whole videos or segments of them (data prep `--segment_frames`): 
 record order, resume and damaged-record handling are the shared stream's (`stream.train_stream`,
 `stream.TrainIterator`).
 
-Batch (numpy, leading dim = local batch `b`):
+Where the arithmetic runs is `data.clip_ops`:
+  'device' (default): the host parses, samples, decodes the crop and cuts fixed windows of the stored trajectories and
+    HOG maps; the batch holds those raw parts (`clip_device.RAW_KEYS`: frames uint8 [b, T, res, res, 3] with the crop
+    in its top-left `frame_size`, the crop box, flip, int8 trajectory and uint8 HOG windows), and
+    `clip_device.assemble` turns them into the batch below inside the jitted step (`tasks.PretrainTask.forward`).
+  'host': tf.data computes the batch below itself (the same values up to float rounding: tests/clip_device_test.py).
+
+Finished batch (leading dim = local batch `b`):
   video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `schema.normalize_video`)
   traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8
   traj_valid  bool    [b, T/pt, G, G]
@@ -24,28 +31,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from m3video_jax.data import clip_device
 from m3video_jax.data import clip_ops
 from m3video_jax.data import schema
 from m3video_jax.data import stream
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipSpec:
-  """What one training clip looks like (static for the jitted step)."""
-  num_frames: int
-  frame_stride: int
-  tubelet: int
-  res: int
-  traj_len: int
-  grid_step: int = schema.GRID_STEP
-  with_hog: bool = True  # Look up trajectory-aligned HOG (`traj_hog`); only the trajectory target's shape part uses it.
-
-  @classmethod
-  def from_config(cls, config) -> 'ClipSpec':
-    t = config.target
-    return cls(num_frames=config.data.num_frames, frame_stride=config.data.frame_stride,
-               tubelet=config.model.patch_size[0], res=config.data.res, traj_len=t.traj_len,
-               with_hog=t.kind == 'trajectory' and t.shape)
+# What one training clip looks like (static for the jitted step), and whether the host or the device finishes it.
+ClipSpec = clip_device.ClipLayout
 
 
 def clip_span(spec: ClipSpec) -> int:
@@ -129,6 +122,8 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
     oy, ox, ch, cw = clip_ops.multiscale_crop_params(height, width, seed_crop, scales=tuple(d.crop_scales),
                                                      max_distort=d.crop_max_distort, res=spec.res, random=train)
     flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
+    if spec.on_device:
+      return device_parts(rec, index, frame_idx, tubelet_first, start_idx, has_traj, (oy, ox, ch, cw), flip)
     video = clip_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
                                         res=spec.res, flip=flip)
     disp, valid = clip_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(inside_strings, start_idx),
@@ -154,6 +149,43 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
         'label': tf.cast(rec[schema.LABEL], tf.int32),
         '_id': index,
     }
+
+  def device_parts(rec, index, frame_idx, tubelet_first, start_idx, has_traj, crop, flip):
+    """The host half of the clip (`clip_device.RAW_KEYS`): decoded crop, windows of the stored trajectories and HOG
+    maps; `clip_device.assemble` finishes it in the jitted step."""
+    oy, ox, ch, cw = crop
+    height, width = tf.cast(rec[schema.HEIGHT], tf.int32), tf.cast(rec[schema.WIDTH], tf.int32)
+    grid = tf.cast(rec[schema.GRID], tf.int32)
+    gh, gw = height // grid, width // grid
+    num_frames = tf.cast(rec[schema.NUM_FRAMES], tf.int32)
+    tf.debugging.assert_less_equal(
+        tf.maximum(ch, cw), spec.prep_short_side,
+        message=f'a crop side exceeds config.data.prep_short_side={spec.prep_short_side} (the records were prepared '
+                'with a longer short side: set data.prep_short_side to data prep\'s --short_side)')
+    frames, frame_size = clip_ops.decode_crop_frames_raw(tf.gather(rec[schema.FRAMES].values, frame_idx), offset_y=oy,
+                                                         offset_x=ox, crop_h=ch, crop_w=cw, res=spec.res)
+    ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
+    tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step)
+    traj_raw, traj_ok = clip_ops.trajectory_window(
+        tf.gather(rec[schema.TRAJ_DISP].values, start_idx), tf.gather(rec[schema.TRAJ_INSIDE].values, start_idx), gh,
+        gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len, ty, tx, spec.traj_window)
+    out = {
+        'frames': frames, 'frame_size': frame_size, 'crop': tf.stack([oy, ox, ch, cw]), 'flip': flip,
+        'grid_size': tf.stack([gh, gw]), 'traj_raw': traj_raw,
+        'traj_ok': tf.logical_and(traj_ok, has_traj[:, None, None]), 'traj_origin': tf.stack([ty, tx]),
+    }
+    if spec.with_hog:
+      if spec.hog_contiguous:
+        hog_frames = tubelet_first[0] + tf.range(spec.hog_frames)
+      else:
+        hog_frames = tf.reshape(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :], [-1])
+      hog_frames = tf.minimum(hog_frames, num_frames - 1)
+      hy, hx = ty - spec.hog_margin, tx - spec.hog_margin
+      out['hog_raw'] = clip_ops.hog_window(tf.gather(rec[schema.HOG_MAP].values, hog_frames), gh, gw, hy, hx,
+                                           spec.hog_window)
+      out['hog_scale'] = tf.gather(rec[schema.HOG_SCALE].values, hog_frames)
+      out['hog_origin'] = tf.stack([hy, hx])
+    return {**out, 'label': tf.cast(rec[schema.LABEL], tf.int32), '_id': index}
 
   def fn(epoch, index, serialized):
     rec = tf.io.parse_single_example(serialized, feature_spec)
