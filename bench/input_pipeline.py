@@ -297,8 +297,8 @@ def main(argv=None) -> dict:
   parser.add_argument('--clips_per_record', type=int, default=2)
   parser.add_argument('--all_cores', action='store_true', help='Also measure with AUTOTUNE on all cores.')
   parser.add_argument('--skip_reference', action='store_true', help='Do not run the reference-style loader.')
-  parser.add_argument('--clip_ops', default='', choices=['', 'device', 'host'],
-                      help="config.data.clip_ops for the measured settings (default: the config's)")
+  parser.add_argument('--clip_ops', default='device', choices=['device', 'host'],
+                      help="config.data.clip_ops for the measured settings (default: what a GPU/TPU host runs)")
   parser.add_argument('--compare_host', action=argparse.BooleanOptionalAction, default=True,
                       help="Also measure the recommended setting with data.clip_ops='host' in the same run.")
   parser.add_argument('--resume_records', type=int, default=10_000,
@@ -321,9 +321,8 @@ def main(argv=None) -> dict:
   from m3video_jax.data import stream
 
   config = load_config(args.config, batch_size=args.batch_size, shuffle_buffer=16)
-  if args.clip_ops:
-    with config.unlocked():
-      config.data.clip_ops = args.clip_ops
+  with config.unlocked():
+    config.data.clip_ops = args.clip_ops
   traj_len = config.target.traj_len
   d = config.data
   print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; clip: {d.num_frames} frames '

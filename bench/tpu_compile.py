@@ -66,7 +66,8 @@ CHIPS = {
     'TPU v5': dict(generation='v5p', hbm_gib=95.0, peak_tflops=459.0, host_vcpus=208, chips_per_host=4),
     'TPU v6 lite': dict(generation='v6e', hbm_gib=32.0, peak_tflops=918.0, host_vcpus=180, chips_per_host=8),
 }
-DEFAULT_HOST_CLIPS_PER_CORE = 60.0  # bench/input_pipeline.py, recommended setting: 58-70 (BENCHMARKS.md, 2026-12-06).
+# bench/input_pipeline.py, recommended setting with the clips finished on the device: 94-99 (BENCHMARKS.md, 2026-12-07).
+DEFAULT_HOST_CLIPS_PER_CORE = 94.0
 
 
 
@@ -356,6 +357,8 @@ def run(config, topology: str, opts: Options = Options(), log=print, *, bfloat16
   """Everything `main` prints, as a dict (tests call this). `bfloat16`: compile in bfloat16 (else the config's dtype)."""
   devices, chip = slice_devices(topology)
   config = ml_collections.ConfigDict(config.to_dict())
+  if config.data.get('clip_ops') == 'auto':  # On the TPU the step finishes the clips (this host is only the compiler).
+    config.data.clip_ops = 'device'
   if bfloat16:
     config.model.dtype = 'bfloat16'
   hbm = chip['hbm_gib'] * GIB

@@ -75,7 +75,6 @@ def make_config(args, batch: int, *, attention: str | None = None, remat: bool |
 def random_batch(config, batch: int) -> dict[str, np.ndarray]:
   """A host batch with the input pipeline's keys, shapes and value ranges."""
   from m3video_jax import tasks
-
   from m3video_jax.data import clip_device
 
   rng = np.random.default_rng(0)
@@ -455,9 +454,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--attention', default='auto', choices=['auto', 'explicit', 'xla', 'cudnn'],
                       help='config.model.attention')
   parser.add_argument('--remat', action='store_true', help='config.model.remat')
-  parser.add_argument('--clip_ops', default='device', choices=['device', 'host'],
+  parser.add_argument('--clip_ops', default='auto', choices=['auto', 'device', 'host'],
                       help="config.data.clip_ops: 'device' = the step also resizes the frames and resamples the "
-                           "trajectories and HOG from the host's raw clip parts; 'host' = the step gets finished clips")
+                           "trajectories and HOG from the host's raw clip parts; 'host' = the step gets finished clips; "
+                           "'auto' = device on GPU/TPU, host on CPU")
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='peak TFLOP/s of the device for MFU (dense bf16: H100 SXM 989, H200 989)')
   parser.add_argument('--json', default='', help='write the JAX figures to this file')

@@ -176,8 +176,9 @@ def pretrain_base() -> ml_collections.ConfigDict:
   c.data.clips_per_record = 1
   # Where a clip's arithmetic runs (data/clip_device.py): 'device' = the host decodes the crop and sends windows of
   # the stored trajectories and HOG maps, the jitted step resizes, flips, resamples and looks up; 'host' = all of it
-  # in tf.data (the earlier path; same clips up to float rounding).
-  c.data.clip_ops = 'device'
+  # in tf.data (same clips up to float rounding); 'auto' = 'device' on a GPU or TPU, 'host' on CPU (where the
+  # "device" is the same cores, so moving work there frees none).
+  c.data.clip_ops = 'auto'
   # Data prep's --short_side (0 = native size): the longest crop side, which sizes the windows the host sends.
   c.data.prep_short_side = 256
   c.data.hog_margin_cells = 4  # HOG map cells sent beyond the crop on each side (trajectories leaving the crop).

@@ -111,9 +111,10 @@ class PretrainTask:
           d.clips_per_record, 'an integer >= 1 (1 = one clip per record)')
     check(d.batch_size % d.clips_per_record == 0, 'data.batch_size', d.batch_size,
           f'a multiple of data.clips_per_record={d.clips_per_record}')
-    check(d.clip_ops in ('device', 'host'), 'data.clip_ops', d.clip_ops,
-          "'device' (the jitted step finishes the clips) or 'host' (tf.data does)")
-    check(d.clip_ops == 'host' or clip_device.ClipLayout.from_config(c).prep_short_side > 0, 'data.prep_short_side',
+    check(d.clip_ops in ('auto', 'device', 'host'), 'data.clip_ops', d.clip_ops,
+          "'device' (the jitted step finishes the clips), 'host' (tf.data does) or 'auto' (device on GPU/TPU)")
+    layout = clip_device.ClipLayout.from_config(c)
+    check(not layout.on_device or layout.prep_short_side > 0, 'data.prep_short_side',
           d.prep_short_side, "data prep's --short_side in px (it sizes the windows data.clip_ops='device' sends; for "
           "records prepared at native size give the largest short side, or use data.clip_ops='host')")
     check(isinstance(d.hog_margin_cells, int) and d.hog_margin_cells >= 0, 'data.hog_margin_cells',

@@ -90,6 +90,7 @@ NO_TF_SCRIPT = textwrap.dedent('''\
     with config.unlocked():
       config.data.train_files = 'unused'
       config.mesh.data = 1
+      config.data.clip_ops = 'device'  # As on a GPU: the step finishes the host's raw clip parts.
     trainer = train_lib.make_trainer(config, sharding.make_mesh(config.mesh, devices=jax.devices()[:1]))
     batch = tasks.example_batch(config, config.data.batch_size)
     # The host's raw clip parts (data.clip_ops='device'): the step finishes them without TensorFlow.

@@ -14,6 +14,7 @@ from m3video_jax import tasks
 from m3video_jax.data import clip_device
 from m3video_jax.data import pretraining
 from m3video_jax.data import schema
+from m3video_jax.data import stream
 
 
 @pytest.fixture(scope='module')
@@ -102,6 +103,8 @@ def test_the_jitted_loss_is_the_same_on_raw_and_finished_batches(record):
 def test_windows_and_bytes_follow_the_layout():
   """The host sends fixed windows: shapes from `ClipLayout`, and the bytes per clip of the paper's setting."""
   config = pretrain_ssv2.get_config()
+  assert not clip_device.ClipLayout.from_config(config).on_device  # 'auto' on the CPU backend: tf.data finishes.
+  config.data.clip_ops = 'device'
   layout = clip_device.ClipLayout.from_config(config)
   assert layout.on_device and layout.with_hog
   # 16 frames at stride 2, tubelets of 2, L = 6: tubelet starts 4 frames apart, so 7 * 4 + 6 = 34 maps cover them all.
@@ -116,3 +119,15 @@ def test_windows_and_bytes_follow_the_layout():
   layout = clip_device.ClipLayout.from_config(config)
   assert not layout.hog_contiguous and layout.hog_frames == 48
   np.testing.assert_array_equal(layout.hog_frame_index()[1], [6, 7, 8, 9, 10, 11])
+
+
+def test_records_wider_than_the_windows_are_refused_up_front(record, tmp_path):
+  """Frames whose short side exceeds `data.prep_short_side` (the windows would not cover a crop): a clear error naming
+  the shard and the setting before training, not a corrupt-record gap later."""
+  shard = str(tmp_path / 'train-00000-of-00001.tfrecord')
+  with tf.io.TFRecordWriter(shard) as w:
+    w.write(record)
+  config = clip_config('device', prep_short_side=64, train_files=shard, batch_size=1)
+  with pytest.raises(stream.DataError, match=r'short side of 72 px.*prep_short_side=64.*--config.data.prep_short_side=72'):
+    pretraining.train_iterator(config)
+  next(pretraining.train_iterator(clip_config('device', train_files=shard, batch_size=1)))  # 72: served.

@@ -52,13 +52,14 @@ def dot_video_record(video_id='dot', label=3, hog_bin=1, traj_len=4):
 
 def clip_config(**data):
   c = pretrain_ssv2.get_config('tiny')
-  c.data.update(num_frames=4, frame_stride=2, res=SIZE, **data)
+  # The device path: the host's raw parts, finished by `clip_device.assemble` (`run_clip`), as on a GPU or TPU.
+  c.data.update(num_frames=4, frame_stride=2, res=SIZE, clip_ops='device', **data)
   c.target.traj_len = 4
   return c
 
 
 def run_clip(config, record, index, train=True):
-  """One clip of `record` as the model sees it: with `data.clip_ops='device'` (the default) the host's raw parts
+  """One clip of `record` as the model sees it: with `data.clip_ops='device'` (`clip_config`) the host's raw parts
   assembled by `clip_device.assemble`, as the jitted step does."""
   spec = pretraining.ClipSpec.from_config(config)
   fn = pretraining.make_clip_fn(config, spec, train=train)

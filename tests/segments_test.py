@@ -88,7 +88,8 @@ def _write(tmp_path, records, segment_frames, name='train-00000-of-00001.tfrecor
 
 def _pretrain_config(shard, num_frames):
   c = pretrain_ssv2.get_config('tiny')
-  c.data.update(train_files=shard, num_frames=num_frames, frame_stride=2, res=32, batch_size=2, shuffle_buffer=4)
+  c.data.update(train_files=shard, num_frames=num_frames, frame_stride=2, res=32, batch_size=2, shuffle_buffer=4,
+                clip_ops='device')
   c.target.traj_len = 4
   return c
 

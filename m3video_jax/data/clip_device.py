@@ -52,7 +52,7 @@ class ClipLayout:
     d, t = config.data, config.target
     return cls(num_frames=d.num_frames, frame_stride=d.frame_stride, tubelet=config.model.patch_size[0], res=d.res,
                traj_len=t.traj_len, with_hog=t.kind == 'trajectory' and t.shape,
-               on_device=d.get('clip_ops', 'host') == 'device',
+               on_device=finishes_on_device(d.get('clip_ops', 'host')),
                # Demo configs prepare their synthetic videos at native size (prep_short_side 0).
                prep_short_side=d.get('prep_short_side', 256) or d.get('synthetic_size', 0),
                hog_margin=d.get('hog_margin_cells', 4))
@@ -106,6 +106,13 @@ class ClipLayout:
     k, j = np.arange(self.tubelets)[:, None], np.arange(self.traj_len)[None, :]
     step = self.tubelet_spacing if self.hog_contiguous else self.traj_len
     return (k * step + j).astype(np.int32)
+
+
+def finishes_on_device(clip_ops: str) -> bool:
+  """`data.clip_ops` resolved: 'device' or 'host', and 'auto' = 'device' unless JAX's default backend is the CPU."""
+  if clip_ops == 'auto':
+    return jax.default_backend() != 'cpu'
+  return clip_ops == 'device'
 
 
 def grid_sources(offset, crop, res: int, grid_step: int, flip=False):

@@ -7,8 +7,8 @@ Records may be whole videos or segments of them (data prep `--segment_frames`): 
 record order, resume and damaged-record handling are the shared stream's (`stream.train_stream`,
 `stream.TrainIterator`).
 
-Where the arithmetic runs is `data.clip_ops`:
-  'device' (default): the host parses, samples, decodes the crop and cuts fixed windows of the stored trajectories and
+Where the arithmetic runs is `data.clip_ops` ('auto', the default: 'device' on a GPU or TPU, 'host' on CPU):
+  'device': the host parses, samples, decodes the crop and cuts fixed windows of the stored trajectories and
     HOG maps; the batch holds those raw parts (`clip_device.RAW_KEYS`: frames uint8 [b, T, res, res, 3] with the crop
     in its top-left `frame_size`, the crop box, flip, int8 trajectory and uint8 HOG windows), and
     `clip_device.assemble` turns them into the batch below inside the jitted step (`tasks.PretrainTask.forward`).
@@ -91,6 +91,12 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   problem = stream.mismatched_shards(stream.prep_settings(shards), rules, 'config.data.train_files')
   if problem:
     raise stream.DataError(problem)
+  short = min(int(rec[schema.HEIGHT]), int(rec[schema.WIDTH]))
+  if spec.on_device and short > spec.prep_short_side:
+    raise stream.DataError(
+        f'{shard}: frames of {rec[schema.WIDTH]}x{rec[schema.HEIGHT]} px have a short side of {short} px, longer than '
+        f'config.data.prep_short_side={spec.prep_short_side}, which sizes the windows data.clip_ops=\'device\' sends; '
+        f'set --config.data.prep_short_side={short} (data prep\'s --short_side)')
   return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
 
 
