@@ -19,7 +19,7 @@ from m3video_jax.data import stream
 
 @pytest.fixture(scope='module')
 def record():
-  """A 16:9 synthetic video with a moving object and a moving camera, through the real tracking and HOG."""
+  """A 16:9 synthetic video of a moving textured object, through the real tracking and HOG of data prep."""
   spec = synthetic.sample_spec(np.random.default_rng(5), 2, 128, 72, 28)
   prep = PrepConfig(short_side=0, traj_len=4)
   targets = video_targets.extract_from_frames(iter(synthetic.render(spec)), prep, fps=25.0)
