@@ -187,7 +187,8 @@ def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, of
 
   Returns:
     disp `[Tt, G, G, L, 2]` in output pixels (Δ scaled by res/crop, Δx negated on flip), valid `[Tt, G, G]` (AND of
-    the source points with non-zero weight), hog `[Tt, G, G, L, 9]` (bins mirrored on flip; None without maps).
+    the source points with a weight above `MIN_BLEND_WEIGHT`), hog `[Tt, G, G, L, 9]` (bins mirrored on flip; None
+    without maps).
   """
   gh, gw = tf.shape(valid)[1], tf.shape(valid)[2]
   y0 = output_grid_sources(offset_y, crop_h, res, grid_step)
