@@ -110,38 +110,25 @@ def measure(config, shards: list[str], clips: int, per_core: bool) -> tuple[floa
 
 def measure_decode_floor(config, shards: list[str], clips: int) -> float:
   """Clips per second of the JPEG decode alone, one core: exactly the crops of the frames that the measured stream's
-  clips need (same records, seeds, clip starts and crop windows: `clip_ops.sample_clip` and
-  `clip_ops.multiscale_crop_params` drawn as `pretraining.make_clip_fn` draws them), collected first, then decoded in
-  a tf.data map as the pipeline decodes them (`decode_and_crop_jpeg`, integer IDCT), nothing else."""
+  clips need (same records, seeds, clip starts and crop windows: `pretraining.draw_clip`, as the pipeline draws them),
+  collected first, then decoded in a tf.data map as the pipeline decodes them (`decode_and_crop_jpeg`, integer IDCT),
+  nothing else."""
   import tensorflow as tf
-  from m3video_jax.data import clip_ops
   from m3video_jax.data import pretraining
   from m3video_jax.data import schema
   from m3video_jax.data import stream
 
-  d = config.data
   spec = pretraining.ClipSpec.from_config(config)
   feature_spec = schema.tf_feature_spec()
-  r = d.get('clips_per_record', 1)
+  r = config.data.get('clips_per_record', 1)
   base_seed = stream.process_seed(config.seed, 0)
 
   def windows(epoch, index, serialized):
     rec = tf.io.parse_single_example(serialized, feature_spec)
-    seeds = [stream.element_seed(base_seed, epoch, index)]
-    if r > 1:
-      seeds = tf.unstack(tf.random.experimental.stateless_split(seeds[0], r))
-    out = []
-    for seed in seeds:
-      seed_clip, seed_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-      frame_idx = clip_ops.sample_clip(rec[schema.NUM_FRAMES], rec[schema.NUM_STARTS], seed_clip,
-                                       clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
-                                       tubelet=spec.tubelet, traj_len=spec.traj_len,
-                                       start_stride=rec[schema.TRAJ_START_STRIDE])[0]
-      crop = clip_ops.multiscale_crop_params(rec[schema.HEIGHT], rec[schema.WIDTH], seed_crop,
-                                             scales=tuple(d.crop_scales), max_distort=d.crop_max_distort,
-                                             res=spec.res)
-      out.append((tf.gather(rec[schema.FRAMES].values, frame_idx), tf.stack(crop)))
-    return tf.stack([o[0] for o in out]), tf.stack([o[1] for o in out])
+    draws = [pretraining.draw_clip(config, spec, rec, seed)
+             for seed in pretraining.record_seeds(stream.element_seed(base_seed, epoch, index), r)]
+    return (tf.stack([tf.gather(rec[schema.FRAMES].values, frame_idx) for frame_idx, *_ in draws]),
+            tf.stack([tf.stack(crop) for *_, crop, _ in draws]))
 
   with config.unlocked():
     config.data.num_parallel_calls = 1

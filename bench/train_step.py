@@ -80,7 +80,7 @@ def random_batch(config, batch: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   layout = clip_device.ClipLayout.from_config(config)
   if layout.on_device:  # The host's raw clip parts; the step assembles them (data/clip_device.py).
-    return {**clip_device.example_raw(layout, batch, rng), 'label': np.zeros((batch,), np.int32)}
+    return clip_device.example_raw(layout, batch, rng)
   out = tasks.example_batch(config, batch)
   out['video'] = rng.integers(0, 256, size=out['video'].shape, dtype=np.uint8)
   out['traj_disp'] = rng.normal(size=out['traj_disp'].shape).astype(np.float32)

@@ -74,7 +74,7 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
     return {'video': np.zeros(clip_shape(config, batch_size), np.uint8), 'label': np.zeros((batch_size,), np.int32)}
   layout = clip_device.ClipLayout.from_config(config)
   if layout.on_device:
-    return {**clip_device.example_raw(layout, batch_size), 'label': np.zeros((batch_size,), np.int32)}
+    return clip_device.example_raw(layout, batch_size)
   pt = config.model.patch_size[0]
   tt, g, steps = d.num_frames // pt, d.res // schema.GRID_STEP, config.target.traj_len
   return {

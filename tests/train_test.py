@@ -42,7 +42,7 @@ def random_batch(config, seed, batch_size=None):
   n = batch_size or config.data.batch_size
   layout = clip_device.ClipLayout.from_config(config)
   if layout.on_device:  # The host's raw clip parts (random frames, trajectories, HOG, crops and flips).
-    return {**clip_device.example_raw(layout, n, rng), 'label': np.zeros((n,), np.int32)}
+    return clip_device.example_raw(layout, n, rng)
   b = tasks.example_batch(config, n)
   b['video'] = rng.integers(0, 256, size=b['video'].shape, dtype=np.uint8)
   b['traj_disp'] = rng.normal(scale=3.0, size=b['traj_disp'].shape).astype(np.float32)

@@ -29,7 +29,8 @@ from m3video_jax.data import schema
 # Host-to-device keys of a clip assembled on the device (`pretraining.make_clip_fn` with `ClipLayout.on_device`).
 RAW_KEYS = ('frames', 'frame_size', 'crop', 'flip', 'grid_size', 'traj_raw', 'traj_ok', 'traj_origin')
 RAW_HOG_KEYS = ('hog_raw', 'hog_scale', 'hog_origin')
-# A stored point counts for an output point's validity when its blend weight exceeds this (`clip_ops.MIN_BLEND_WEIGHT`).
+# A stored point counts for an output point's validity when its blend weight exceeds this (both paths): an output point
+# that hits a stored one exactly blends nothing from its neighbour, whatever the float rounding of its position.
 MIN_BLEND_WEIGHT = 1e-3
 
 
@@ -125,11 +126,10 @@ def grid_sources(offset, crop, res: int, grid_step: int, flip=False):
   return offset.astype(jnp.float32) + (out_pix + 0.5) * crop.astype(jnp.float32) / res_f - 0.5
 
 
-def _blend_weights(pos, cells, origin, size: int, grid_step: int):
-  """Bilinear weights `[G, size]` from a grid of `cells` cell centres (`g*i + g/2`) to positions `pos` (prep px), in
-  the coordinates of a window of `size` cells starting at cell `origin`; positions clamp to the grid's ends."""
-  n = cells.astype(jnp.float32)
-  u = jnp.clip((pos - grid_step / 2) / grid_step, 0.0, n - 1)
+def _lerp_weights(u, cells, origin, size: int):
+  """`[N, size]` linear-interpolation weights at coordinates `u` `[N]` on a line of `cells` samples (clamped to its
+  ends, the upper neighbour clamped too: edge replication), in a window of `size` samples starting at `origin`."""
+  u = jnp.clip(u, 0.0, cells.astype(jnp.float32) - 1)
   u0 = jnp.floor(u)
   a = u - u0
   u0 = u0.astype(jnp.int32)
@@ -138,19 +138,18 @@ def _blend_weights(pos, cells, origin, size: int, grid_step: int):
           + jax.nn.one_hot(u1 - origin, size, dtype=jnp.float32) * a[:, None])
 
 
+def _blend_weights(pos, cells, origin, size: int, grid_step: int):
+  """Bilinear weights `[G, size]` from a grid of `cells` cell centres (`g*i + g/2`) to positions `pos` (prep px), in
+  the coordinates of a window of `size` cells starting at cell `origin`."""
+  return _lerp_weights((pos - grid_step / 2) / grid_step, cells, origin, size)
+
+
 def _resize_weights(src_size, res: int, flip=False):
   """`[res, res]` bilinear weights (half-pixel centres, edge clamp) from the first `src_size` of `res` buffer pixels
   to `res` output pixels; with `flip` the output order is reversed."""
   o = jnp.arange(res, dtype=jnp.float32)
   o = jnp.where(flip, res - 1 - o, o)
-  n = src_size.astype(jnp.float32)
-  s = jnp.clip((o + 0.5) * n / res - 0.5, 0.0, n - 1)
-  s0 = jnp.floor(s)
-  a = s - s0
-  s0 = s0.astype(jnp.int32)
-  s1 = jnp.minimum(s0 + 1, src_size - 1)
-  return jax.nn.one_hot(s0, res, dtype=jnp.float32) * (1 - a)[:, None] + jax.nn.one_hot(s1, res,
-                                                                                          dtype=jnp.float32) * a[:, None]
+  return _lerp_weights((o + 0.5) * src_size.astype(jnp.float32) / res - 0.5, src_size, 0, res)
 
 
 def _frames(clip, layout: ClipLayout):
@@ -238,7 +237,7 @@ def assemble(batch: dict, layout: ClipLayout) -> dict:
 
 
 def example_raw(layout: ClipLayout, batch_size: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-  """A raw batch shaped as the host sends it: zeros, or with `rng` random frames, trajectories and HOG of a
+  """A raw batch (with labels) shaped as the host sends it: zeros, or with `rng` random frames, trajectories and HOG of a
   16:9 prep frame (`prep_short_side` high) with random crops and flips (benchmarks, compile checks)."""
   b, t, res, tt, steps = batch_size, layout.num_frames, layout.res, layout.tubelets, layout.traj_len
   k, s, nh = layout.traj_window, layout.hog_window, layout.hog_frames
@@ -253,6 +252,7 @@ def example_raw(layout: ClipLayout, batch_size: int, rng: np.random.Generator | 
       'traj_raw': np.zeros((b, tt, steps, k, k, 2), np.int8),
       'traj_ok': np.zeros((b, tt, k, k), bool),
       'traj_origin': np.zeros((b, 2), np.int32),
+      'label': np.zeros((b,), np.int32),
   }
   if layout.with_hog:
     out.update(hog_raw=np.zeros((b, nh, s, s, schema.HOG_BINS), np.uint8), hog_scale=np.ones((b, nh), np.float32),

@@ -14,14 +14,11 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from m3video_jax.data import clip_device
 from m3video_jax.data import schema
 
 # Offsets of the reference's `more_fix_crop` lattice, in quarters of the free space (x, y): corners, centre, edge
 # midpoints and quarter points.
-# A stored point counts for an output point's validity when its blend weight exceeds this: an output point that hits a
-# stored one exactly blends nothing from its neighbour, whatever the float rounding of its position (1e-7 either way).
-MIN_BLEND_WEIGHT = 1e-3
-
 _CROP_OFFSETS = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
 
 
@@ -71,12 +68,23 @@ def decode_trajectories(disp_strings: tf.Tensor, inside_strings: tf.Tensor, gh: 
     disp float32 `[Tt, L, Gh, Gw, 2]` in prep pixels, valid bool `[Tt, Gh, Gw]`: positions p_1..p_L (of the kept
     `traj_len` steps) inside the frame.
   """
+  raw, inside = stored_trajectories(disp_strings, inside_strings, gh, gw, stored_len, traj_len)
+  return tf.cast(raw, tf.float32) / schema.DISP_UNITS_PER_PX, inside >= traj_len
+
+
+def stored_trajectories(disp_strings: tf.Tensor, inside_strings: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor,
+                        stored_len: tf.Tensor, traj_len: int):
+  """The stored codes of trajectory starts, inflated: int8 `[Tt, L, Gh, Gw, 2]` (the first `traj_len` steps,
+  DISP_UNITS_PER_PX per px) and the uint8 inside-step counts `[Tt, Gh, Gw]`."""
   raw = tf.io.decode_raw(tf.io.decode_compressed(disp_strings, 'ZLIB'), tf.int8)
-  disp = tf.reshape(raw, tf.stack([-1, stored_len, gh, gw, 2]))[:, :traj_len]
-  disp = tf.cast(disp, tf.float32) / schema.DISP_UNITS_PER_PX
+  raw = tf.reshape(raw, tf.stack([-1, stored_len, gh, gw, 2]))[:, :traj_len]
   inside = tf.io.decode_raw(tf.io.decode_compressed(inside_strings, 'ZLIB'), tf.uint8)
-  valid = tf.reshape(inside >= traj_len, tf.stack([-1, gh, gw]))
-  return disp, valid
+  return raw, tf.reshape(inside, tf.stack([-1, gh, gw]))
+
+
+def hog_codes(hog_strings: tf.Tensor, gh: tf.Tensor, gw: tf.Tensor) -> tf.Tensor:
+  """uint8 `[F, Gh, Gw, 9]`: the stored (square-root companded) HOG maps of `F` frames."""
+  return tf.reshape(tf.io.decode_raw(hog_strings, tf.uint8), tf.stack([-1, gh, gw, schema.HOG_BINS]))
 
 
 def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tensor, x0: tf.Tensor, y0: tf.Tensor,
@@ -109,8 +117,7 @@ def trajectory_hog(hog_strings: tf.Tensor, hog_scales: tf.Tensor, disp: tf.Tenso
   ulo, vlo = tf.reduce_min(u0), tf.reduce_min(v0)
   uhi, vhi = tf.minimum(tf.reduce_max(u0) + 1, gw - 1), tf.minimum(tf.reduce_max(v0) + 1, gh - 1)
   cw, ch = uhi - ulo + 1, vhi - vlo + 1
-  q = tf.reshape(tf.io.decode_raw(hog_strings, tf.uint8), tf.stack([tt * steps, gh, gw, schema.HOG_BINS]))
-  q = tf.cast(q[:, vlo:vhi + 1, ulo:uhi + 1], tf.float32)
+  q = tf.cast(hog_codes(hog_strings, gh, gw)[:, vlo:vhi + 1, ulo:uhi + 1], tf.float32)
   maps = tf.reshape(q * q * (tf.reshape(hog_scales, [-1, 1, 1, 1]) * (1.0 / 255.0**2)), [-1, schema.HOG_BINS])
   frame = tf.range(tt)[:, None, None, None] * steps + tf.range(steps)[None, None, None, :]  # [Tt, 1, 1, L]
   at00 = frame * (ch * cw) + (v0 - vlo) * cw + (u0 - ulo)
@@ -187,7 +194,7 @@ def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, of
 
   Returns:
     disp `[Tt, G, G, L, 2]` in output pixels (Δ scaled by res/crop, Δx negated on flip), valid `[Tt, G, G]` (AND of
-    the source points with a weight above `MIN_BLEND_WEIGHT`), hog `[Tt, G, G, L, 9]` (bins mirrored on flip; None
+    the source points with a weight above `clip_device.MIN_BLEND_WEIGHT`), hog `[Tt, G, G, L, 9]` (bins mirrored on flip; None
     without maps).
   """
   gh, gw = tf.shape(valid)[1], tf.shape(valid)[2]
@@ -205,19 +212,20 @@ def crop_flip_trajectories(disp, valid, hog_strings, hog_scales, *, offset_y, of
   scale = tf.stack([res / tf.cast(crop_w, tf.float32), res / tf.cast(crop_h, tf.float32)])
   sign = tf.where(flip, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
   disp = disp * (scale * sign)
-  invalid = tf.einsum('yh,thw,xw->tyx', tf.cast(wy > MIN_BLEND_WEIGHT, tf.float32), 1.0 - tf.cast(valid, tf.float32),
-                      tf.cast(wx > MIN_BLEND_WEIGHT, tf.float32))
+  used_y, used_x = (tf.cast(w > clip_device.MIN_BLEND_WEIGHT, tf.float32) for w in (wy, wx))
+  invalid = tf.einsum('yh,thw,xw->tyx', used_y, 1.0 - tf.cast(valid, tf.float32), used_x)
   return disp, invalid < 0.5, hog
 
 
-def _resize_uint8(frames: np.ndarray, res: int, width: int | None = None) -> np.ndarray:
+def _resize_uint8(frames: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
   """OpenCV's bilinear resize (half-pixel centres, no antialiasing: the same sampling as `tf.image.resize`'s
-  'bilinear', in 8-bit fixed point) of uint8 `[T, h, w, 3]` frames to `[T, res, width or res, 3]`; ~4x faster than
-  TF's."""
-  res, width = int(res), res if width is None else int(width)
-  out = np.empty((frames.shape[0], res, width, 3), np.uint8)
+  'bilinear', in 8-bit fixed point) of uint8 `[T, h, w, 3]` frames to `[T, height, width or height, 3]`; ~4x faster
+  than TF's."""
+  height = int(height)
+  width = height if width is None else int(width)
+  out = np.empty((frames.shape[0], height, width, 3), np.uint8)
   for i in range(frames.shape[0]):
-    cv2.resize(frames[i], (width, res), dst=out[i], interpolation=cv2.INTER_LINEAR)
+    cv2.resize(frames[i], (width, height), dst=out[i], interpolation=cv2.INTER_LINEAR)
   return out
 
 
@@ -233,7 +241,7 @@ def decode_crop_frames(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop_w, 
   window = tf.stack([offset_y, offset_x, crop_h, crop_w])
   frames = tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method='INTEGER_FAST'), jpegs,
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  resize = lambda: tf.ensure_shape(tf.numpy_function(functools.partial(_resize_uint8, res=res), [frames], tf.uint8,
+  resize = lambda: tf.ensure_shape(tf.numpy_function(functools.partial(_resize_uint8, height=res), [frames], tf.uint8,
                                                      stateful=False), [None, res, res, 3])
   frames = tf.cond(tf.logical_and(tf.equal(crop_h, res), tf.equal(crop_w, res)), lambda: frames, resize)
   return tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(frames, axis=[2]), lambda: frames)
@@ -264,10 +272,9 @@ def decode_crop_frames_raw(jpegs: tf.Tensor, *, offset_y, offset_x, crop_h, crop
   return tf.ensure_shape(frames, [None, res, res, 3]), tf.stack([h, w])
 
 
-def window_origin(offset, crop, cells, res: int, grid_step: int):
-  """First cell of the stored grid that the crop's output grid blends from (`output_grid_sources`, flip or not)."""
-  lo = tf.minimum(output_grid_sources(offset, crop, res, grid_step)[0],
-                  output_grid_sources(offset, crop, res, grid_step, True)[-1])
+def window_origin(offset, crop, cells, res: int, grid_step: int, flip=False):
+  """First cell of the stored grid that the crop's output grid blends from (`output_grid_sources`)."""
+  lo = tf.reduce_min(output_grid_sources(offset, crop, res, grid_step, flip))
   u = tf.clip_by_value((lo - grid_step / 2) / grid_step, 0.0, tf.cast(cells, tf.float32) - 1)
   return tf.cast(tf.floor(u), tf.int32)
 
@@ -291,15 +298,11 @@ def trajectory_window(disp_strings, inside_strings, gh, gw, stored_len, traj_len
     int8 `[Tt, L, size, size, 2]` (`traj_len` steps, DISP_UNITS_PER_PX per px) and bool `[Tt, size, size]`
     (inside the frame for all `traj_len` steps).
   """
-  raw = tf.io.decode_raw(tf.io.decode_compressed(disp_strings, 'ZLIB'), tf.int8)
-  raw = tf.reshape(raw, tf.stack([-1, stored_len, gh, gw, 2]))[:, :traj_len]
-  inside = tf.io.decode_raw(tf.io.decode_compressed(inside_strings, 'ZLIB'), tf.uint8)
-  inside = tf.reshape(inside, tf.stack([-1, gh, gw]))
+  raw, inside = stored_trajectories(disp_strings, inside_strings, gh, gw, stored_len, traj_len)
   return (_window(raw, origin_y, origin_x, size, gh, gw, 2),
           _window(inside, origin_y, origin_x, size, gh, gw, 1) >= traj_len)
 
 
 def hog_window(hog_strings, gh, gw, origin_y, origin_x, size: int):
   """uint8 `[F, size, size, 9]`: a window of the stored (sqrt-quantised) HOG maps of `F` frames."""
-  q = tf.reshape(tf.io.decode_raw(hog_strings, tf.uint8), tf.stack([-1, gh, gw, schema.HOG_BINS]))
-  return _window(q, origin_y, origin_x, size, gh, gw, 1)
+  return _window(hog_codes(hog_strings, gh, gw), origin_y, origin_x, size, gh, gw, 1)

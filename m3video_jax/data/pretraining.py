@@ -100,43 +100,90 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
 
 
+def record_seeds(seed: tf.Tensor, clips_per_record: int) -> list[tf.Tensor]:
+  """The seeds of a record's clips from its element seed (`stream.element_seed`): the seed itself for one clip (so a
+  clip's draws are exactly those of earlier versions), else `clips_per_record` seeds split from it."""
+  if clips_per_record == 1:
+    return [seed]
+  return tf.unstack(tf.random.experimental.stateless_split(seed, clips_per_record))
+
+
+def draw_clip(config, spec: ClipSpec, rec: dict[str, Any], seed: tf.Tensor, *, train: bool = True):
+  """The random draws of one clip of a parsed record: its frames and trajectory starts (`clip_ops.sample_clip`), its
+  crop (`clip_ops.multiscale_crop_params`) and its flip.
+
+  Returns:
+    frame_idx `[T]`, tubelet_first `[Tt]`, start_idx `[Tt]`, has_traj `[Tt]`, crop (offset_y, offset_x, crop_h,
+    crop_w) and flip (a bool scalar).
+  """
+  d = config.data
+  seed_clip, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  frame_idx, tubelet_first, start_idx, has_traj = clip_ops.sample_clip(
+      rec[schema.NUM_FRAMES], rec[schema.NUM_STARTS], seed_clip, clip_frames=spec.num_frames,
+      frame_stride=spec.frame_stride, tubelet=spec.tubelet, traj_len=spec.traj_len,
+      start_stride=tf.cast(rec[schema.TRAJ_START_STRIDE], tf.int32), random_start=train)
+  crop = clip_ops.multiscale_crop_params(rec[schema.HEIGHT], rec[schema.WIDTH], seed_crop,
+                                         scales=tuple(d.crop_scales), max_distort=d.crop_max_distort, res=spec.res,
+                                         random=train)
+  flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
+  return frame_idx, tubelet_first, start_idx, has_traj, crop, flip
+
+
 def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: int = 0, clips_per_record: int = 1):
   """Returns `fn(epoch, index, serialized) -> features` producing the clips of one record and their target inputs.
 
   With `clips_per_record = R > 1` every feature has a leading `[R]` dim: R clips, each with its own start, crop and
-  flip (seeds split from the element's seed), decoded from the one parse of the record (`stream.train_stream` with
-  `stacked=True` puts them into the same batch). With R = 1 a clip's draws are exactly those of earlier versions.
+  flip (`record_seeds`), decoded from the one parse of the record (`stream.train_stream` with `stacked=True` puts them
+  into the same batch). With R = 1 a clip's draws are exactly those of earlier versions.
   """
-  d = config.data
   feature_spec = schema.tf_feature_spec()
   base_seed = stream.process_seed(config.seed, process_index)
 
   def one_clip(rec, seed, index):
-    seed_clip, seed_crop, seed_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     # A VarLen list's `values` is the whole list (every entry is present): no dense copy of the record's strings.
     frames, hog_maps = rec[schema.FRAMES].values, rec[schema.HOG_MAP].values
     disp_strings, inside_strings = rec[schema.TRAJ_DISP].values, rec[schema.TRAJ_INSIDE].values
-    height, width = rec[schema.HEIGHT], rec[schema.WIDTH]
     grid = tf.cast(rec[schema.GRID], tf.int32)
-    gh, gw = tf.cast(height, tf.int32) // grid, tf.cast(width, tf.int32) // grid
-    num_frames = rec[schema.NUM_FRAMES]
-    start_stride = tf.cast(rec[schema.TRAJ_START_STRIDE], tf.int32)
-
-    frame_idx, tubelet_first, start_idx, has_traj = clip_ops.sample_clip(
-        num_frames, rec[schema.NUM_STARTS], seed_clip, clip_frames=spec.num_frames, frame_stride=spec.frame_stride,
-        tubelet=spec.tubelet, traj_len=spec.traj_len, start_stride=start_stride, random_start=train)
-    oy, ox, ch, cw = clip_ops.multiscale_crop_params(height, width, seed_crop, scales=tuple(d.crop_scales),
-                                                     max_distort=d.crop_max_distort, res=spec.res, random=train)
-    flip = (tf.random.stateless_uniform([], seed_flip) < 0.5) if (d.flip and train) else tf.constant(False)
+    gh, gw = tf.cast(rec[schema.HEIGHT], tf.int32) // grid, tf.cast(rec[schema.WIDTH], tf.int32) // grid
+    num_frames = tf.cast(rec[schema.NUM_FRAMES], tf.int32)
+    stored_len = tf.cast(rec[schema.TRAJ_LEN], tf.int32)
+    frame_idx, tubelet_first, start_idx, has_traj, (oy, ox, ch, cw), flip = draw_clip(config, spec, rec, seed,
+                                                                                       train=train)
+    ids = {'label': tf.cast(rec[schema.LABEL], tf.int32), '_id': index}
     if spec.on_device:
-      return device_parts(rec, index, frame_idx, tubelet_first, start_idx, has_traj, (oy, ox, ch, cw), flip)
+      tf.debugging.assert_less_equal(
+          tf.maximum(ch, cw), spec.prep_short_side,
+          message=f'a crop side exceeds config.data.prep_short_side={spec.prep_short_side} (the records were prepared '
+                  'with a longer short side: set data.prep_short_side to data prep\'s --short_side)')
+      # The host half of the clip (`clip_device.RAW_KEYS`): the decoded crop and windows of the stored trajectories
+      # and HOG maps; `clip_device.assemble` finishes it in the jitted step.
+      video, frame_size = clip_ops.decode_crop_frames_raw(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox,
+                                                          crop_h=ch, crop_w=cw, res=spec.res)
+      ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
+      tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step, flip)
+      traj_raw, traj_ok = clip_ops.trajectory_window(tf.gather(disp_strings, start_idx),
+                                                     tf.gather(inside_strings, start_idx), gh, gw, stored_len,
+                                                     spec.traj_len, ty, tx, spec.traj_window)
+      out = {'frames': video, 'frame_size': frame_size, 'crop': tf.stack([oy, ox, ch, cw]), 'flip': flip,
+             'grid_size': tf.stack([gh, gw]), 'traj_raw': traj_raw,
+             'traj_ok': tf.logical_and(traj_ok, has_traj[:, None, None]), 'traj_origin': tf.stack([ty, tx])}
+      if spec.with_hog:
+        if spec.hog_contiguous:
+          hog_frames = tubelet_first[0] + tf.range(spec.hog_frames)
+        else:
+          hog_frames = tf.reshape(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :], [-1])
+        hog_frames = tf.minimum(hog_frames, num_frames - 1)
+        hy, hx = ty - spec.hog_margin, tx - spec.hog_margin
+        out['hog_raw'] = clip_ops.hog_window(tf.gather(hog_maps, hog_frames), gh, gw, hy, hx, spec.hog_window)
+        out['hog_scale'] = tf.gather(rec[schema.HOG_SCALE].values, hog_frames)
+        out['hog_origin'] = tf.stack([hy, hx])
+      return {**out, **ids}
     video = clip_ops.decode_crop_frames(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox, crop_h=ch, crop_w=cw,
                                         res=spec.res, flip=flip)
     disp, valid = clip_ops.decode_trajectories(tf.gather(disp_strings, start_idx), tf.gather(inside_strings, start_idx),
-                                               gh, gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len)
+                                               gh, gw, stored_len, spec.traj_len)
     valid = tf.logical_and(valid, has_traj[:, None, None])
-    hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :],
-                            tf.cast(num_frames, tf.int32) - 1)
+    hog_frames = tf.minimum(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :], num_frames - 1)
     hog_strings = hog_scales = None
     if spec.with_hog:
       hog_strings = tf.gather(hog_maps, hog_frames)
@@ -152,53 +199,15 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
         **hog_feature,
         'traj_quantum': tf.cast(spec.res, tf.float32) / tf.cast(tf.minimum(ch, cw), tf.float32)
                         / schema.DISP_UNITS_PER_PX,
-        'label': tf.cast(rec[schema.LABEL], tf.int32),
-        '_id': index,
+        **ids,
     }
-
-  def device_parts(rec, index, frame_idx, tubelet_first, start_idx, has_traj, crop, flip):
-    """The host half of the clip (`clip_device.RAW_KEYS`): decoded crop, windows of the stored trajectories and HOG
-    maps; `clip_device.assemble` finishes it in the jitted step."""
-    oy, ox, ch, cw = crop
-    height, width = tf.cast(rec[schema.HEIGHT], tf.int32), tf.cast(rec[schema.WIDTH], tf.int32)
-    grid = tf.cast(rec[schema.GRID], tf.int32)
-    gh, gw = height // grid, width // grid
-    num_frames = tf.cast(rec[schema.NUM_FRAMES], tf.int32)
-    tf.debugging.assert_less_equal(
-        tf.maximum(ch, cw), spec.prep_short_side,
-        message=f'a crop side exceeds config.data.prep_short_side={spec.prep_short_side} (the records were prepared '
-                'with a longer short side: set data.prep_short_side to data prep\'s --short_side)')
-    frames, frame_size = clip_ops.decode_crop_frames_raw(tf.gather(rec[schema.FRAMES].values, frame_idx), offset_y=oy,
-                                                         offset_x=ox, crop_h=ch, crop_w=cw, res=spec.res)
-    ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
-    tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step)
-    traj_raw, traj_ok = clip_ops.trajectory_window(
-        tf.gather(rec[schema.TRAJ_DISP].values, start_idx), tf.gather(rec[schema.TRAJ_INSIDE].values, start_idx), gh,
-        gw, tf.cast(rec[schema.TRAJ_LEN], tf.int32), spec.traj_len, ty, tx, spec.traj_window)
-    out = {
-        'frames': frames, 'frame_size': frame_size, 'crop': tf.stack([oy, ox, ch, cw]), 'flip': flip,
-        'grid_size': tf.stack([gh, gw]), 'traj_raw': traj_raw,
-        'traj_ok': tf.logical_and(traj_ok, has_traj[:, None, None]), 'traj_origin': tf.stack([ty, tx]),
-    }
-    if spec.with_hog:
-      if spec.hog_contiguous:
-        hog_frames = tubelet_first[0] + tf.range(spec.hog_frames)
-      else:
-        hog_frames = tf.reshape(tubelet_first[:, None] + tf.range(spec.traj_len)[None, :], [-1])
-      hog_frames = tf.minimum(hog_frames, num_frames - 1)
-      hy, hx = ty - spec.hog_margin, tx - spec.hog_margin
-      out['hog_raw'] = clip_ops.hog_window(tf.gather(rec[schema.HOG_MAP].values, hog_frames), gh, gw, hy, hx,
-                                           spec.hog_window)
-      out['hog_scale'] = tf.gather(rec[schema.HOG_SCALE].values, hog_frames)
-      out['hog_origin'] = tf.stack([hy, hx])
-    return {**out, 'label': tf.cast(rec[schema.LABEL], tf.int32), '_id': index}
 
   def fn(epoch, index, serialized):
     rec = tf.io.parse_single_example(serialized, feature_spec)
-    seed = stream.element_seed(base_seed, epoch, index)
+    clips = [one_clip(rec, s, index)
+             for s in record_seeds(stream.element_seed(base_seed, epoch, index), clips_per_record)]
     if clips_per_record == 1:
-      return one_clip(rec, seed, index)
-    clips = [one_clip(rec, s, index) for s in tf.unstack(tf.random.experimental.stateless_split(seed, clips_per_record))]
+      return clips[0]
     return {k: tf.stack([c[k] for c in clips]) for k in clips[0]}
 
   return fn
