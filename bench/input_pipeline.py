@@ -111,9 +111,10 @@ def measure(config, shards: list[str], clips: int, per_core: bool) -> tuple[floa
 def measure_decode_floor(config, shards: list[str], clips: int) -> float:
   """Clips per second of the JPEG decode alone, one core: exactly the crops of the frames that the measured stream's
   clips need (same records, seeds, clip starts and crop windows: `pretraining.draw_clip`, as the pipeline draws them),
-  collected first, then decoded in a tf.data map as the pipeline decodes them (`decode_and_crop_jpeg`, integer IDCT),
-  nothing else."""
+  collected first, then decoded in a tf.data map as the pipeline decodes them (`clip_ops.decode_crops`:
+  `decode_and_crop_jpeg`, integer IDCT, unrolled over the clip's frames), nothing else."""
   import tensorflow as tf
+  from m3video_jax.data import clip_ops
   from m3video_jax.data import pretraining
   from m3video_jax.data import schema
   from m3video_jax.data import stream
@@ -138,11 +139,8 @@ def measure_decode_floor(config, shards: list[str], clips: int) -> float:
     jpegs.append(j.numpy())
     crops.append(c.numpy())
 
-  def decode(j, c):
-    return tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, c, channels=3, dct_method='INTEGER_FAST'), j,
-                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-
-  ds = _one_core(tf.data.Dataset.from_tensor_slices((np.stack(jpegs), np.stack(crops))).map(decode), True)
+  ds = tf.data.Dataset.from_tensor_slices((np.stack(jpegs), np.stack(crops))).map(clip_ops.decode_crops)
+  ds = _one_core(ds, True)
   it = iter(ds)
   next(it)  # Warm-up.
   start = time.perf_counter()
