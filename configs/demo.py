@@ -22,6 +22,8 @@ motion_mini = config_lib.sibling_config(__file__, 'motion_mini')
 NEXT = (
     'python -m m3video_jax.main --config=configs/linear_probe_demo.py --workdir={workdir}_probe '
     '--config.init_from={workdir}',
+    'python -m m3video_jax.main --config=configs/attentive_probe_demo.py --workdir={workdir}_attentive '
+    '--config.init_from={workdir}',
     'python -m m3video_jax.main --config=configs/finetune_demo.py --workdir={workdir}_finetune '
     '--config.init_from={workdir}',
     'python -m m3video_jax.interop.export --checkpoint={workdir} --format=hf --output={workdir}_hf',

@@ -15,7 +15,8 @@ Args:
   seed    model/mask/augmentation seed (the videos are fixed: data.synthetic_seed).
   static  the paper §3.1 toy experiment: the model sees one frame of each clip repeated; targets from the real clip.
   task    pretrain | finetune | linear_probe (the training-loop probe of configs/linear_probe_demo.py; the driver's
-          Table 1 uses the faster feature probe of m3video_jax/probe.py).
+          Table 1 uses the faster feature probe of m3video_jax/probe.py) | attentive_probe (configs/
+          attentive_probe_demo.py).
   steps   optimiser steps (default: 6,000 pretraining, 1,000 fine-tuning).
   smoke   a few videos and steps (CI), same code path.
 
@@ -114,6 +115,9 @@ def _classify(a):
   if a.task == 'linear_probe':  # Only the head trains: a larger lr, no weight decay.
     c.optim.base_lr = 3e-3 * 256 / c.data.batch_size
     c.optim.weight_decay = 0.0
+  if a.task == 'attentive_probe':  # V-JEPA's probe optimiser (lr 1e-3, weight decay 0.01) at this batch size.
+    c.optim.base_lr = 1e-3 * 256 / c.data.batch_size
+    c.optim.weight_decay = 0.01
   if a.smoke:
     c.total_steps = a.steps or 4
     c.optim.warmup_steps = 1
@@ -127,6 +131,7 @@ def get_config(arg=None):
                            smoke=False)
   if a.task == 'pretrain':
     return _pretrain(a)
-  if a.task in ('finetune', 'linear_probe'):
+  if a.task in ('finetune', 'linear_probe', 'attentive_probe'):
     return _classify(a)
-  raise ValueError(f"config arg task={a.task!r} is invalid: expected 'pretrain', 'finetune' or 'linear_probe'")
+  raise ValueError(f"config arg task={a.task!r} is invalid: expected 'pretrain', 'finetune', 'linear_probe' or "
+                   "'attentive_probe'")

@@ -1,7 +1,8 @@
 """Runs the CPU-scale Fig. 3 and Table 1 of docs/results.md and writes results.json, results.md and the plots.
 
   pip install -e '.[experiments]'
-  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~1.5 h on 2 CPU cores
+  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~3 h on 2 CPU cores (~45 min of
+                                                                               # it the attentive probes)
   python experiments/motion_mini.py --workdir=/tmp/motion_mini_smoke --smoke   # every step on a few videos (CI)
 
 What it does (configs/motion_mini.py holds every setting):
@@ -10,8 +11,9 @@ What it does (configs/motion_mini.py holds every setting):
    in `<workdir>/runs/<target>[_static]_s<seed>` and resumes or is skipped when done.
 2. Fig. 3: `loss / zero_loss` of each run's target part against steps (mean +- std over seeds) -> `fig3.png`.
 3. Table 1: for each real-input encoder and a randomly initialised one (same seeds): the frozen-feature linear probe
-   (`m3video_jax.probe`: mean-pooled tokens, softmax regression) and a fine-tune (`task=finetune`), both trained on
-   600 held-out videos of another seed and tested on 200 more -> `table1.png`.
+   (`m3video_jax.probe`: mean-pooled tokens, softmax regression), the attentive probe (`task=attentive_probe`, the
+   frozen encoder with a trained cross-attention pooler, `<workdir>/attentive_probe/`) and a fine-tune
+   (`task=finetune`), all trained on 600 held-out videos of another seed and tested on 200 more -> `table1.png`.
 4. `results.json` (every number, per seed), `results.md` (the tables), and a closing summary of what is where.
 """
 from __future__ import annotations
@@ -55,8 +57,9 @@ def pretrain(workdir: str, target: str, static: bool, seed: int, smoke: bool) ->
   return wd
 
 
-def finetune_config(workdir: str, seed: int, smoke: bool, init_from: str):
-  config = motion_mini.get_config(f'task=finetune,seed={seed},smoke={smoke}')
+def finetune_config(workdir: str, seed: int, smoke: bool, init_from: str, task: str = 'finetune'):
+  """The config of a classification run on the probe videos (`task`: finetune or attentive_probe)."""
+  config = motion_mini.get_config(f'task={task},seed={seed},smoke={smoke}')
   with config.unlocked():
     config.data.prepare_dir = os.path.join(workdir, 'data', 'probe')
     config.init_from = init_from
@@ -82,23 +85,37 @@ def random_encoder(seed: int):
   return tasks.get_task(config).init_params(jax.random.PRNGKey(seed))['encoder']
 
 
-def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, seed: int, smoke: bool) -> dict:
-  """Linear probe and fine-tune top-1 of one encoder (`init_from` '' = fine-tune from scratch)."""
-  from m3video_jax import probe
+def classification_run(workdir: str, task: str, name: str, init_from: str, seed: int, smoke: bool) -> dict:
+  """The 2 x 3-view test results of a `task` run (finetune, attentive_probe) from `init_from` ('' = a random
+  encoder), trained unless `<workdir>/<task>/<name>_s<seed>` holds them."""
   from m3video_jax import train_lib
+
+  run_dir = os.path.join(workdir, 'finetune' if task == 'finetune' else task, f'{name}_s{seed}')
+  results_path = os.path.join(run_dir, 'eval_results.json')
+  if not os.path.exists(results_path):
+    train_lib.train_and_evaluate(finetune_config(workdir, seed, smoke, init_from, task), run_dir)
+  with open(results_path) as f:
+    return json.load(f)
+
+
+def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, seed: int, smoke: bool, *,
+                     finetune: bool = True, attentive: bool = True) -> dict:
+  """Linear probe, attentive probe and fine-tune top-1 of one encoder (`init_from` '' = a random encoder; NaN for a
+  column that is switched off)."""
+  from m3video_jax import probe
 
   t0 = time.perf_counter()
   feats = probe_features(workdir, encoder_params, smoke)
   lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
-  ft_dir = os.path.join(workdir, 'finetune', f'{name}_s{seed}')
-  results_path = os.path.join(ft_dir, 'eval_results.json')
-  if not os.path.exists(results_path):
-    train_lib.train_and_evaluate(finetune_config(workdir, seed, smoke, init_from), ft_dir)
-  with open(results_path) as f:
-    ft = json.load(f)
-  logging.info('%s seed %d: linear probe %.1f%%, fine-tune %.1f%% (%.0f s)', name, seed, lp['top1'], ft['top1'],
-               time.perf_counter() - t0)
-  return {'linear_probe': lp, 'finetune_top1': float(ft['top1']), 'finetune_top5': float(ft['top5'])}
+  out = {'linear_probe': lp, 'attentive_top1': float('nan'), 'finetune_top1': float('nan')}
+  if attentive:
+    out['attentive_top1'] = float(classification_run(workdir, 'attentive_probe', name, init_from, seed, smoke)['top1'])
+  if finetune:
+    ft = classification_run(workdir, 'finetune', name, init_from, seed, smoke)
+    out.update(finetune_top1=float(ft['top1']), finetune_top5=float(ft['top5']))
+  logging.info('%s seed %d: linear probe %.1f%%, attentive probe %.1f%%, fine-tune %.1f%% (%.0f s)', name, seed,
+               lp['top1'], out['attentive_top1'], out['finetune_top1'], time.perf_counter() - t0)
+  return out
 
 
 def _mean_std(values) -> tuple[float | None, float | None]:
@@ -162,10 +179,11 @@ def plot_table1(table: dict, path: str) -> None:
   names = list(table)
   fig, ax = _axes((7.2, 4.0))
   x = np.arange(len(names))
-  for i, (metric, label) in enumerate((('linear_probe', 'linear probe'), ('finetune', 'fine-tune'))):
-    means = [table[n][metric]['mean'] for n in names]
-    stds = [table[n][metric]['std'] for n in names]
-    ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, label=label)
+  columns = (('linear_probe', 'linear probe'), ('attentive_probe', 'attentive probe'), ('finetune', 'fine-tune'))
+  for i, (metric, label) in enumerate(columns):
+    means = [np.nan if table[n][metric]['mean'] is None else table[n][metric]['mean'] for n in names]
+    stds = [np.nan if table[n][metric]['std'] is None else table[n][metric]['std'] for n in names]
+    ax.bar(x + (i - 1) * 0.27, means, 0.27, yerr=stds, capsize=3, label=label)
   ax.axhline(100 / 8, color='grey', linewidth=0.8, linestyle=':', label='chance')
   ax.set_xticks(x, [n.replace('trajectory', 'traj.').replace('_', ' ') for n in names], fontsize=8)
   _finish(fig, ax, path, 'Table 1 in miniature (mean ± std over seeds)', 'pretraining target',
@@ -195,12 +213,13 @@ def write_markdown(results: dict, path: str) -> None:
   first = next(iter(results['table1_raw'].values()))[0]['linear_probe']
   lines += ['', f'## Table 1: top-1 (%) on {first["num_test"]} held-out videos of an unseen seed, probe and fine-tune '
             f'trained on {first["num_train"]} more (chance 12.5 %)', '',
-            '| pretraining target | linear probe per seed | linear probe | fine-tune per seed | fine-tune |',
-            '|---|---|---|---|---|']
+            '| pretraining target | linear probe per seed | linear probe | attentive probe per seed | attentive probe '
+            '| fine-tune per seed | fine-tune |', '|---|---|---|---|---|---|---|']
+  num = lambda v: 'n/a' if v is None else f'{v:.1f}'  # noqa: E731  (a column that was not run)
   for name, row in results['table1'].items():
-    lp, ft = row['linear_probe'], row['finetune']
-    lines.append(f'| {name} | {", ".join(f"{v:.1f}" for v in lp["per_seed"])} | {lp["mean"]:.1f} ± {lp["std"]:.1f} | '
-                 f'{", ".join(f"{v:.1f}" for v in ft["per_seed"])} | {ft["mean"]:.1f} ± {ft["std"]:.1f} |')
+    cells = [f'{", ".join(num(v) for v in row[c]["per_seed"])} | {num(row[c]["mean"])} ± {num(row[c]["std"])}'
+             for c in ('linear_probe', 'attentive_probe', 'finetune')]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   lines += ['', '## Final training diagnostics per run (last logging interval)', '',
             '| run | part: loss / zero (moving tokens, static tokens) |', '|---|---|']
   for name, r in results['final_diagnostics'].items():
@@ -218,7 +237,8 @@ def main(argv=None) -> int:
   p.add_argument('--workdir', required=True, help='Everything goes here (data, runs, results); re-running resumes.')
   p.add_argument('--seeds', default='0,1,2', help='Comma-separated seeds.')
   p.add_argument('--smoke', action='store_true', help='A few videos and steps: checks the whole path (CI).')
-  p.add_argument('--no_finetune', action='store_true', help='Skip the fine-tunes (linear probes only).')
+  p.add_argument('--no_finetune', action='store_true', help='Skip the fine-tunes.')
+  p.add_argument('--no_attentive', action='store_true', help='Skip the attentive probes (task=attentive_probe).')
   p.add_argument('--probe', default='',
                  help='Comma-separated pretraining workdirs (any config of this regime) to linear-probe on the probe '
                       'videos of --workdir, printing one line each; nothing else runs.')
@@ -272,17 +292,13 @@ def main(argv=None) -> int:
       else:
         init_from = os.path.join(workdir, 'runs', run_name(name, False, seed))
         enc = checkpointing.load_params(init_from)['encoder']
-      if args.no_finetune:
-        from m3video_jax import probe
-        feats = probe_features(workdir, enc, args.smoke)
-        raw[name].append({'linear_probe': probe.linear_probe(*feats['train'], *feats['test'], num_classes=8,
-                                                             seed=seed), 'finetune_top1': float('nan')})
-      else:
-        raw[name].append(evaluate_encoder(workdir, name, enc, init_from, seed, args.smoke))
-    lp = [r['linear_probe']['top1'] for r in raw[name]]
-    ft = [r['finetune_top1'] for r in raw[name]]
-    table[name] = {'linear_probe': dict(zip(('mean', 'std'), _mean_std(lp)), per_seed=lp),
-                   'finetune': dict(zip(('mean', 'std'), _mean_std(ft)), per_seed=ft)}
+      raw[name].append(evaluate_encoder(workdir, name, enc, init_from, seed, args.smoke,
+                                        finetune=not args.no_finetune, attentive=not args.no_attentive))
+    table[name] = {}
+    for column, key in (('linear_probe', None), ('attentive_probe', 'attentive_top1'), ('finetune', 'finetune_top1')):
+      values = [r['linear_probe']['top1'] if key is None else r.get(key, float('nan')) for r in raw[name]]
+      values = [None if v != v else v for v in values]  # NaN (not run) -> None: JSON null, skipped by _mean_std.
+      table[name][column] = dict(zip(('mean', 'std'), _mean_std(values)), per_seed=values)
 
   results = {'seeds': seeds, 'smoke': args.smoke,
              'fig3': {f'{t}{"_static" if st else ""}': d for (t, st), d in fig3.items()},

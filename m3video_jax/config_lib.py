@@ -372,6 +372,8 @@ def classification_base(task: str = 'finetune') -> ml_collections.ConfigDict:
 
   `task='linear_probe'` gives the same recipe for a frozen encoder: eval-mode features, so no drop path (the
   reference's drop path 0.1 there is a bug), and no layer decay (only `head` trains, `tasks.LinearProbeTask`).
+  `task='attentive_probe'` is the same with the pooler's fields (`tasks.AttentiveProbeTask`); its configs set the
+  V-JEPA probe recipe.
   """
   c = _base(task)
   c.init_from = ''  # Pretrained encoder: a workdir/checkpoint of ours or one written by interop.import_weights.
@@ -407,10 +409,24 @@ def classification_base(task: str = 'finetune') -> ml_collections.ConfigDict:
   c.optim.base_lr = 1e-3  # Scaled by videos per step / 256.
   c.optim.min_lr = 1e-6
   c.optim.layer_decay = 0.75  # Layer-wise lr decay (finetune only; 1 = off).
-  if task == 'linear_probe':
+  if task in ('linear_probe', 'attentive_probe'):
     c.model.drop_path = 0.0
     c.optim.layer_decay = 1.0
+  if task == 'attentive_probe':
+    c.model.pool_heads = 0  # The pooler's heads; 0 = the encoder's.
+    c.model.pool_queries = 1  # Learnable queries; the head classifies their mean.
+    c.model.pool_mlp = True  # The residual MLP after the cross-attention (V-JEPA's probe); False = attention only.
   return c
+
+
+def attentive_probe_recipe(c: ml_collections.ConfigDict) -> None:
+  """V-JEPA's attentive-probe optimiser and augmentation (facebookresearch/jepa `configs/evals/*_16x*x3.yaml` and its
+  frozen video-classification eval): AdamW, lr 1e-3 at 256 videos per step, cosine to 0 without warmup (the
+  schedule's warmup is the caller's), weight decay 0.01, plain cross entropy; random resized crop of 30-100 % of the
+  area, no RandAugment, mixup, cutmix or erasing."""
+  c.optim.update(base_lr=1e-3, min_lr=0.0, weight_decay=0.01)
+  c.aug.update(crop_area=(0.3, 1.0), randaug_num_ops=0, erase_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
+               label_smoothing=0.0)
 
 
 PRETRAIN_ARGS = dict(variant='B', mask_ratio=0.7, target='trajectory', traj_len=6, patch_norm=True,
@@ -473,7 +489,7 @@ def epochs_schedule(c: ml_collections.ConfigDict, *, num_train_videos: int, epoc
   """Sets `total_steps`, `optim.warmup_steps`, `checkpoint_every_steps` and `eval_every_steps` (0 = only at the end)
   from epochs of `num_train_videos` at `videos_per_step`."""
   c.total_steps = epochs_to_steps(epochs, num_train_videos, videos_per_step)
-  c.optim.warmup_steps = epochs_to_steps(warmup_epochs, num_train_videos, videos_per_step)
+  c.optim.warmup_steps = epochs_to_steps(warmup_epochs, num_train_videos, videos_per_step) if warmup_epochs else 0
   c.checkpoint_every_steps = epochs_to_steps(checkpoint_epochs, num_train_videos, videos_per_step)
   c.eval_every_steps = epochs_to_steps(eval_epochs, num_train_videos, videos_per_step) if eval_epochs else 0
 

@@ -13,6 +13,8 @@ Each task owns everything that differs between tasks:
 `pretrain`: masked motion modeling (M3Video) or the pixel/HOG baselines, selected by `config.target`.
 `finetune`: action classification with the whole network trained (paper Table 14).
 `linear_probe`: the same classifier on a frozen encoder; only the head trains (paper Table 12).
+`attentive_probe`: a frozen encoder, an attentive pooler (cross-attention from learnable queries) and a linear head
+  train (V-JEPA's frozen evaluation).
 """
 from __future__ import annotations
 
@@ -319,6 +321,7 @@ class FinetuneTask:
   # The params the optimiser updates (top-level names); None = all. Linear probing sets ('head',): the one place that
   # decides it; the model runs a frozen encoder (eval mode, no gradient) exactly when `encoder` is not trainable.
   trainable: tuple[str, ...] | None = None
+  pooling: str = 'mean'  # `classifier.VideoClassifier.pooling`.
 
   @property
   def freeze_encoder(self) -> bool:
@@ -388,7 +391,9 @@ class FinetuneTask:
     return classifier.VideoClassifier(
         variant=c.model.encoder, num_classes=c.model.num_classes, patch_size=tuple(c.model.patch_size),
         drop_path_rate=c.model.drop_path, freeze_encoder=self.freeze_encoder,
-        head_init_scale=c.model.head_init_scale, dtype=_DTYPES[c.model.dtype], attention=attention, remat=remat)
+        head_init_scale=c.model.head_init_scale, dtype=_DTYPES[c.model.dtype], attention=attention, remat=remat,
+        pooling=self.pooling, pool_heads=c.model.get('pool_heads', 0), pool_queries=c.model.get('pool_queries', 1),
+        pool_mlp=c.model.get('pool_mlp', True))
 
   def init_params(self, rng: jax.Array) -> Any:
     video = jnp.zeros(clip_shape(self.config, 1), jnp.float32)
@@ -401,7 +406,12 @@ class FinetuneTask:
     pt, ph, pw = c.model.patch_size
     t, h, w = vit.token_grid(clip_shape(c, 1), tuple(c.model.patch_size))
     encoder = vit.encoder_flops(c.model.encoder, t * h * w, pt * ph * pw * 3)
-    head = 2.0 * vit.get_variant(c.model.encoder).width * c.model.num_classes
+    width = vit.get_variant(c.model.encoder).width
+    head = 2.0 * width * c.model.num_classes
+    if self.pooling == 'attentive':  # Keys and values of every token, the queries' attention, projection and MLP.
+      q = c.model.get('pool_queries', 1)
+      head += 2.0 * t * h * w * 2 * width * width + 2.0 * q * width * width * 2 + 4.0 * q * t * h * w * width
+      head += 2.0 * q * width * 4 * width * 2 if c.model.get('pool_mlp', True) else 0.0
     return (1.0 if self.freeze_encoder else 3.0) * encoder + 3.0 * head
 
   def loss_fn(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -499,6 +509,23 @@ class LinearProbeTask(FinetuneTask):
   trainable: tuple[str, ...] | None = ('head',)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentiveProbeTask(FinetuneTask):
+  """Attentive probing: the encoder frozen as in linear probing; an `AttentivePooler` (`model.pool_heads`,
+  `pool_queries`, `pool_mlp`) and the linear `head` train."""
+  trainable: tuple[str, ...] | None = ('pooler', 'head')
+  pooling: str = 'attentive'
+
+  def validate(self, num_devices: int | None = None) -> None:
+    super().validate(num_devices)
+    m, check = self.config.model, config_lib.check
+    width = vit.get_variant(m.encoder).width
+    heads = m.get('pool_heads', 0) or vit.get_variant(m.encoder).num_heads
+    check(m.get('pool_heads', 0) >= 0 and width % heads == 0, 'model.pool_heads', m.get('pool_heads', 0),
+          f'0 (the encoder\'s heads) or a divisor of the encoder width {width}')
+    check(m.get('pool_queries', 1) >= 1, 'model.pool_queries', m.get('pool_queries', 1), 'an integer >= 1')
+
+
 def _encoder_origin(config) -> str:
   """'random init' or the `init_from` run and, when its config.json is found, its pretraining target."""
   if not config.init_from:
@@ -516,7 +543,7 @@ def _encoder_origin(config) -> str:
 
 
 TASKS: dict[str, Callable[[Any], Any]] = {'pretrain': PretrainTask, 'finetune': FinetuneTask,
-                                          'linear_probe': LinearProbeTask}
+                                          'linear_probe': LinearProbeTask, 'attentive_probe': AttentiveProbeTask}
 
 
 def get_task(config) -> PretrainTask | FinetuneTask:

@@ -37,7 +37,7 @@ def test_demo_prepares_data_trains_summarises_and_resumes(tmp_path, caplog):
   summary = caplog.text[caplog.text.index('run complete'):]
   for text in ('position: loss', 'shape: loss', 'of the loss of predicting zero', 'parts weighted equally',
                f'checkpoints: {tmp_path / "checkpoints"}', 'metrics.jsonl', f'{tmp_path / "prediction.png"}',
-               'configs/linear_probe_demo.py', f'--config.init_from={tmp_path}'):
+               'configs/linear_probe_demo.py', 'configs/attentive_probe_demo.py', f'--config.init_from={tmp_path}'):
     assert text in summary, text
   # A probe or fine-tune from this run names it and its target in its result line.
   probe_config = linear_probe_demo.get_config()

@@ -50,6 +50,8 @@ def test_driver_smoke_run_writes_results_tables_and_plots(tmp_path):
   assert {r['input'] for r in results['fig3_final']} == {'real', 'static'}
   for row in results['table1'].values():
     assert len(row['linear_probe']['per_seed']) == 1 and 0 <= row['finetune']['per_seed'][0] <= 100
+    assert 0 <= row['attentive_probe']['per_seed'][0] <= 100
+  assert os.path.exists(tmp_path / 'attentive_probe' / 'pixel_s0' / 'eval_results.json')
   for name in ('results.md', 'fig3.png', 'table1.png'):
     assert os.path.getsize(tmp_path / name) > 500
   assert 'wrote' in done.stdout and 'Table 1' in open(tmp_path / 'results.md').read()

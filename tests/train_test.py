@@ -76,14 +76,9 @@ def loss_and_grads(config, mesh, params, batch, rng):
   return jax.device_get(loss), jax.device_get(grads)
 
 
-@pytest.mark.parametrize('clip_ops', ['host', 'device'])
-def test_train_step_same_loss_and_grads_on_1_and_8_devices(clip_ops):
+def assert_same_loss_and_grads_on_1_and_8_devices(config, params, batch, rng):
+  """The task's loss and gradients on one device equal those on 8 (data 8) and on data 4 x fsdp 2."""
   assert jax.device_count() == 8, 'tests/conftest.py sets 8 simulated CPU devices'
-  config = tiny_config(**{'data.clip_ops': clip_ops})
-  task = tasks.get_task(config)
-  params = jax.device_get(task.init_params(jax.random.PRNGKey(0)))
-  batch = random_batch(config, seed=0)
-  rng = jax.random.PRNGKey(1)
   one = jax.make_mesh((1, 1), sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
                       devices=jax.devices()[:1])
   ref_loss, ref_grads = loss_and_grads(config, one, params, batch, rng)
@@ -94,6 +89,13 @@ def test_train_step_same_loss_and_grads_on_1_and_8_devices(clip_ops):
     loss, grads = loss_and_grads(config, sharding.make_mesh(config.mesh), params, batch, rng)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+
+@pytest.mark.parametrize('clip_ops', ['host', 'device'])
+def test_train_step_same_loss_and_grads_on_1_and_8_devices(clip_ops):
+  config = tiny_config(**{'data.clip_ops': clip_ops})
+  params = jax.device_get(tasks.get_task(config).init_params(jax.random.PRNGKey(0)))
+  assert_same_loss_and_grads_on_1_and_8_devices(config, params, random_batch(config, seed=0), jax.random.PRNGKey(1))
 
 
 def test_fsdp_shards_large_params():

@@ -18,6 +18,11 @@ Formats (key names: `torch_mapping`, `docs/export.md`):
 * `safetensors`: the encoder with the reference's unprefixed names (`patch_embed.*`, `blocks.*`, `norm.*`), plus
   `fc_norm.*` / `head.*` for a classifier; our config in the metadata (`m3video_config`).
 
+An attentive probe (`task='attentive_probe'`: encoder, `pooler`, `head`): `mme` and `safetensors` hold all three, the
+pooler under our own names (`pooler.query` `(Q, D)`, `pooler.{norm_tokens,q,k,v,proj,norm_mlp,mlp.fc1,mlp.fc2}.*`,
+`torch_mapping`; the pooler's heads are `model.pool_heads` of the config stored beside them, 0 = the encoder's);
+`hf` holds the encoder only (`VideoMAEModel`, `use_mean_pooling=True`): transformers has no attentive pooler.
+
 An existing output (the file; for `hf` a non-empty directory) is refused unless `--overwrite`, which replaces the file
 (`hf`: its `config.json` and `model.safetensors`). Runs on the host only: parameters are restored as numpy arrays
 (from any sharding), no accelerator is needed.
@@ -41,10 +46,11 @@ FORMATS = ('mme', 'hf', 'safetensors')
 PyTree = Any
 
 
-def encoder_part(params: Mapping[str, Any]) -> dict[str, Any]:
-  """The encoder (plus the classifier's `fc_norm`/`head`): what `hf` and `safetensors` export."""
+def encoder_part(params: Mapping[str, Any], fmt: str = 'safetensors') -> dict[str, Any]:
+  """What `hf` and `safetensors` export: the encoder, plus a classifier's `fc_norm`/`head` and (`safetensors`
+  only) an attentive probe's `pooler`/`head`."""
   layout = torch_mapping.layout_of(params)
-  if layout.kind == 'pretrain':
+  if layout.kind == 'pretrain' or (layout.kind == 'attentive' and fmt == 'hf'):
     return {'encoder': params['encoder']}
   return dict(params)
 
@@ -90,7 +96,7 @@ def hf_config(params: PyTree, *, num_frames: int, image_size: int | tuple[int, i
   """
   from m3video_jax.models import vit
 
-  part = encoder_part(params)
+  part = encoder_part(params, 'hf')
   layout = torch_mapping.layout_of(part)
   variant, (pt, ph, pw) = weights.encoder_arch(part['encoder'])
   if ph != pw:
@@ -120,9 +126,11 @@ def save_hf(params: PyTree, output: str, *, num_frames: int,
   """Writes `config.json` + `model.safetensors` loadable by transformers 5.x. Returns the state dict written."""
   from safetensors.numpy import save_file
 
-  part = encoder_part(params)
-  if torch_mapping.layout_of(params).kind == 'pretrain':
-    logging.info('hf export: the pretraining decoder has no transformers equivalent; exporting the encoder only')
+  part = encoder_part(params, 'hf')
+  kind = torch_mapping.layout_of(params).kind
+  if kind in ('pretrain', 'attentive'):
+    what = 'pretraining decoder' if kind == 'pretrain' else 'attentive pooler and its head'
+    logging.info('hf export: transformers has no equivalent of the %s; exporting the encoder only', what)
   config = hf_config(part, num_frames=num_frames, image_size=image_size)
   state_dict = torch_mapping.to_torch(part, 'hf')
   os.makedirs(output, exist_ok=True)

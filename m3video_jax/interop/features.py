@@ -16,6 +16,8 @@ What the features are, by checkpoint:
   `fc_norm(mean(tokens))`, the input of the classification head; `encoder.logits(video)` gives the class logits.
 * an encoder without final LayerNorm and without `fc_norm` (e.g. a transformers `use_mean_pooling` encoder): tokens of
   the last block, `pooled` = their mean.
+* attentive probe (`task='attentive_probe'`): tokens of the last block; `pooled` = the attentive pooler's output (the
+  mean of its queries), the input of the head; `encoder.logits(video)` gives the class logits.
 
 CLI (temporal action detection, retrieval):
   python -m m3video_jax.interop.features --checkpoint=/runs/m3v_k400 --input=/data/videos.csv --output_dir=/data/feats \
@@ -53,6 +55,7 @@ from m3video_jax import cli
 from m3video_jax.data import schema
 from m3video_jax.interop import weights
 from m3video_jax.interop import torch_mapping
+from m3video_jax.models import classifier
 from m3video_jax.models import layers
 from m3video_jax.models import vit
 
@@ -66,7 +69,7 @@ class Encoder:
     variant: encoder variant ('mu', 'S', 'B', 'L').
     patch_size: tubelet `(pt, ph, pw)`.
     width: token width `D`.
-    kind: 'pretrain', 'classifier' or 'encoder' (the layout the parameters came in).
+    kind: 'pretrain', 'classifier', 'attentive' or 'encoder' (the layout the parameters came in).
     final_norm: whether the tokens are after the encoder's final LayerNorm.
     config: the checkpoint's config dict, or None.
     source: what the parameters were loaded from (`load_encoder`: `checkpoint` path and orbax `step`), or None; the
@@ -87,7 +90,12 @@ class Encoder:
     self.source = dict(source) if source else None
     self.attention = attention
     self._model = vit.VideoViT(self.variant, self.patch_size, final_norm=self.final_norm, attention=attention)
-    self._params = jax.device_put({k: params[k] for k in ('encoder', 'fc_norm', 'head') if k in params})
+    self._params = jax.device_put({k: params[k] for k in ('encoder', 'fc_norm', 'pooler', 'head') if k in params})
+    self._pooler = None
+    if 'pooler' in params:  # The pooler's heads are not in its weights: the run's config, else the encoder's.
+      heads = ((self.config or {}).get('model') or {}).get('pool_heads') or vit.VARIANTS[self.variant].num_heads
+      self._pooler = classifier.AttentivePooler(heads, num_queries=np.shape(params['pooler']['query'])[0],
+                                                mlp='mlp' in params['pooler'])
     self._tokens_fn = jax.jit(self._tokens)
     self._pooled_fn = jax.jit(self._pooled)
     self._logits_fn = jax.jit(self._logits)
@@ -97,6 +105,8 @@ class Encoder:
     return self._model.apply({'params': params['encoder']}, x)
 
   def _pooled(self, params, video: jax.Array) -> jax.Array:
+    if self._pooler is not None:
+      return self._pooler.apply({'params': params['pooler']}, self._tokens(params, video)).mean(axis=1)
     x = self._tokens(params, video).mean(axis=1)
     if 'fc_norm' in params:
       x = layers.layer_norm('fc_norm', jnp.float32).apply({'params': params['fc_norm']}, x)
@@ -121,7 +131,8 @@ class Encoder:
     return self._tokens_fn(self._params, self._check(video))
 
   def pooled(self, video: Any) -> jax.Array:
-    """uint8 RGB `[B, T, H, W, 3]` -> float32 `[B, D]`: mean token (then `fc_norm` for a classifier)."""
+    """uint8 RGB `[B, T, H, W, 3]` -> float32 `[B, D]`: mean token (then `fc_norm` for a classifier; the pooler's
+    output for an attentive probe)."""
     return self._pooled_fn(self._params, self._check(video))
 
   def logits(self, video: Any) -> jax.Array:

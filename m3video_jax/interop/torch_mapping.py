@@ -14,6 +14,10 @@ Our three parameter layouts (`Layout.kind`):
 
 * `pretrain`: `{'encoder', 'decoder'}` or `{'encoder', 'decoder_0', 'decoder_1', ...}` (`models/m3video.py`).
 * `classifier`: `{'encoder' (without its final `norm`), 'fc_norm', 'head'}` (`models/classifier.py`).
+* `attentive`: `{'encoder' (without its final `norm`), 'pooler', 'head'}`: an attentive probe
+  (`classifier.AttentivePooler`). Its pooler has no reference or transformers counterpart: its `mme` names are ours
+  (`pooler.*`, PyTorch `nn.Linear` / `nn.LayerNorm` conventions, `pooler.query` of shape `(Q, D)`); `hf` holds the
+  encoder only.
 * `encoder`: `{'encoder'}` only (an encoder imported on its own, or the `safetensors` export).
 
 Conversions (`Entry.kind`): `copy`; `linear` (Flax kernel `[in, out]` <-> PyTorch weight `(out, in)`); `conv3d` (Flax
@@ -70,7 +74,7 @@ class Layout:
   """Which parameters a tree holds (see the module docstring).
 
   Attributes:
-    kind: 'pretrain', 'classifier' or 'encoder'.
+    kind: 'pretrain', 'classifier', 'attentive' or 'encoder'.
     depth: encoder blocks.
     final_norm: whether the encoder has its final LayerNorm (`encoder/norm`, PyTorch `norm.*`).
     decoder_depths: pretrain only: blocks of each decoder; one entry = the joint decoder (`decoder`), several =
@@ -80,6 +84,7 @@ class Layout:
   depth: int
   final_norm: bool
   decoder_depths: tuple[int, ...] = ()
+  pool_mlp: bool = True  # attentive only: whether the pooler has its MLP (`model.pool_mlp`).
 
   @property
   def decoder_names(self) -> list[str]:
@@ -152,9 +157,27 @@ def entries(layout: Layout) -> list[Entry]:
         Entry(('fc_norm', 'bias'), 'fc_norm.bias', ('fc_norm.bias',), 'copy'),
         Entry(('head', 'kernel'), 'head.weight', ('classifier.weight',), 'linear'),
         Entry(('head', 'bias'), 'head.bias', ('classifier.bias',), 'copy')]
+  if layout.kind == 'attentive':
+    return _encoder_entries(layout, '', '') + _pooler_entries(layout.pool_mlp) + [
+        Entry(('head', 'kernel'), 'head.weight', (), 'linear'), Entry(('head', 'bias'), 'head.bias', (), 'copy')]
   if layout.kind == 'encoder':
     return _encoder_entries(layout, '', '')
-  raise ValueError(f'layout kind={layout.kind!r} is unknown: expected pretrain, classifier or encoder')
+  raise ValueError(f'layout kind={layout.kind!r} is unknown: expected pretrain, classifier, attentive or encoder')
+
+
+def _pooler_entries(mlp: bool) -> list[Entry]:
+  """The attentive pooler's names (no transformers counterpart)."""
+  out = [Entry(('pooler', 'query'), 'pooler.query', (), 'copy')]
+  layers = ['norm_tokens', 'q', 'k', 'v', 'proj'] + (['norm_mlp', 'mlp/fc1', 'mlp/fc2'] if mlp else [])
+  for name in layers:
+    path, torch_name = tuple(name.split('/')), 'pooler.' + name.replace('/', '.')
+    if name.startswith('norm'):
+      out += [Entry(('pooler',) + path + ('scale',), torch_name + '.weight', (), 'copy'),
+              Entry(('pooler',) + path + ('bias',), torch_name + '.bias', (), 'copy')]
+    else:
+      out += [Entry(('pooler',) + path + ('kernel',), torch_name + '.weight', (), 'linear'),
+              Entry(('pooler',) + path + ('bias',), torch_name + '.bias', (), 'copy')]
+  return out
 
 
 def _count_blocks(tree: Mapping[str, Any], where: str) -> int:
@@ -180,13 +203,15 @@ def layout_of(params: Mapping[str, Any]) -> Layout:
     return Layout('encoder', depth, final_norm)
   if rest == {'fc_norm', 'head'}:
     return Layout('classifier', depth, final_norm)
+  if rest == {'pooler', 'head'}:
+    return Layout('attentive', depth, final_norm, pool_mlp='mlp' in params['pooler'])
   if rest == {'decoder'}:
     return Layout('pretrain', depth, final_norm, (_count_blocks(params['decoder'], 'decoder'),))
   separate = [f'decoder_{i}' for i in range(len(rest))]
   if rest == set(separate):
     return Layout('pretrain', depth, final_norm, tuple(_count_blocks(params[n], n) for n in separate))
   raise ValueError(f'params with top-level keys {sorted(top)} are not a pretraining model (encoder, decoder[_i]), '
-                   'a classifier (encoder, fc_norm, head) or an encoder')
+                   'a classifier (encoder, fc_norm, head), an attentive probe (encoder, pooler, head) or an encoder')
 
 
 def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
