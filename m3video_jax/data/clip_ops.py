@@ -231,8 +231,9 @@ def _resize_uint8(frames: np.ndarray, height: int, width: int | None = None) -> 
 
 def decode_crops(jpegs: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
   """uint8 `[T, crop_h, crop_w, 3]`: the same window (offset_y, offset_x, crop_h, crop_w) of each JPEG frame, decoded
-  alone (integer IDCT). With a static `T` the decodes are unrolled: ~0.4 ms per 16-frame clip less than a `tf.map_fn`
-  loop (bench/input_pipeline.py)."""
+  alone (integer IDCT). With a static `T` the decodes are unrolled, without a `tf.map_fn` loop's per-frame dispatch
+  and TensorArray copies (on the order of 0.4 ms per 16-frame clip on one core, within this VM's noise: BENCHMARKS.md,
+  2026-12-07)."""
   decode = lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method='INTEGER_FAST')
   if jpegs.shape.rank == 1 and jpegs.shape[0] is not None:
     return tf.stack([decode(jpegs[i]) for i in range(jpegs.shape[0])])
