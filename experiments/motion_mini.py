@@ -1,8 +1,7 @@
 """Runs the CPU-scale Fig. 3 and Table 1 of docs/results.md and writes results.json, results.md and the plots.
 
   pip install -e '.[experiments]'
-  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~3 h on 2 CPU cores (~45 min of
-                                                                               # it the attentive probes)
+  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~2.5 h on 2 CPU cores
   python experiments/motion_mini.py --workdir=/tmp/motion_mini_smoke --smoke   # every step on a few videos (CI)
 
 What it does (configs/motion_mini.py holds every setting):
