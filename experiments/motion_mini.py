@@ -99,21 +99,22 @@ def classification_run(workdir: str, task: str, name: str, init_from: str, seed:
 
 def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, seed: int, smoke: bool, *,
                      finetune: bool = True, attentive: bool = True) -> dict:
-  """Linear probe, attentive probe and fine-tune top-1 of one encoder (`init_from` '' = a random encoder; NaN for a
+  """Linear probe, attentive probe and fine-tune top-1 of one encoder (`init_from` '' = a random encoder; None for a
   column that is switched off)."""
   from m3video_jax import probe
 
   t0 = time.perf_counter()
   feats = probe_features(workdir, encoder_params, smoke)
   lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
-  out = {'linear_probe': lp, 'attentive_top1': float('nan'), 'finetune_top1': float('nan')}
+  out = {'linear_probe': lp, 'attentive_top1': None, 'finetune_top1': None}
   if attentive:
     out['attentive_top1'] = float(classification_run(workdir, 'attentive_probe', name, init_from, seed, smoke)['top1'])
   if finetune:
     ft = classification_run(workdir, 'finetune', name, init_from, seed, smoke)
     out.update(finetune_top1=float(ft['top1']), finetune_top5=float(ft['top5']))
-  logging.info('%s seed %d: linear probe %.1f%%, attentive probe %.1f%%, fine-tune %.1f%% (%.0f s)', name, seed,
-               lp['top1'], out['attentive_top1'], out['finetune_top1'], time.perf_counter() - t0)
+  pct = lambda v: 'not run' if v is None else f'{v:.1f}%'  # noqa: E731
+  logging.info('%s seed %d: linear probe %s, attentive probe %s, fine-tune %s (%.0f s)', name, seed, pct(lp['top1']),
+               pct(out['attentive_top1']), pct(out['finetune_top1']), time.perf_counter() - t0)
   return out
 
 
@@ -295,8 +296,8 @@ def main(argv=None) -> int:
                                         finetune=not args.no_finetune, attentive=not args.no_attentive))
     table[name] = {}
     for column, key in (('linear_probe', None), ('attentive_probe', 'attentive_top1'), ('finetune', 'finetune_top1')):
-      values = [r['linear_probe']['top1'] if key is None else r.get(key, float('nan')) for r in raw[name]]
-      values = [None if v != v else v for v in values]  # NaN (not run) -> None: JSON null, skipped by _mean_std.
+      # None (not run): JSON null, skipped by _mean_std.
+      values = [r['linear_probe']['top1'] if key is None else r[key] for r in raw[name]]
       table[name][column] = dict(zip(('mean', 'std'), _mean_std(values)), per_seed=values)
 
   results = {'seeds': seeds, 'smoke': args.smoke,
