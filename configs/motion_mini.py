@@ -11,7 +11,12 @@ The whole table (all targets, static runs, linear probes, fine-tunes, 3 seeds; J
 Args:
   target  pixel (VideoMAE), hog (MaskFeat), trajectory_position_only, trajectory (position + trajectory-aligned HOG,
           the two parts weighted equally), trajectory_paper (the paper-faithful target: joint patch norm of both parts,
-          eps 1e-6, every element weighted equally).
+          eps 1e-6, every element weighted equally); the rest of paper Table 1 (hog+flow, hog+hof, hog+mbh,
+          hog+trajectory_position = "HOG + Traj. w/o shape"), Table 16 (trajectory+hof+mbh) and Table 2's
+          trajectory_no_interpolation (L = 2 steps at the input stride 2: the span of the L = 4 raw steps of
+          `trajectory`, positions only at the frames the model sees). Every part at this regime's setting (position
+          in px / 0.4 px per raw step, HOG raw, flow/HOF/MBH with the paper's joint patch norm), parts weighted
+          equally (`target.balance_parts`).
   seed    model/mask/augmentation seed (the videos are fixed: data.synthetic_seed).
   static  the paper §3.1 toy experiment: the model sees one frame of each clip repeated; targets from the real clip.
   task    pretrain | finetune | linear_probe (the training-loop probe of configs/linear_probe_demo.py; the driver's
@@ -28,8 +33,10 @@ two parts weighted equally (`target.balance_parts`: by element count the 144 sha
 and the position part is not learned at this scale).
 """
 from m3video_jax import config_lib
+from m3video_jax import targets
 
-TARGETS = ('pixel', 'hog', 'trajectory_position_only', 'trajectory', 'trajectory_paper')
+TARGETS = ('pixel', 'hog', 'trajectory_position_only', 'trajectory', 'trajectory_paper', 'hog+flow', 'hog+hof',
+           'hog+mbh', 'hog+trajectory_position', 'trajectory+hof+mbh', 'trajectory_no_interpolation')
 PRETRAIN_VIDEOS = 800  # Generated; the 600 of the train split (data_prep.synthetic) are pretrained on.
 PROBE_VIDEOS = 800  # Another seed: 600 probe-train, 200 probe-test videos, none seen in pretraining.
 
@@ -46,6 +53,7 @@ def _data(c, a) -> None:
   d.prep_short_side = 192  # 2x the videos: DIS flow is accurate there (docs/results.md, flow accuracy).
   d.prep_flow = 'dis_medium'
   d.prep_camera_motion = 'compose'
+  d.prep_motion_maps = 'hof,mbh,flow'  # For the flow/HOF/MBH targets; the other targets' clips are unchanged.
   d.update(num_frames=8, frame_stride=2, res=64, flip=False)
   if a.smoke:
     d.synthetic_num_videos = 16
@@ -65,19 +73,20 @@ def _pretrain(a):
   t.traj_len = 4
   if a.target not in TARGETS:
     raise ValueError(f'config arg target={a.target!r} is invalid: expected one of {TARGETS}')
-  if a.target == 'pixel':
-    t.kind = 'pixel'
-  elif a.target == 'hog':
-    t.kind = 'hog'
+  if a.target == 'trajectory_paper':
+    config_lib.apply_target_arg(c, 'trajectory')
+  elif a.target == 'trajectory_no_interpolation':
+    config_lib.apply_target_arg(c, 'trajectory')
+    t.interpolate = False
+    t.traj_len = 2  # At the input stride 2: the 4 raw frames the L = 4 dense target spans.
   else:
-    t.kind = 'trajectory'
-    t.shape = a.target != 'trajectory_position_only'
-    if a.target != 'trajectory_paper':
-      t.position_norm = 'none'
-      # Δp in px over 0.4 px, the RMS displacement of this data: the position part's zero-prediction loss is then
-      # ~1 per element, as for the normalised shape part.
-      t.position_scale = 0.4
-      t.balance_parts = t.shape
+    config_lib.apply_target_arg(c, a.target)
+  if a.target != 'trajectory_paper' and 'trajectory' in t.kind:
+    t.position_norm = 'none'
+    # Δp in px over 0.4 px, the RMS displacement per raw frame of this data (x 2 for a step of 2 raw frames): the
+    # position part's zero-prediction loss is then ~1 per element, as for the normalised shape part.
+    t.position_scale = 0.4 * (2 if t.interpolate is False else 1)
+  t.balance_parts = a.target != 'trajectory_paper' and len(targets.part_dims(t)) > 1
   c.optim.base_lr = 1e-3 * 256 / c.data.batch_size  # 1e-3 after the batch/256 scaling.
   c.optim.min_lr = 1e-5
   c.total_steps = a.steps or 6_000

@@ -5,8 +5,11 @@ batch 512, 400 epochs with 40 warmup epochs, no flip.
 
 Run:   python -m m3video_jax.main --config=configs/pretrain_ssv2.py --workdir=$WD \
            --config.data.train_files='/data/ssv2/train/*.tfrecord'
-Args:  variant=S|B|L, mask_ratio=0.9, target=pixel|hog|trajectory_position_only|trajectory_reference, traj_len=4,
-       patch_norm=false, decoder=separate, decoder_depth=2, tiny (CPU-sized model, used by tests).
+Args:  variant=S|B|L, mask_ratio=0.9, target=pixel|hog|trajectory_position_only|trajectory_reference or a '+'
+       combination of trajectory, trajectory_position, hog, flow, hof, mbh (hog+mbh, hog+trajectory_position,
+       trajectory+hof+mbh; flow/hof/mbh need data prep --motion_maps), interpolate=paper|true|false (Table 2),
+       density=dense|sparse_mean|sparse_max (Table 4), traj_len=4, patch_norm=false, decoder=separate,
+       decoder_depth=2, tiny (CPU-sized model, used by tests).
        e.g. --config=configs/pretrain_ssv2.py:target=pixel,mask_ratio=0.9
 """
 from m3video_jax import config_lib

@@ -687,6 +687,8 @@ def define_flags(fv) -> None:
        'frames (segments; 0 = one record per video). For pretraining-only data: a clip then reads ~K frames, not the '
        'whole video. Classification needs whole videos.')
   flag('integer', 'segment_overlap', d.segment_overlap, 'Frames shared by consecutive segments.')
+  flag('list', 'motion_maps', [], 'Flow-derived maps to store per frame pair, any of hof,mbh,flow (the HOF, MBH and '
+       'Flow targets; default none: records as without the option).')
   flag('integer', 'videos_per_shard', j.videos_per_shard, 'Max videos per shard.')
   flag('integer', 'min_shards', j.min_shards, 'At least this many shards (if enough videos).')
   flag('float', 'max_bad_fraction', j.max_bad_fraction, 'Fail the job (exit 1) if more than this fraction of inputs '
@@ -706,7 +708,7 @@ def _main(f, beam_args: list[str]) -> int:
                       flow=f.flow, camera_motion='none' if f.no_camera_motion else f.camera_motion,
                       flow_bound=f.flow_bound, ransac_threshold=f.ransac_threshold, jpeg_quality=f.jpeg_quality,
                       max_frames=f.max_frames, min_native_side=f.min_native_side, segment_frames=f.segment_frames,
-                      segment_overlap=f.segment_overlap)
+                      segment_overlap=f.segment_overlap, motion_maps=tuple(f.motion_maps))
   job = JobOptions(prefix=f.prefix, videos_per_shard=f.videos_per_shard, min_shards=f.min_shards,
                    max_bad_fraction=f.max_bad_fraction, isolation=f.isolation, video_timeout_s=f.video_timeout_s,
                    opencv_threads=f.opencv_threads, progress_interval_s=f.progress_interval_s, overwrite=f.overwrite)

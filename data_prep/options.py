@@ -36,6 +36,9 @@ class PrepConfig:
       frames per clip instead of the whole video (docs/data_prep.md, "Segment records").
     segment_overlap: frames shared by consecutive segments (the hop is `segment_frames - segment_overlap`, a multiple
       of `traj_start_stride`). A clip spanning F frames can start anywhere only if the overlap is >= F - 1.
+    motion_maps: the flow-derived maps to store per frame pair, a subset of `schema.MOTION_MAPS` ('hof', 'mbh',
+      'flow'; the targets of paper Table 1's short-term motion baselines); () stores none (the default: the records
+      and their size are those of a run without the option).
   """
   short_side: int = 256
   traj_len: int = 6
@@ -50,8 +53,14 @@ class PrepConfig:
   min_native_side: int = 16
   segment_frames: int = 0
   segment_overlap: int = 0
+  motion_maps: tuple[str, ...] = ()
 
   def __post_init__(self):
+    try:
+      names = schema.motion_map_names(self.motion_maps)
+    except ValueError as e:
+      raise ValueError(f'motion_maps={self.motion_maps!r}: {e}') from None
+    object.__setattr__(self, 'motion_maps', names)
     g = schema.GRID_STEP
     if self.short_side < 0 or self.short_side % g:
       raise ValueError(f'short_side={self.short_side} must be 0 (native size) or a positive multiple of the grid step {g}')
@@ -94,4 +103,10 @@ class PrepConfig:
     return self.traj_len + 1
 
   def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The settings as JSON values; `motion_maps` as 'hof,mbh', and left out when empty (so the manifest and resume
+    fingerprint of a run without maps are those of earlier versions)."""
+    out = dataclasses.asdict(self)
+    out['motion_maps'] = ','.join(self.motion_maps)
+    if not out['motion_maps']:
+      del out['motion_maps']
+    return out

@@ -62,6 +62,8 @@ class VideoTargets:
     traj_inside_steps: uint8 `[S, Gh, Gw]`: leading positions p_1..p_k inside the frame (valid for L' iff >= L').
     hog_map: float32 `[N, Gh, Gw, 9]`.
     camera_fallbacks: number of frame pairs whose camera homography fell back to identity.
+    motion_maps: `{name: float32 [N - 1, Gh, Gw, C]}` of the flow-derived maps the config asks for, entry n of the
+      frame pair (n, n + 1) (`data_prep/hog.py`).
   """
   jpeg_frames: list[bytes]
   height: int
@@ -72,6 +74,7 @@ class VideoTargets:
   traj_inside_steps: np.ndarray
   hog_map: np.ndarray
   camera_fallbacks: int = 0
+  motion_maps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def num_frames(self) -> int:
@@ -109,6 +112,7 @@ def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps
   disps: list[np.ndarray] = []
   valids: list[np.ndarray] = []
   steps: list[np.ndarray] = []
+  maps: dict[str, list[np.ndarray]] = {name: [] for name in config.motion_maps}
   tracker = None
   prev_gray = None
   fallbacks = 0
@@ -133,6 +137,10 @@ def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps
     if prev_gray is not None:
       flow, camera = optical_flow.warped_flow(prev_gray, gray, estimator, config, timer=timer)
       fallbacks += int(camera is not None and camera.is_identity)
+      if maps:
+        with timer.stage('motion_maps'):
+          for name, value in hog_lib.motion_cell_maps(flow, config.motion_maps).items():
+            maps[name].append(value)
       with timer.stage('tracking'):
         for _, disp, valid, inside_steps in tracker.add_flow(n - 1, flow):
           disps.append(disp)
@@ -147,7 +155,7 @@ def extract_from_frames(frames: Iterable[np.ndarray], config: PrepConfig, *, fps
   assert len(disps) == expected, (len(disps), expected)  # StreamingTracker invariant.
   return VideoTargets(jpeg_frames=jpegs, height=height, width=width, fps=fps, traj_disp=np.stack(disps),
                       traj_valid=np.stack(valids), traj_inside_steps=np.stack(steps), hog_map=np.stack(hogs),
-                      camera_fallbacks=fallbacks)
+                      camera_fallbacks=fallbacks, motion_maps={k: np.stack(v) for k, v in maps.items()})
 
 
 def _timed(frames: Iterable[np.ndarray], timer: StageTimer | _NoTimer) -> Iterator[np.ndarray]:
@@ -201,7 +209,7 @@ def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig,
   """Serialises the whole video, or its frames `[a, b)` as a segment record, with `schema.encode`.
 
   A segment starts at a multiple `a` of the start stride: its trajectory starts are the video's starts `a / s, ...`
-  whose `L` steps end inside it.
+  whose `L` steps end inside it, and its motion maps are those of the pairs inside it, `[a, b - 1)`.
   """
   a, b = frames or (0, targets.num_frames)
   s = config.traj_start_stride
@@ -209,7 +217,8 @@ def to_record(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig,
   return schema.encode(meta, targets.jpeg_frames[a:b], targets.height, targets.width, targets.traj_disp[starts],
                        targets.traj_valid[starts], targets.hog_map[a:b], traj_start_stride=s,
                        traj_inside_steps=targets.traj_inside_steps[starts], segment_start=a,
-                       video_frames=targets.num_frames)
+                       video_frames=targets.num_frames,
+                       motion_maps={k: v[a:b - 1] for k, v in targets.motion_maps.items()})
 
 
 def segment_bounds(num_frames: int, segment_frames: int, overlap: int, start_stride: int) -> list[tuple[int, int]]:
@@ -241,7 +250,7 @@ def to_records(targets: VideoTargets, meta: schema.VideoMeta, config: PrepConfig
 
 
 def extract_video_timed(path: str, config: PrepConfig) -> tuple[VideoTargets, dict[str, float]]:
-  """`extract_video` plus the seconds spent per stage (decode, jpeg, hog, flow, camera, tracking)."""
+  """`extract_video` plus the seconds spent per stage (decode, jpeg, hog, flow, camera, tracking, motion_maps)."""
   timer = StageTimer()
   targets = extract_video(path, config, timer=timer)
   return targets, dict(timer.seconds)

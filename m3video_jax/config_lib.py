@@ -98,6 +98,7 @@ def add_demo_data(c: ml_collections.ConfigDict) -> None:
   d.prep_short_side = 0
   d.prep_flow = 'dis_fast'  # data_prep.extract --flow.
   d.prep_camera_motion = 'compose'  # data_prep.extract --camera_motion.
+  d.prep_motion_maps = ''  # data_prep.extract --motion_maps ('' = none).
 
 
 def _base(task: str) -> ml_collections.ConfigDict:
@@ -430,14 +431,47 @@ def attentive_probe_recipe(c: ml_collections.ConfigDict) -> None:
 
 
 PRETRAIN_ARGS = dict(variant='B', mask_ratio=0.7, target='trajectory', traj_len=6, patch_norm=True,
-                     decoder='joint', decoder_depth=1, tiny=False)
+                     decoder='joint', decoder_depth=1, interpolate='paper', density='dense', tiny=False)
+# Names of the `target` config arg's components (joined with '+'): (target.kind component, position, shape).
+TARGET_ARG_COMPONENTS = {
+    'trajectory': ('trajectory', True, True),
+    'trajectory_position': ('trajectory', True, False), 'trajectory_position_only': ('trajectory', True, False),
+    'trajectory_shape_only': ('trajectory', False, True),
+    'trajectory_reference': ('trajectory_reference', True, True),
+    'pixel': ('pixel', None, None), 'hog': ('hog', None, None),
+    'flow': ('flow', None, None), 'hof': ('hof', None, None), 'mbh': ('mbh', None, None),
+}
+INTERPOLATE_ARGS = {'paper': None, 'true': True, 'false': False}
+
+
+def apply_target_arg(c: ml_collections.ConfigDict, target: str) -> None:
+  """Sets `c.target.kind`, `position` and `shape` from a `target` config arg: a name of `TARGET_ARG_COMPONENTS` or
+  several joined with '+' (paper Table 1: `hog+flow`, `hog+hof`, `hog+mbh`, `hog+trajectory_position` = "HOG + Traj.
+  w/o shape"; Table 16: `trajectory+hof+mbh`).
+
+  Raises:
+    ValueError: naming the unknown component and the known ones.
+  """
+  kinds, position, shape = [], False, False
+  for name in target.split('+'):
+    if name not in TARGET_ARG_COMPONENTS:
+      raise ValueError(f'config arg target={target!r} is invalid: {name!r} is not one of '
+                       f'{sorted(TARGET_ARG_COMPONENTS)} (several may be joined with +, e.g. hog+mbh)')
+    kind, pos, shp = TARGET_ARG_COMPONENTS[name]
+    kinds.append(kind)
+    if pos is not None:
+      position, shape = pos, shp
+  c.target.kind = '+'.join(kinds)
+  c.target.position, c.target.shape = position, shape
 
 
 def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
-  """Applies the ablation switches of the paper pretraining configs (docs/design.md §3.5, paper Tables 1, 3, 5, 7, 8).
+  """Applies the ablation switches of the paper pretraining configs (docs/design.md §3.5, paper Tables 1-8, 16).
 
   `target` is one of `trajectory` (paper default), `trajectory_position_only`, `trajectory_shape_only`, `pixel`,
-  `hog`, `trajectory_reference` (the released code's target: L=4, static RGB HOG, per-step norm, any-of-4 validity).
+  `hog`, `flow`, `hof`, `mbh`, `trajectory_reference` (the released code's target: L=4, static RGB HOG, per-step norm,
+  any-of-4 validity), or a '+' combination (`apply_target_arg`); `interpolate=paper|true|false` (Table 2) and
+  `density=dense|sparse_mean|sparse_max` (Table 4) set the target fields of those names.
   """
   c.model.encoder = a.variant
   c.model.decoder_mode = a.decoder
@@ -446,12 +480,11 @@ def apply_pretrain_args(c: ml_collections.ConfigDict, a: ml_collections.ConfigDi
   c.target.traj_len = a.traj_len
   # Paper Table 5: patch norm (the joint per-token normalisation of both parts) on or off.
   c.target.position_norm = c.target.shape_norm = 'joint' if a.patch_norm else 'none'
-  kinds = {'trajectory': ('trajectory', True, True), 'trajectory_position_only': ('trajectory', True, False),
-           'trajectory_shape_only': ('trajectory', False, True), 'pixel': ('pixel', False, False),
-           'hog': ('hog', False, False), 'trajectory_reference': ('trajectory_reference', True, True)}
-  if a.target not in kinds:
-    raise ValueError(f'config arg target={a.target!r} is invalid: expected one of {sorted(kinds)}')
-  c.target.kind, c.target.position, c.target.shape = kinds[a.target]
+  apply_target_arg(c, a.target)
+  if a.interpolate not in INTERPOLATE_ARGS:
+    raise ValueError(f'config arg interpolate={a.interpolate!r} is invalid: expected one of {sorted(INTERPOLATE_ARGS)}')
+  c.target.interpolate = INTERPOLATE_ARGS[a.interpolate]
+  c.target.density = a.density
   if a.target == 'trajectory_reference':
     c.target.traj_len = 4
     c.target.position_norm = 'per_step' if a.patch_norm else 'none'  # The reference's PatchStd.

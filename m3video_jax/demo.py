@@ -66,7 +66,8 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
     shards_dir: output of `data_prep.extract` for this split.
     split: 'train' or 'val' (CSV name and shard prefix).
     seed: synthetic-video seed.
-    extract_args: extra `data_prep.extract` flags (they win over the config's `prep_flow`/`prep_camera_motion`).
+    extract_args: extra `data_prep.extract` flags (they win over the config's `prep_flow`/`prep_camera_motion`/
+      `prep_motion_maps`).
 
   Returns:
     The glob of the split's shards.
@@ -97,7 +98,9 @@ def _extract(config, csv: str, videos_dir: str, shards_dir: str, prefix: str, *e
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--data_root={videos_dir}',
                   f'--output_dir={shards_dir}', f'--prefix={prefix}',
                   f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
-                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}', *_child_flags(), *extra], check=True,
+                  f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}',
+                  *([f'--motion_maps={d.prep_motion_maps}'] if d.get('prep_motion_maps') else []), *_child_flags(),
+                  *extra], check=True,
                  **run_kwargs)
 
 

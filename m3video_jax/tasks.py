@@ -78,8 +78,9 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   if layout.on_device:
     return clip_device.example_raw(layout, batch_size)
   pt = config.model.patch_size[0]
-  tt, g, steps = d.num_frames // pt, d.res // schema.GRID_STEP, config.target.traj_len
+  tt, g, steps = d.num_frames // pt, d.res // schema.GRID_STEP, layout.traj_len
   return {
+      **clip_device.example_maps(layout, batch_size),
       'video': np.zeros(clip_shape(config, batch_size), np.uint8),
       'traj_disp': np.zeros((batch_size, tt, g, g, steps, 2), np.float32),
       'traj_valid': np.zeros((batch_size, tt, g, g), bool),
@@ -160,7 +161,8 @@ class PretrainTask:
 
   @property
   def part_dims(self) -> dict[str, int]:
-    return targets.part_dims(self.config.target, tuple(self.config.model.patch_size))
+    return targets.part_dims(self.config.target, tuple(self.config.model.patch_size),
+                             frame_stride=self.config.data.frame_stride)
 
   @property
   def grid(self) -> tuple[int, int, int]:
@@ -204,9 +206,10 @@ class PretrainTask:
     batch_size = batch['video'].shape[0]
     hidden = masking.sample(rng_mask, batch_size, self.grid, c.mask)
     patch_size = tuple(c.model.patch_size)
+    stride = c.data.frame_stride
     target, weight = targets.compute(batch, c.target, patch_size=patch_size, input_mean=tuple(c.data.mean),
-                                     input_std=tuple(c.data.std))
-    moving = targets.moving_tokens(batch, c.target, patch_size) if 'traj_disp' in batch else None
+                                     input_std=tuple(c.data.std), frame_stride=stride)
+    moving = targets.moving_tokens(batch, c.target, patch_size, frame_stride=stride) if 'traj_disp' in batch else None
     model_video = static_clip(rng_static, batch['video']) if c.data.static_input else batch['video']
     pred = self.model.apply({'params': params}, model_video, hidden, train=train, rngs={'dropout': rng_drop},
                             num_hidden=masking.num_hidden(self.grid, c.mask.ratio, c.mask.kind))
@@ -217,17 +220,22 @@ class PretrainTask:
   def _visualization_fn(self):
     c = self.config
     patch_size = tuple(c.model.patch_size)
-    has_prediction = c.target.kind == 'trajectory' and c.target.position
+    stride = c.data.frame_stride
+    # The picture draws predicted trajectories over the K of each token: the dense position part.
+    has_prediction = ('trajectory' in targets.components(c.target) and c.target.position
+                      and c.target.density == 'dense')
 
     def fn(params, batch, rng):
       batch = clip_device.assemble(batch, clip_device.ClipLayout.from_config(c))
       out = self.forward(params, batch, rng, train=False)
-      raw, valid = targets.trajectories_by_token(batch, c.target, patch_size)
+      raw, valid = targets.trajectories_by_token(batch, c.target, patch_size, frame_stride=stride)
       pred_disp = None
       if has_prediction:
-        _, mean, scale = targets.position_statistics(batch, c.target, patch_size)
+        _, mean, scale = targets.position_statistics(batch, c.target, patch_size, frame_stride=stride)
         idx = masking.hidden_indices(out['hidden'], out['pred'].shape[1])
-        pos = out['pred'][..., :self.part_dims['position']].reshape(out['pred'].shape[:2] + raw.shape[2:])
+        start = targets.part_offset(c.target, 'position', patch_size, frame_stride=stride)
+        pos = out['pred'][..., start:start + self.part_dims['position']].reshape(out['pred'].shape[:2]
+                                                                                 + raw.shape[2:])
         pred_disp = masking.gather_tokens(scale, idx) * pos + masking.gather_tokens(mean, idx)
         pred_disp = masking.scatter_tokens(pred_disp, idx, raw.shape[1])
       return {'video': out['video'], 'model_video': out['model_video'], 'hidden': out['hidden'],

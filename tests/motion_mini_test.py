@@ -32,6 +32,16 @@ def test_targets_are_the_documented_variants():
   assert kinds['trajectory'].shape and kinds['trajectory'].position_norm == 'none'
   paper = kinds['trajectory_paper']
   assert (paper.position_norm, paper.shape_norm, paper.position_eps, paper.shape) == ('joint', 'joint', 1e-6, True)
+  assert not paper.balance_parts and kinds['trajectory'].balance_parts
+  # The rest of the paper's Table 1 / 16 / 2 rows: parts weighted equally, the trajectory parts as `trajectory`.
+  no_shape = kinds['hog+trajectory_position']
+  assert (no_shape.kind, no_shape.position, no_shape.shape, no_shape.position_scale) == ('hog+trajectory', True,
+                                                                                         False, 0.4)
+  assert kinds['trajectory+hof+mbh'].shape and kinds['hog+mbh'].kind == 'hog+mbh'
+  assert all(kinds[t].balance_parts for t in ('hog+flow', 'hog+hof', 'hog+mbh', 'hog+trajectory_position'))
+  sparse = kinds['trajectory_no_interpolation']
+  assert (sparse.interpolate, sparse.traj_len, sparse.position_scale) == (False, 2, 0.8)
+  assert kinds['trajectory'].interpolate is None
   finetune = motion_mini.get_config('task=finetune')
   tasks.validate(finetune)
   assert finetune.data.synthetic_seed != motion_mini.get_config().data.synthetic_seed  # Probe videos are unseen.
@@ -41,12 +51,14 @@ def test_targets_are_the_documented_variants():
 
 @pytest.mark.slow
 def test_driver_smoke_run_writes_results_tables_and_plots(tmp_path):
+  # hog+mbh: the data prep stores the motion maps and a target reads them (the Fig. 3 targets are added).
   done = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'motion_mini.py'),
-                         f'--workdir={tmp_path}', '--smoke', '--seeds=0', '--targets=pixel,trajectory_position_only'],
+                         f'--workdir={tmp_path}', '--smoke', '--seeds=0', '--targets=hog+mbh'],
                         capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.load(open(tmp_path / 'results.json'))
-  assert set(results['table1']) == {'pixel', 'trajectory_position_only', 'random_init'}
+  assert set(results['table1']) == {'hog+mbh', 'pixel', 'trajectory_position_only', 'random_init'}
+  assert 'mbh_vs_zero' in results['final_diagnostics']['hog+mbh_s0']
   assert {r['input'] for r in results['fig3_final']} == {'real', 'static'}
   for row in results['table1'].values():
     assert len(row['linear_probe']['per_seed']) == 1 and 0 <= row['finetune']['per_seed'][0] <= 100
@@ -57,7 +69,7 @@ def test_driver_smoke_run_writes_results_tables_and_plots(tmp_path):
   assert 'wrote' in done.stdout and 'Table 1' in open(tmp_path / 'results.md').read()
   # Re-running finds every run done and only rebuilds the outputs.
   again = subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'motion_mini.py'),
-                          f'--workdir={tmp_path}', '--smoke', '--seeds=0', '--targets=pixel,trajectory_position_only'],
+                          f'--workdir={tmp_path}', '--smoke', '--seeds=0', '--targets=hog+mbh'],
                          capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.load(open(tmp_path / 'results.json'))['table1'] == results['table1']

@@ -414,7 +414,7 @@ def test_shards_of_another_prep_config_are_named_up_front_not_called_corrupt(tmp
     assert not isinstance(info.value, stream.CorruptRecordError), message
     assert message.startswith('2 of the 4 shards of config.data.train_files were prepared with data_prep settings')
     assert all(p in message for p in short_paths) and not any(p in message for p in long_paths), message
-    assert 'L=4 steps, but config.target.traj_len=6' in message and 'not damaged' in message
+    assert 'L=4 steps, but the target reads 6 (config.target.traj_len' in message and 'not damaged' in message
     assert ('l4/manifest.json' in message) == manifest, message
   # Every shard serves L=4 (the first 4 steps of the L=6 trajectories): both prep runs are read, nothing skipped.
   config.target.traj_len = 4

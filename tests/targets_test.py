@@ -24,6 +24,9 @@ def _random_batch(rng, b=2, t=4, h=32, w=48, steps=3, valid_prob=1.0):
       'traj_disp': rng.normal(size=(b, t // 2, gh, gw, steps, 2)).astype(np.float32) * 3,
       'traj_valid': rng.random((b, t // 2, gh, gw)) < valid_prob,
       'traj_hog': rng.random((b, t // 2, gh, gw, steps, 9)).astype(np.float32),
+      # Stored maps at the output cells, 4 frames per tubelet (pt 2 x frame stride 2).
+      **{f'map_{name}': rng.random((b, t // 2, gh, gw, 4, c)).astype(np.float32)
+         for name, c in (('hog', 9), ('flow', 2), ('hof', 9), ('mbh', 18))},
   }
 
 
@@ -65,7 +68,12 @@ def test_part_dims_of_variants(overrides, dims):
 
 
 @pytest.mark.parametrize('overrides, field', [
-    ({'kind': 'flow'}, 'target.kind'),
+    ({'kind': 'flux'}, 'target.kind'),
+    ({'kind': 'hog+hog'}, 'target.kind'),
+    ({'kind': 'hog+trajectory_reference'}, 'target.kind'),
+    ({'density': 'sparse'}, 'target.density'),
+    ({'mbh_norm': 'l2'}, 'target.mbh_norm'),
+    ({'kind': 'trajectory_reference', 'density': 'sparse_max'}, 'target.density'),
     ({'traj_len': 0}, 'target.traj_len'),
     ({'position': False, 'shape': False}, 'target.position'),
     ({'norm_eps': 0.0}, 'target.norm_eps'),

@@ -227,8 +227,8 @@ def test_config_validation_names_field_and_allowed_values():
     tasks.validate(tiny_config(**{'data.train_files': ''}))
   with pytest.raises(ValueError, match='unknown config arg'):
     pretrain_ssv2.get_config('varient=S')
-  with pytest.raises(ValueError, match='target=.*expected one of'):
-    pretrain_ssv2.get_config('target=flow')
+  with pytest.raises(ValueError, match="target='optical_flow' is invalid: 'optical_flow' is not one of"):
+    pretrain_ssv2.get_config('target=optical_flow')
 
 
 def test_tuple_fields_are_type_and_length_checked():

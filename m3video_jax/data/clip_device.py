@@ -32,6 +32,38 @@ RAW_HOG_KEYS = ('hog_raw', 'hog_scale', 'hog_origin')
 # A stored point counts for an output point's validity when its blend weight exceeds this (both paths): an output point
 # that hits a stored one exactly blends nothing from its neighbour, whatever the float rounding of its position.
 MIN_BLEND_WEIGHT = 1e-3
+# Stored per-frame maps a target reads at the output grid's cells (not along trajectories): data prep's HOG map (the
+# dense HOG target) and the flow-derived maps. Sent by both paths as windows (`<name>_map_raw`, `<name>_map_scale`,
+# `map_origin`, with `crop`, `flip` and `grid_size`) and resampled in the jitted step by `assemble` into
+# `map_<name>` float32 `[Tt, G, G, F, C]` (F = `len(ClipLayout.map_offsets)` frames per tubelet).
+STORED_MAPS = ('hog', 'hof', 'mbh', 'flow')
+MAP_CHANNELS = {'hog': schema.HOG_BINS, **schema.MOTION_MAP_CHANNELS}
+MAP_FLIPS = {'hog': schema.HOG_FLIP_PERMUTATION, **schema.MOTION_MAP_FLIPS}
+MAP_GEOMETRY_KEYS = ('crop', 'flip', 'grid_size', 'map_origin')
+
+
+def map_raw_keys(name: str) -> tuple[str, ...]:
+  """The host-to-device keys of one stored map (`flow` is int8 quarter px, without a scale)."""
+  return (f'{name}_map_raw',) if name == 'flow' else (f'{name}_map_raw', f'{name}_map_scale')
+
+
+def target_maps(target, frame_stride: int, tubelet: int) -> tuple[tuple[str, ...], tuple[int, ...], int]:
+  """What a target config (`m3video_jax.targets`) needs from the records besides the clip.
+
+  Returns:
+    `(maps, offsets, steps)`: the stored maps to send (`STORED_MAPS` order; 'hog' = the dense HOG part), the frame
+    offsets of their frames from each tubelet's first frame (every raw frame of the tubelet's window
+    `tubelet * frame_stride`, or only the frames the model sees with `target.interpolate=False`), and the trajectory
+    steps to read (`traj_len`, times `frame_stride` when the trajectories are sampled at the input stride).
+  """
+  parts = str(target.kind).split('+')
+  interpolate = target.get('interpolate', None)
+  maps = tuple(m for m in STORED_MAPS if m in parts and (m != 'hog' or interpolate is True))
+  window = tubelet * frame_stride
+  offsets = tuple(range(0, window, frame_stride)) if interpolate is False else tuple(range(window))
+  sparse_trajectories = interpolate is False and 'trajectory' in parts
+  return maps, (offsets if maps else ()), target.traj_len * (frame_stride if sparse_trajectories else 1)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +79,16 @@ class ClipLayout:
   prep_short_side: int = 256  # The longest crop side in prep px (data prep --short_side): sizes the windows.
   hog_margin: int = 4  # Cells of HOG map sent beyond the trajectory window on every side.
   grid_step: int = schema.GRID_STEP
+  maps: tuple[str, ...] = ()  # Stored maps the target reads at the output cells (`STORED_MAPS`), sent by both paths.
+  map_offsets: tuple[int, ...] = ()  # Their frames: these offsets from each tubelet's first frame.
 
   @classmethod
   def from_config(cls, config) -> 'ClipLayout':
     d, t = config.data, config.target
-    return cls(num_frames=d.num_frames, frame_stride=d.frame_stride, tubelet=config.model.patch_size[0], res=d.res,
-               traj_len=t.traj_len, with_hog=t.kind == 'trajectory' and t.shape,
+    pt = config.model.patch_size[0]
+    maps, offsets, steps = target_maps(t, d.frame_stride, pt)
+    return cls(num_frames=d.num_frames, frame_stride=d.frame_stride, tubelet=pt, res=d.res, traj_len=steps,
+               with_hog='trajectory' in str(t.kind).split('+') and t.shape, maps=maps, map_offsets=offsets,
                on_device=finishes_on_device(d.get('clip_ops', 'host')),
                # Demo configs prepare their synthetic videos at native size (prep_short_side 0).
                prep_short_side=d.get('prep_short_side', 256) or d.get('synthetic_size', 0),
@@ -101,6 +137,11 @@ class ClipLayout:
     frames = 2 * (2.0 * t * r * r * r * 3)
     trajectories = 2.0 * tt * steps * 2 * (g * k * k + g * g * k)
     return frames + trajectories
+
+  @property
+  def map_frames(self) -> int:
+    """Frames of each stored map sent per clip (`map_offsets` of every tubelet)."""
+    return self.tubelets * len(self.map_offsets)
 
   def hog_frame_index(self) -> np.ndarray:
     """int32 `[Tt, L]`: which of the sent maps holds frame `first_k + j`."""
@@ -212,6 +253,43 @@ def _trajectory_hog(clip, disp, x0, y0, layout: ClipLayout):
   return top + (bottom - top) * wv
 
 
+def _maps(clip, layout: ClipLayout) -> dict:
+  """`map_<name>` float32 `[Tt, G, G, F, C]`: each sent map window resampled bilinearly to the output grid's cells (the
+  trajectories' start points), flipped with the frames (bins mirrored, flow's dx negated) and, for flow, in model px."""
+  oy, ox, ch, cw = clip['crop'][0], clip['crop'][1], clip['crop'][2], clip['crop'][3]
+  flip = clip['flip']
+  g, k, res = layout.grid_step, layout.traj_window, layout.res
+  wy = _blend_weights(grid_sources(oy, ch, res, g), clip['grid_size'][0], clip['map_origin'][0], k, g)
+  wx = _blend_weights(grid_sources(ox, cw, res, g, flip), clip['grid_size'][1], clip['map_origin'][1], k, g)
+  out = {}
+  for name in layout.maps:
+    q = clip[f'{name}_map_raw'].astype(jnp.float32)  # [Tt * F, k, k, C]
+    if name == 'flow':
+      values = q * (1.0 / schema.DISP_UNITS_PER_PX)
+    else:  # Square-root companded as the HOG map (schema).
+      values = q * q * (clip[f'{name}_map_scale'][:, None, None, None] * (1.0 / 255.0**2))
+    values = jnp.einsum('yh,fhwc->fywc', wy, values, precision=jax.lax.Precision.HIGHEST)
+    values = jnp.einsum('fywc,xw->fyxc', values, wx, precision=jax.lax.Precision.HIGHEST)  # [Tt * F, G, G, C]
+    if name == 'flow':
+      scale = jnp.stack([res / cw.astype(jnp.float32), res / ch.astype(jnp.float32)])
+      values = values * scale * jnp.where(flip, jnp.asarray(schema.FLOW_FLIP_SIGN), 1.0)
+    else:
+      values = jnp.where(flip, values[..., jnp.asarray(MAP_FLIPS[name])], values)
+    grid = values.shape[1]
+    values = values.reshape(layout.tubelets, len(layout.map_offsets), grid, grid, -1)
+    out[f'map_{name}'] = values.transpose(0, 2, 3, 1, 4)
+  return out
+
+
+def _assemble_maps(batch: dict, layout: ClipLayout) -> dict:
+  keys = tuple(k for name in layout.maps for k in map_raw_keys(name))
+  maps = jax.vmap(lambda clip: _maps(clip, layout))({k: batch[k] for k in keys + MAP_GEOMETRY_KEYS})
+  drop = set(keys) | {'map_origin'}
+  if not is_raw(batch):  # The host-only path sent the crop, flip and grid size for the maps alone.
+    drop |= set(MAP_GEOMETRY_KEYS)
+  return {**{k: v for k, v in batch.items() if k not in drop}, **maps}
+
+
 def is_raw(batch) -> bool:
   """Whether a batch holds clips still to be assembled (`assemble`)."""
   return 'traj_raw' in batch
@@ -220,7 +298,10 @@ def is_raw(batch) -> bool:
 def assemble(batch: dict, layout: ClipLayout) -> dict:
   """The batch the targets and the model read (`video`, `traj_disp`, `traj_valid`, `traj_hog`, `traj_quantum`; the
   other keys pass through) from the host's raw clip parts (`RAW_KEYS`, `RAW_HOG_KEYS`). A batch already assembled
-  (the host-only path) is returned as it is. Traceable: call it inside the jitted step."""
+  (the host-only path) is returned as it is, but for its stored maps (`ClipLayout.maps`: `map_<name>`, resampled here
+  on either path). Traceable: call it inside the jitted step."""
+  if layout.maps and f'{layout.maps[0]}_map_raw' in batch:
+    batch = _assemble_maps(batch, layout)
   if not is_raw(batch):
     return batch
 
@@ -234,6 +315,23 @@ def assemble(batch: dict, layout: ClipLayout) -> dict:
   raw = {k: batch[k] for k in RAW_KEYS + (RAW_HOG_KEYS if layout.with_hog else ())}
   rest = {k: v for k, v in batch.items() if k not in RAW_KEYS + RAW_HOG_KEYS}
   return {**rest, **jax.vmap(one)(raw)}
+
+
+def example_maps(layout: ClipLayout, batch_size: int) -> dict[str, np.ndarray]:
+  """Zero stored-map windows and their geometry, shaped as both paths send them (`ClipLayout.maps`; {} without)."""
+  if not layout.maps:
+    return {}
+  b, k, res, f = batch_size, layout.traj_window, layout.res, layout.map_frames
+  side = layout.prep_short_side
+  out = {'crop': np.tile(np.asarray([[0, 0, res, res]], np.int32), (b, 1)), 'flip': np.zeros((b,), bool),
+         'grid_size': np.tile(np.asarray([[side // layout.grid_step, side * 16 // 9 // layout.grid_step]], np.int32),
+                              (b, 1)),
+         'map_origin': np.zeros((b, 2), np.int32)}
+  for name in layout.maps:
+    out[f'{name}_map_raw'] = np.zeros((b, f, k, k, MAP_CHANNELS[name]), np.int8 if name == 'flow' else np.uint8)
+    if name != 'flow':
+      out[f'{name}_map_scale'] = np.ones((b, f), np.float32)
+  return out
 
 
 def example_raw(layout: ClipLayout, batch_size: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -257,6 +355,7 @@ def example_raw(layout: ClipLayout, batch_size: int, rng: np.random.Generator | 
   if layout.with_hog:
     out.update(hog_raw=np.zeros((b, nh, s, s, schema.HOG_BINS), np.uint8), hog_scale=np.ones((b, nh), np.float32),
                hog_origin=np.full((b, 2), -layout.hog_margin, np.int32))
+  out.update({k: v for k, v in example_maps(layout, b).items() if k not in out})
   if rng is not None:
     sizes = [min(int(side * sc), side) for sc in (1.0, 0.875, 0.75, 0.66)]
     for i in range(b):
@@ -267,10 +366,16 @@ def example_raw(layout: ClipLayout, batch_size: int, rng: np.random.Generator | 
       out['traj_origin'][i] = (max(oy // layout.grid_step - 1, 0), max(ox // layout.grid_step - 1, 0))
       if layout.with_hog:
         out['hog_origin'][i] = out['traj_origin'][i] - layout.hog_margin
+      if layout.maps:
+        out['map_origin'][i] = out['traj_origin'][i]
     out['flip'] = rng.random(b) < 0.5
     out['frames'] = rng.integers(0, 256, out['frames'].shape, dtype=np.uint8)
     out['traj_raw'] = rng.integers(-8, 9, out['traj_raw'].shape, dtype=np.int8)
     out['traj_ok'] = rng.random(out['traj_ok'].shape) < 0.9
     if layout.with_hog:
       out['hog_raw'] = rng.integers(0, 256, out['hog_raw'].shape, dtype=np.uint8)
+    for name in layout.maps:
+      key = f'{name}_map_raw'
+      out[key] = (rng.integers(-40, 41, out[key].shape, dtype=np.int8) if name == 'flow'
+                  else rng.integers(0, 256, out[key].shape, dtype=np.uint8))
   return out

@@ -315,3 +315,12 @@ def trajectory_window(disp_strings, inside_strings, gh, gw, stored_len, traj_len
 def hog_window(hog_strings, gh, gw, origin_y, origin_x, size: int):
   """uint8 `[F, size, size, 9]`: a window of the stored (sqrt-quantised) HOG maps of `F` frames."""
   return _window(hog_codes(hog_strings, gh, gw), origin_y, origin_x, size, gh, gw, 1)
+
+
+def map_window(map_strings, gh, gw, origin_y, origin_x, size: int, channels: int, dtype=tf.uint8, zlib: bool = False):
+  """`[F, size, size, channels]` of `dtype`: a window of `F` stored per-frame maps (the raw HOG map, the zlib
+  flow-derived maps: `schema`), still quantised."""
+  if zlib:
+    map_strings = tf.io.decode_compressed(map_strings, 'ZLIB')
+  codes = tf.reshape(tf.io.decode_raw(map_strings, dtype), tf.stack([-1, gh, gw, channels]))
+  return _window(codes, origin_y, origin_x, size, gh, gw, 1)

@@ -21,6 +21,9 @@ Finished batch (leading dim = local batch `b`):
   traj_hog    float32 [b, T/pt, G, G, L, 9]   only when the target uses it (`ClipSpec.with_hog`)
   traj_quantum float32 [b]                 the storage quantum of traj_disp in model-input pixels (1/4 prep px x the
                                            crop's resize factor; `targets.moving_tokens`)
+  map_<name>  float32 [b, T/pt, G, G, F, C] the stored maps a target reads at the output cells (flow, HOF, MBH, dense
+                                           HOG: `clip_device.STORED_MAPS`), sent as windows by both paths
+                                           (`stored_maps`) and resampled by `clip_device.assemble` in the jitted step
   label       int32   [b]
   _id         int64   [b]  position in the stream (gaps = skipped corrupt records)
 """
@@ -75,11 +78,12 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   span = clip_span(spec)
   spacing = spec.tubelet * spec.frame_stride
   rules = (
-      ('schema_version', lambda v: v != schema.SCHEMA_VERSION,
-       lambda v: f'have schema_version={v}, this code reads {schema.SCHEMA_VERSION}; re-run data_prep'),
+      ('schema_version', lambda v: v not in schema.READABLE_VERSIONS,
+       lambda v: f'have schema_version={v}, this code reads {schema.READABLE_VERSIONS}; re-run data_prep'),
       ('traj_len', lambda v: v < spec.traj_len,
-       lambda v: f'store trajectories of L={v} steps, but config.target.traj_len={spec.traj_len}; re-run data_prep '
-                 f'with --traj_len={spec.traj_len} or lower target.traj_len'),
+       lambda v: f'store trajectories of L={v} steps, but the target reads {spec.traj_len} (config.target.traj_len, '
+                 f'times data.frame_stride with target.interpolate=False); re-run data_prep with '
+                 f'--traj_len={spec.traj_len} or lower target.traj_len'),
       ('segment_frames', lambda v: 0 < v < span,
        lambda v: f'hold segments of {v} frames, but a clip of {spec.num_frames} frames at stride {spec.frame_stride} '
                  f'with L={spec.traj_len} spans {span} frames; re-run data_prep with --segment_frames >= {span} (or 0 '
@@ -92,10 +96,20 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
   if problem:
     raise stream.DataError(problem)
   short = min(int(rec[schema.HEIGHT]), int(rec[schema.WIDTH]))
-  if spec.on_device and short > spec.prep_short_side:
+  if spec.maps:
+    needed = schema.motion_maps_mask([m for m in spec.maps if m in schema.MOTION_MAPS])
+    problem = stream.mismatched_shards(stream.prep_settings(shards), (
+        ('motion_maps', lambda v: needed & ~v,
+         lambda v: f'hold the motion maps {list(schema.motion_maps_from_mask(v)) or "(none)"}, but the target needs '
+                   f'{list(schema.motion_maps_from_mask(needed))}; re-run data_prep with '
+                   f'--motion_maps={",".join(schema.motion_maps_from_mask(needed | v))}'),), 'config.data.train_files')
+    if problem:
+      raise stream.DataError(problem)
+  if (spec.on_device or spec.maps) and short > spec.prep_short_side:
     raise stream.DataError(
         f'{shard}: frames of {rec[schema.WIDTH]}x{rec[schema.HEIGHT]} px have a short side of {short} px, longer than '
-        f'config.data.prep_short_side={spec.prep_short_side}, which sizes the windows data.clip_ops=\'device\' sends; '
+        f'config.data.prep_short_side={spec.prep_short_side}, which sizes the windows data.clip_ops=\'device\' (and a '
+        f'target that reads stored maps) sends; '
         f'set --config.data.prep_short_side={short} (data prep\'s --short_side)')
   return {k: rec[k] for k in (schema.TRAJ_LEN, schema.TRAJ_START_STRIDE, schema.GRID)}
 
@@ -129,6 +143,36 @@ def draw_clip(config, spec: ClipSpec, rec: dict[str, Any], seed: tf.Tensor, *, t
   return frame_idx, tubelet_first, start_idx, has_traj, crop, flip
 
 
+def stored_maps(rec, spec: ClipSpec, tubelet_first, crop, flip, gh, gw, num_frames) -> dict[str, tf.Tensor]:
+  """The windows of the stored per-frame maps a target reads at the output cells (`spec.maps`, `clip_device.STORED_MAPS`)
+  and the geometry `clip_device.assemble` resamples them with: the `spec.map_offsets` frames of every tubelet (a
+  frame pair's map for the flow-derived ones; past the record's end the last one repeats)."""
+  oy, ox, ch, cw = crop
+  tf.debugging.assert_less_equal(
+      tf.maximum(ch, cw), spec.prep_short_side,
+      message=f'a crop side exceeds config.data.prep_short_side={spec.prep_short_side} (the records were prepared '
+              'with a longer short side: set data.prep_short_side to data prep\'s --short_side)')
+  ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
+  tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step, flip)
+  frames = tf.reshape(tubelet_first[:, None] + tf.constant(spec.map_offsets, tf.int32)[None, :], [-1])
+  out = {'crop': tf.stack([oy, ox, ch, cw]), 'flip': flip, 'grid_size': tf.stack([gh, gw]),
+         'map_origin': tf.stack([ty, tx])}
+  for name in spec.maps:
+    if name == 'hog':
+      strings, scales, last = rec[schema.HOG_MAP].values, rec[schema.HOG_SCALE].values, num_frames - 1
+    else:
+      map_key, scale_key = schema.MAP_KEYS[name]
+      strings, last = rec[map_key].values, num_frames - 2
+      scales = rec[scale_key].values if scale_key else None
+    at = tf.minimum(frames, last)
+    out[f'{name}_map_raw'] = clip_ops.map_window(tf.gather(strings, at), gh, gw, ty, tx, spec.traj_window,
+                                                 clip_device.MAP_CHANNELS[name],
+                                                 tf.int8 if name == 'flow' else tf.uint8, zlib=name != 'hog')
+    if scales is not None:
+      out[f'{name}_map_scale'] = tf.gather(scales, at)
+  return out
+
+
 def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: int = 0, clips_per_record: int = 1):
   """Returns `fn(epoch, index, serialized) -> features` producing the clips of one record and their target inputs.
 
@@ -150,6 +194,8 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
     frame_idx, tubelet_first, start_idx, has_traj, (oy, ox, ch, cw), flip = draw_clip(config, spec, rec, seed,
                                                                                        train=train)
     ids = {'label': tf.cast(rec[schema.LABEL], tf.int32), '_id': index}
+    if spec.maps:
+      ids.update(stored_maps(rec, spec, tubelet_first, (oy, ox, ch, cw), flip, gh, gw, num_frames))
     if spec.on_device:
       tf.debugging.assert_less_equal(
           tf.maximum(ch, cw), spec.prep_short_side,

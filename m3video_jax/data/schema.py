@@ -29,6 +29,8 @@ Encoding of the non-JPEG arrays (kept small, see the storage budget in docs/desi
   traj_inside_steps: uint8 `[Gh, Gw]`, one zlib stream per start (almost all equal to L: compresses to ~nothing).
   hog_map: uint8 with square-root companding, `v = (q / 255)**2 * hog_scale[n]`, stored raw (`Gh * Gw * 9` bytes per
     frame): zlib saved only ~15 % on these codes and its inflation was a sixth of the input pipeline's time per clip.
+  hof_map, mbh_map (optional): companded as hog_map with their own per-pair scales; flow_map (optional): int8 quarter
+    px as traj_disp; each one zlib stream per frame pair (mostly still pixels compress well, unlike HOG codes).
 """
 from __future__ import annotations
 
@@ -41,15 +43,36 @@ import numpy as np
 
 # 2: per-point inside-step counts replace the validity bits, so any L' <= L is servable.
 # 3: HOG maps stored raw (no zlib); segment records (`segment_start`, `video_frames`).
-SCHEMA_VERSION = 3
+# 4: optional flow-derived maps per frame pair (`hof_map`, `mbh_map`, `flow_map`; data prep `--motion_maps`).
+SCHEMA_VERSION = 4
+# Versions `decode` and the input pipeline read: a version-3 record is a version-4 record without motion maps.
+READABLE_VERSIONS = (3, 4)
 GRID_STEP = 8
 HOG_BINS = 9
 # Bin b is centred at b * 20 degrees (unsigned orientation, bin 9 == bin 0). A horizontal flip maps an orientation
 # theta to 180 - theta, hence bin b to (9 - b) mod 9.
 HOG_FLIP_PERMUTATION = tuple((HOG_BINS - b) % HOG_BINS for b in range(HOG_BINS))
-DISP_UNITS_PER_PX = 4  # traj_disp quantisation: 1/4 px
+DISP_UNITS_PER_PX = 4  # traj_disp quantisation: 1/4 px (and flow_map's)
 DISP_MAX_Q = 127
 ZLIB_LEVEL = 6
+
+# Flow-derived maps (data prep `--motion_maps`, `data_prep/hog.py`), one per frame pair `(n, n + 1)`, on the HOG grid:
+#   hof   9 values per cell: flow orientation over the full circle in 8 bins centred at b * 45 degrees (linear votes
+#         of the flow magnitude), plus a zero-motion bin (the fraction of pixels moving at most HOF_MIN_FLOW px).
+#   mbh   18: MBHx (bins 0-8) and MBHy (9-17), the HOG of the flow's dx and dy images (HOG's unsigned 9 bins).
+#   flow  2: the mean flow (dx, dy) of the cell in px.
+MOTION_MAPS = ('hof', 'mbh', 'flow')
+HOF_BINS = 9
+HOF_MIN_FLOW = 0.4  # px: a slower pixel votes into HOF's zero-motion bin.
+MOTION_MAP_CHANNELS = {'hof': HOF_BINS, 'mbh': 2 * HOG_BINS, 'flow': 2}
+# A horizontal flip (dx -> -dx) maps a flow orientation theta to 180 - theta: HOF bin b (of 8) -> (4 - b) mod 8, the
+# zero bin stays; MBH's two HOGs take HOG's permutation each; flow negates dx (FLOW_FLIP_SIGN).
+MOTION_MAP_FLIPS = {
+    'hof': tuple((4 - b) % 8 for b in range(8)) + (8,),
+    'mbh': HOG_FLIP_PERMUTATION + tuple(HOG_BINS + b for b in HOG_FLIP_PERMUTATION),
+    'flow': (0, 1),
+}
+FLOW_FLIP_SIGN = (-1.0, 1.0)
 
 # The clip every input hands to the model: uint8 RGB `[..., T, H, W, 3]`, normalised on the device by
 # `normalize_video` with the ImageNet statistics the reference uses (exported models expect them too).
@@ -77,12 +100,20 @@ TRAJ_DISP = 'traj_disp'  # bytes list [S]: zlib(int8 [L, Gh, Gw, 2])
 TRAJ_INSIDE = 'traj_inside_steps'  # bytes list [S]: zlib(uint8 [Gh, Gw])
 HOG_MAP = 'hog_map'  # bytes list [N]: uint8 [Gh, Gw, 9], raw
 HOG_SCALE = 'hog_scale'  # float list [N]
+# Optional (version 4, data prep --motion_maps), P = N - 1 frame pairs, entry n = the pair (n, n + 1):
+# Each map zlib-compressed (mostly still pixels: HOF and flow shrink to 8-45 %, MBH to ~60 % on the sample videos).
+HOF_MAP, HOF_SCALE = 'hof_map', 'hof_scale'  # bytes list [P]: zlib(uint8 [Gh, Gw, 9]) companded as hog_map; floats [P]
+MBH_MAP, MBH_SCALE = 'mbh_map', 'mbh_scale'  # bytes list [P]: zlib(uint8 [Gh, Gw, 18]) companded; float list [P]
+FLOW_MAP = 'flow_map'  # bytes list [P]: zlib(int8 [Gh, Gw, 2]), 1/4 px (as traj_disp)
+MAP_KEYS = {'hof': (HOF_MAP, HOF_SCALE), 'mbh': (MBH_MAP, MBH_SCALE), 'flow': (FLOW_MAP, None)}
 
 _INT_SCALARS = (LABEL, NUM_FRAMES, HEIGHT, WIDTH, TRAJ_LEN, GRID, TRAJ_START_STRIDE, NUM_STARTS, VERSION, SEGMENT_START,
                 VIDEO_FRAMES)
 _BYTES_SCALARS = (VIDEO_ID, LABEL_NAME, SOURCE_PATH)
 _BYTES_LISTS = (FRAMES, TRAJ_DISP, TRAJ_INSIDE, HOG_MAP)
 NON_JPEG_KEYS = (TRAJ_DISP, TRAJ_INSIDE, HOG_MAP, HOG_SCALE)
+_MAP_LISTS = (HOF_MAP, MBH_MAP, FLOW_MAP)
+_MAP_SCALES = (HOF_SCALE, MBH_SCALE)
 
 
 class SchemaError(ValueError):
@@ -135,10 +166,33 @@ def dequantize_hog(q: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
   return x * x * np.asarray(scale, np.float32)
 
 
+def motion_map_names(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+  """`'hof,mbh'` (or a sequence) -> `('hof', 'mbh')` in `MOTION_MAPS` order; '' or 'none' -> ().
+
+  Raises:
+    ValueError: naming a map that is not one of `MOTION_MAPS`.
+  """
+  names = [n.strip() for n in spec.split(',')] if isinstance(spec, str) else list(spec)
+  names = [n for n in names if n and n != 'none']
+  bad = [n for n in names if n not in MOTION_MAPS]
+  if bad:
+    raise ValueError(f'motion map(s) {bad} unknown: expected a comma-separated subset of {MOTION_MAPS} (or none)')
+  return tuple(n for n in MOTION_MAPS if n in names)
+
+
+def motion_maps_mask(names) -> int:
+  """Bit `i` set for `MOTION_MAPS[i]` in `names` (a setting the shard checks compare as an int)."""
+  return sum(1 << i for i, n in enumerate(MOTION_MAPS) if n in motion_map_names(names))
+
+
+def motion_maps_from_mask(mask: int) -> tuple[str, ...]:
+  return tuple(n for i, n in enumerate(MOTION_MAPS) if mask >> i & 1)
+
+
 def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, traj_disp: np.ndarray,
            traj_valid: np.ndarray, hog_map: np.ndarray, *, traj_start_stride: int,
            grid_step: int = GRID_STEP, traj_inside_steps: np.ndarray | None = None, segment_start: int = 0,
-           video_frames: int | None = None) -> bytes:
+           video_frames: int | None = None, motion_maps: dict[str, np.ndarray] | None = None) -> bytes:
   """Serializes one video into a `tf.train.Example`.
 
   Args:
@@ -154,6 +208,8 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
       L where valid, 0 elsewhere (all-or-nothing, when only the full-length validity is known).
     segment_start: for a segment record, the video frame of its frame 0 (a multiple of `traj_start_stride`).
     video_frames: frames of the whole video (default: N, a whole-video record).
+    motion_maps: optional flow-derived maps `{name: float32 [N - 1, Gh, Gw, MOTION_MAP_CHANNELS[name]]}`, entry n
+      of the frame pair (n, n + 1) (`data_prep/hog.py`); absent maps are not written.
 
   Returns:
     The serialized record.
@@ -187,6 +243,14 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
   if segment_start < 0 or segment_start % traj_start_stride or segment_start + n > video_frames:
     raise SchemaError(f'segment_start={segment_start} must be a multiple of the start stride {traj_start_stride} with '
                       f'segment_start + {n} frames <= video_frames={video_frames}')
+
+  motion_maps = dict(motion_maps or {})
+  for name, values in motion_maps.items():
+    if name not in MOTION_MAPS:
+      raise SchemaError(f'motion map {name!r} is not one of {MOTION_MAPS}')
+    expected = (max(n - 1, 0), gh, gw, MOTION_MAP_CHANNELS[name])
+    if np.shape(values) != expected:
+      raise SchemaError(f'motion map {name!r} must be {expected} (one per frame pair), got {np.shape(values)}')
 
   disp_q = quantize_disp(traj_disp)
   disp_bytes = [zlib.compress(disp_q[i].tobytes(), ZLIB_LEVEL) for i in range(s)]
@@ -229,6 +293,14 @@ def encode(meta: VideoMeta, jpeg_frames: list[bytes], height: int, width: int, t
       HOG_MAP: byts(*hog_bytes),
       HOG_SCALE: floats(*hog_scales),
   }
+  for name, values in motion_maps.items():
+    map_key, scale_key = MAP_KEYS[name]
+    if scale_key is None:  # flow: signed px, quantised as the trajectories.
+      feature[map_key] = byts(*[zlib.compress(quantize_disp(v).tobytes(), ZLIB_LEVEL) for v in values])
+    else:
+      codes = [quantize_hog(v) for v in values]
+      feature[map_key] = byts(*[zlib.compress(q.tobytes(), ZLIB_LEVEL) for q, _ in codes])
+      feature[scale_key] = floats(*[sc for _, sc in codes])
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -268,7 +340,16 @@ def parse_example(serialized: bytes) -> dict[str, Any]:
     out[key] = list(f[key].bytes_list.value)
   out[FPS] = float(f[FPS].float_list.value[0])
   out[HOG_SCALE] = np.asarray(f[HOG_SCALE].float_list.value, np.float32)
+  for key in _MAP_LISTS:  # Optional: absent in version 3 and when data prep wrote no such map.
+    out[key] = list(f[key].bytes_list.value) if key in f else []
+  for key in _MAP_SCALES:
+    out[key] = np.asarray(f[key].float_list.value if key in f else [], np.float32)
   return out
+
+
+def stored_motion_maps(rec: dict[str, Any]) -> tuple[str, ...]:
+  """The flow-derived maps a parsed record (`parse_example`) holds."""
+  return tuple(name for name in MOTION_MAPS if rec[MAP_KEYS[name][0]])
 
 
 def bilinear_lookup(grid_values: np.ndarray, x: np.ndarray, y: np.ndarray, grid_step: int = GRID_STEP) -> np.ndarray:
@@ -344,6 +425,8 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
       traj_inside_steps: uint8 `[S, Gh, Gw]` (valid for `L' <= L` steps iff `>= L'`),
       traj_hog: float32 `[S, L, Gh, Gw, 9]` trajectory-aligned HOG,
       hog_map: float32 `[N, Gh, Gw, 9]` per-frame cell histograms,
+      hof_map, mbh_map, flow_map: float32 `[N - 1, Gh, Gw, 9 | 18 | 2]` per frame pair (entry n: frames n, n + 1),
+        only those the record holds (data prep `--motion_maps`); `motion_maps`: their names,
       traj_start_frames: int32 `[S]` frame index of each start,
       label: int, label_name: str, video_id: str, source_path: str, fps: float,
       num_frames, height, width, traj_len, grid_step, traj_start_stride, schema_version, segment_start,
@@ -353,8 +436,8 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
     SchemaError: on a record of another schema version or with missing/inconsistent fields.
   """
   rec = parse_example(serialized)
-  if rec[VERSION] != SCHEMA_VERSION:
-    raise SchemaError(f'record schema_version={rec[VERSION]}, this code reads version {SCHEMA_VERSION}; '
+  if rec[VERSION] not in READABLE_VERSIONS:
+    raise SchemaError(f'record schema_version={rec[VERSION]}, this code reads versions {READABLE_VERSIONS}; '
                       're-run data_prep with this version of the code')
   n, h, w = rec[NUM_FRAMES], rec[HEIGHT], rec[WIDTH]
   traj_len, g, stride, s = rec[TRAJ_LEN], rec[GRID], rec[TRAJ_START_STRIDE], rec[NUM_STARTS]
@@ -375,12 +458,32 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
                       for b, sc in zip(rec[HOG_MAP], rec[HOG_SCALE])])
   traj_disp = dequantize_disp(disp)
   start_frames = np.arange(s, dtype=np.int32) * stride
+  maps = {}
+  for name in stored_motion_maps(rec):
+    map_key, scale_key = MAP_KEYS[name]
+    c = MOTION_MAP_CHANNELS[name]
+    try:
+      pairs = [zlib.decompress(b) for b in rec[map_key]]
+    except zlib.error as e:
+      raise SchemaError(f'{map_key} of {rec[VIDEO_ID]!r} is not zlib data: {e}') from e
+    if len(pairs) != max(n - 1, 0) or any(len(b) != gh * gw * c for b in pairs):
+      raise SchemaError(f'{map_key} must hold {max(n - 1, 0)} maps of {gh} x {gw} x {c} bytes, got '
+                        f'{[len(b) for b in pairs[:3]]}... ({len(pairs)} entries)')
+    if scale_key is None:
+      maps[map_key] = np.stack([dequantize_disp(np.frombuffer(b, np.int8).reshape(gh, gw, c)) for b in pairs])
+    else:
+      if len(rec[scale_key]) != len(pairs):
+        raise SchemaError(f'{scale_key} has {len(rec[scale_key])} entries, expected {len(pairs)}')
+      maps[map_key] = np.stack([dequantize_hog(np.frombuffer(b, np.uint8).reshape(gh, gw, c), sc)
+                                for b, sc in zip(pairs, rec[scale_key])])
   out = {
       'traj_disp': traj_disp,
       'traj_valid': inside >= traj_len,
       'traj_inside_steps': inside,
       'traj_hog': trajectory_hog(hog_map, traj_disp, start_frames, g),
       'hog_map': hog_map,
+      **maps,
+      'motion_maps': tuple(stored_motion_maps(rec)),
       'traj_start_frames': start_frames,
       'label': rec[LABEL],
       'label_name': rec[LABEL_NAME],
@@ -413,7 +516,18 @@ def decode(serialized: bytes, *, decode_frames: bool = True) -> dict[str, Any]:
 def non_jpeg_bytes(serialized: bytes) -> int:
   """Bytes of the stored non-JPEG arrays (trajectories, validity, HOG) in one record: the storage-budget figure."""
   rec = parse_example(serialized)
-  return (sum(len(b) for k in (TRAJ_DISP, TRAJ_INSIDE, HOG_MAP) for b in rec[k]) + 4 * len(rec[HOG_SCALE]))
+  return (sum(len(b) for k in (TRAJ_DISP, TRAJ_INSIDE, HOG_MAP) + _MAP_LISTS for b in rec[k])
+          + 4 * sum(len(rec[k]) for k in (HOG_SCALE,) + _MAP_SCALES))
+
+
+def motion_map_bytes(serialized: bytes) -> dict[str, int]:
+  """Bytes of each stored flow-derived map (codes and scales) in one record: `{name: bytes}` for the maps it holds."""
+  rec = parse_example(serialized)
+  out = {}
+  for name in stored_motion_maps(rec):
+    map_key, scale_key = MAP_KEYS[name]
+    out[name] = sum(len(b) for b in rec[map_key]) + (4 * len(rec[scale_key]) if scale_key else 0)
+  return out
 
 
 def tf_feature_spec() -> dict[str, Any]:
@@ -425,6 +539,8 @@ def tf_feature_spec() -> dict[str, Any]:
   spec.update({k: tf.io.VarLenFeature(tf.string) for k in _BYTES_LISTS})
   spec[FPS] = tf.io.FixedLenFeature([], tf.float32)
   spec[HOG_SCALE] = tf.io.VarLenFeature(tf.float32)
+  spec.update({k: tf.io.VarLenFeature(tf.string) for k in _MAP_LISTS})  # Empty when a record has no such map.
+  spec.update({k: tf.io.VarLenFeature(tf.float32) for k in _MAP_SCALES})
   return spec
 
 

@@ -123,7 +123,7 @@ def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
 
 
 # The data_prep settings that decide which clips a shard's records can serve (`prep_settings`).
-PREP_SETTINGS = ('schema_version', 'traj_len', 'traj_start_stride', 'segment_frames')
+PREP_SETTINGS = ('schema_version', 'traj_len', 'traj_start_stride', 'segment_frames', 'motion_maps')
 
 
 def first_record(shard: str) -> bytes | None:
@@ -139,7 +139,8 @@ def first_record(shard: str) -> bytes | None:
 
 def record_prep_settings(serialized: bytes, shard: str) -> dict[str, int]:
   """The `PREP_SETTINGS` one record shows; `segment_frames` is its frame count when it is a segment of a longer video
-  (`segment_start` > 0 or `video_frames` > `num_frames`), else 0.
+  (`segment_start` > 0 or `video_frames` > `num_frames`), else 0; `motion_maps` the bit mask of its stored
+  flow-derived maps (`schema.motion_maps_mask`).
 
   Raises:
     CorruptRecordError: naming `shard` when the record is not a data_prep record.
@@ -151,7 +152,8 @@ def record_prep_settings(serialized: bytes, shard: str) -> dict[str, int]:
   segment = rec[schema.SEGMENT_START] > 0 or rec[schema.VIDEO_FRAMES] > rec[schema.NUM_FRAMES]
   return {'schema_version': rec[schema.VERSION], 'traj_len': rec[schema.TRAJ_LEN],
           'traj_start_stride': rec[schema.TRAJ_START_STRIDE],
-          'segment_frames': rec[schema.NUM_FRAMES] if segment else 0}
+          'segment_frames': rec[schema.NUM_FRAMES] if segment else 0,
+          'motion_maps': schema.motion_maps_mask(schema.stored_motion_maps(rec))}
 
 
 def prep_settings(shards: list[str]) -> dict[str, dict[str, tuple[int, str]]]:
@@ -169,7 +171,9 @@ def prep_settings(shards: list[str]) -> dict[str, dict[str, tuple[int, str]]]:
   for d, (path, manifest) in _manifests(shards).items():
     try:
       config = manifest.get('config') or {}
-      values = {k: (int(config[k] or 0), path) for k in PREP_SETTINGS if k in config}
+      values = {k: (int(config[k] or 0), path) for k in PREP_SETTINGS if k in config and k != 'motion_maps'}
+      # A manifest lists the maps as 'hof,mbh' and leaves the key out when there are none (and before version 4).
+      values['motion_maps'] = (schema.motion_maps_mask(config.get('motion_maps', '')), path)
       if 'schema_version' in manifest:
         values['schema_version'] = (int(manifest['schema_version']), path)
       for entry in manifest.get('shards', []):
