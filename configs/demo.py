@@ -16,6 +16,8 @@ configs/motion_mini.py; `target=pixel` is the VideoMAE baseline the probe demo c
 num_videos=N (generated; 3/4 are pretrained on).
 """
 from m3video_jax import config_lib
+from m3video_jax.data import clip_device
+from m3video_jax.data import schema
 
 motion_mini = config_lib.sibling_config(__file__, 'motion_mini')
 
@@ -34,6 +36,8 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, target='trajectory', steps=4000, num_videos=480)
   c = motion_mini.get_config(f'target={a.target},steps={a.steps}')
   c.data.synthetic_num_videos = a.num_videos
+  if not set(clip_device.ClipLayout.from_config(c).maps) & set(schema.MOTION_MAPS):
+    c.data.prep_motion_maps = ''  # The demo prepares its own videos: no motion maps unless its target reads them.
   c.keep_checkpoints = 2
   c.next_commands = NEXT
   return c

@@ -23,6 +23,8 @@ Args:
           Table 1 uses the faster feature probe of m3video_jax/probe.py) | attentive_probe (configs/
           attentive_probe_demo.py).
   steps   optimiser steps (default: 6,000 pretraining, 1,000 fine-tuning).
+  probe_task  motion (default) | appearance: the held-out videos of a classification task are labelled by motion, or
+          by appearance (object shape x colour family, random motion; data_prep.synthetic --task=appearance).
   smoke   a few videos and steps (CI), same code path.
 
 The regime (why these values: docs/results.md): 96x96, 24-frame synthetic videos of one large textured object
@@ -37,6 +39,7 @@ from m3video_jax import targets
 
 TARGETS = ('pixel', 'hog', 'trajectory_position_only', 'trajectory', 'trajectory_paper', 'hog+flow', 'hog+hof',
            'hog+mbh', 'hog+trajectory_position', 'trajectory+hof+mbh', 'trajectory_no_interpolation')
+PROBE_TASKS = ('motion', 'appearance')  # What defines the classes of the held-out probe videos.
 PRETRAIN_VIDEOS = 800  # Generated; the 600 of the train split (data_prep.synthetic) are pretrained on.
 PROBE_VIDEOS = 800  # Another seed: 600 probe-train, 200 probe-test videos, none seen in pretraining.
 
@@ -53,7 +56,6 @@ def _data(c, a) -> None:
   d.prep_short_side = 192  # 2x the videos: DIS flow is accurate there (docs/results.md, flow accuracy).
   d.prep_flow = 'dis_medium'
   d.prep_camera_motion = 'compose'
-  d.prep_motion_maps = 'hof,mbh,flow'  # For the flow/HOF/MBH targets; the other targets' clips are unchanged.
   d.update(num_frames=8, frame_stride=2, res=64, flip=False)
   if a.smoke:
     d.synthetic_num_videos = 16
@@ -67,6 +69,9 @@ def _pretrain(a):
   c.data.synthetic_num_videos = 16 if a.smoke else PRETRAIN_VIDEOS
   c.data.update(batch_size=8, shuffle_buffer=256)
   c.data.static_input = a.static
+  # Every target's runs share the prepared videos (`data.prepare_dir` of the driver), so all are prepared with the maps
+  # the flow/HOF/MBH targets read; the other targets' clips are the same with or without them.
+  c.data.prep_motion_maps = 'hof,mbh,flow'
   c.model.encoder = 'mu'
   c.model.decoder_width, c.model.decoder_heads, c.model.decoder_depth = 64, 4, 1
   t = c.target
@@ -106,7 +111,10 @@ def _classify(a):
   c = config_lib.classification_base(a.task)
   _data(c, a)
   c.seed = a.seed
-  c.data.synthetic_seed = 1
+  if a.probe_task not in PROBE_TASKS:
+    raise ValueError(f'config arg probe_task={a.probe_task!r} is invalid: expected one of {PROBE_TASKS}')
+  c.data.synthetic_task = a.probe_task
+  c.data.synthetic_seed = 1 if a.probe_task == 'motion' else 2  # Videos no pretraining run saw.
   c.data.synthetic_num_videos = 24 if a.smoke else PROBE_VIDEOS
   c.data.update(sampling='dense', batch_size=16, repeated_aug=1, shuffle_buffer=256)
   # The tiny-encoder recipe of the classification demos (docs/finetune.md): no RandAugment, mixup/cutmix or erasing.
@@ -137,7 +145,7 @@ def _classify(a):
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, target='trajectory_position_only', seed=0, static=False, task='pretrain', steps=0,
-                           smoke=False)
+                           smoke=False, probe_task='motion')
   if a.task == 'pretrain':
     return _pretrain(a)
   if a.task in ('finetune', 'linear_probe', 'attentive_probe'):

@@ -1,4 +1,5 @@
-"""Synthetic labelled videos whose class is defined by motion only (the built-in dataset of the demo and the tests).
+"""Synthetic labelled videos whose class is defined by motion only (the built-in dataset of the demo and the tests), or,
+with `--task=appearance`, by appearance only.
 
 Each video shows one randomly textured object (or `--num_objects` of them, later ones occluding earlier ones) on a
 randomly textured background seen by a camera that pans at a random constant velocity, independent of the class. The
@@ -8,12 +9,17 @@ camera pan, speeds, sizes and start positions are random, so only the relative m
 `--object_scale` scales every object's size; with several objects each is `1/sqrt(num_objects)` as large, so together
 they cover about as much of the frame as one object of that scale would.
 
+With `--task=appearance` the class is instead the object's look, `APPEARANCE_CLASSES`: its shape (ellipse or rectangle)
+times the colour family of its texture (red, green, blue, yellow, each with a random tint), and its motion is one of
+the 8 motion classes drawn at random: only appearance tells these classes apart (the opposite probe of the CPU-scale
+Table 1, docs/results.md). The motion task's videos are unchanged by the option.
+
 Ground truth is exposed as pure functions of a `VideoSpec` (`object_step`, `background_step`, `object_pose`), and every
 spec is written to `ground_truth.jsonl` beside the videos.
 
 Run:
   python -m data_prep.synthetic --output_dir=/tmp/synth --num_videos=48 \
-      [--size=128x128 --frames=32 --seed=0 --max_pan=1.5 --num_objects=1 --object_scale=1.0]
+      [--size=128x128 --frames=32 --seed=0 --max_pan=1.5 --num_objects=1 --object_scale=1.0 --task=motion]
 Writes `videos/*.mp4`, `all.csv`, `train.csv`, `val.csv` (`path,label`, stratified split), `label_map.json`,
 `ground_truth.jsonl`. Extract with
   python -m data_prep.extract --input=/tmp/synth/train.csv --label_map=/tmp/synth/label_map.json --short_side=0 ...
@@ -36,6 +42,12 @@ from m3video_jax.data import schema
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down', 'rotate_cw', 'rotate_ccw', 'grow',
            'shrink')
 DEFAULT_MAX_PAN = 1.5  # px/frame: camera pans as fast as the objects move, so only relative motion tells classes apart.
+TASKS = ('motion', 'appearance')
+SHAPES = ('ellipse', 'rectangle')
+# Base colours (RGB) of the object texture's families; each video adds a tint of +-20 per channel.
+COLOUR_FAMILIES = {'red': (185.0, 75.0, 65.0), 'green': (75.0, 165.0, 80.0), 'blue': (70.0, 95.0, 185.0),
+                   'yellow': (190.0, 175.0, 60.0)}
+APPEARANCE_CLASSES = tuple(f'{shape}_{colour}' for shape in SHAPES for colour in COLOUR_FAMILIES)
 _TRANSLATE_DIRS = {'translate_left': (-1.0, 0.0), 'translate_right': (1.0, 0.0), 'translate_up': (0.0, -1.0),
                    'translate_down': (0.0, 1.0)}
 
@@ -74,10 +86,28 @@ class VideoSpec:
   shape: str  # 'ellipse' or 'rectangle'
   aspect: float  # height/width of the object shape
   extra_objects: tuple[ObjectSpec, ...] = ()  # Objects 1, 2, ...: drawn after (in front of) object 0.
+  appearance: int = -1  # Index into APPEARANCE_CLASSES (appearance task: shape and colour family), -1 = random look.
 
   @property
   def class_name(self) -> str:
+    """The motion class (`CLASSES`)."""
     return CLASSES[self.label]
+
+  @property
+  def task_label(self) -> int:
+    """The label of the video's task: its appearance class on the appearance task, else its motion class."""
+    return self.appearance if self.appearance >= 0 else self.label
+
+  @property
+  def task_class_name(self) -> str:
+    return APPEARANCE_CLASSES[self.appearance] if self.appearance >= 0 else CLASSES[self.label]
+
+  @property
+  def colour(self) -> tuple[float, float, float] | None:
+    """Base colour of the objects' textures (appearance task), None for a random one."""
+    if self.appearance < 0:
+      return None
+    return COLOUR_FAMILIES[APPEARANCE_CLASSES[self.appearance].split('_')[1]]
 
   @property
   def objects(self) -> tuple[ObjectSpec, ...]:
@@ -114,13 +144,24 @@ def _sample_motion(rng: np.random.Generator, name: str, center: np.ndarray, radi
 
 def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: int = 128,
                 num_frames: int = 32, max_pan: float = DEFAULT_MAX_PAN, *, num_objects: int = 1,
-                object_scale: float = 1.0) -> VideoSpec:
+                object_scale: float = 1.0, task: str = 'motion') -> VideoSpec:
   """Draws a random `VideoSpec` of class `label` (index into `CLASSES`); camera pan uniform in ±`max_pan` px/frame.
+
+  With `task='appearance'`, `label` indexes `APPEARANCE_CLASSES` instead: the objects get that shape and colour
+  family, and their motion is a motion class drawn at random (the spec's `label`; `appearance` holds the class).
 
   One object sits near the centre; with `num_objects > 1` every object's mean position is uniform in the middle 70%
   of the frame and its size is `object_scale / sqrt(num_objects)` times the one-object size. `num_objects=1,
   object_scale=1` draws exactly what earlier versions drew for the same seed.
   """
+  if task not in TASKS:
+    raise ValueError(f'task={task!r} must be one of {TASKS}')
+  if task == 'appearance':
+    if not 0 <= label < len(APPEARANCE_CLASSES):
+      raise ValueError(f'label={label} must be in [0, {len(APPEARANCE_CLASSES)}) for the appearance task')
+    appearance, label = label, int(rng.integers(len(CLASSES)))
+  else:
+    appearance = -1
   if not 0 <= label < len(CLASSES):
     raise ValueError(f'label={label} must be in [0, {len(CLASSES)})')
   if max_pan < 0:
@@ -151,9 +192,12 @@ def sample_spec(rng: np.random.Generator, label: int, width: int = 128, height: 
     c, v, sp, gr, r = _sample_motion(rng, name, pos, r, short, duration)
     extra.append(ObjectSpec(center0=c, radius=r, velocity=v, spin=sp, growth=gr,
                             shape=str(rng.choice(['ellipse', 'rectangle'])), aspect=float(rng.uniform(0.6, 1.0))))
+  if appearance >= 0:  # Every object has the class's shape (the draws above stay, so the rest is as random).
+    shape = APPEARANCE_CLASSES[appearance].split('_')[0]
+    extra = [dataclasses.replace(o, shape=shape) for o in extra]
   return VideoSpec(label=label, width=width, height=height, num_frames=num_frames, seed=seed, pan=pan,
                    center0=center, radius=radius, velocity=velocity, spin=spin, growth=growth, shape=shape,
-                   aspect=aspect, extra_objects=tuple(extra))
+                   aspect=aspect, extra_objects=tuple(extra), appearance=appearance)
 
 
 def object_pose(spec: VideoSpec, t: float, index: int = 0) -> tuple[np.ndarray, float, float]:
@@ -254,8 +298,10 @@ def tracking_errors(spec: VideoSpec, traj_disp: np.ndarray, *, scale: float, wit
   return np.concatenate(obj), np.concatenate(bg)
 
 
-def _texture(rng: np.random.Generator, height: int, width: int, contrast: float) -> np.ndarray:
-  """Random colour texture uint8 `[height, width, 3]`: multi-scale smoothed noise plus a few random stripes."""
+def _texture(rng: np.random.Generator, height: int, width: int, contrast: float,
+             colour: tuple[float, float, float] | None = None) -> np.ndarray:
+  """Random colour texture uint8 `[height, width, 3]`: multi-scale smoothed noise plus a few random stripes, around a
+  random base colour or, given `colour`, that colour with a random tint of +-20 per channel."""
   img = np.zeros((height, width, 3), np.float32)
   for sigma, weight in ((1.0, 0.35), (3.0, 0.4), (9.0, 0.5)):
     noise = rng.standard_normal((height, width, 3)).astype(np.float32)
@@ -265,6 +311,8 @@ def _texture(rng: np.random.Generator, height: int, width: int, contrast: float)
   img += 0.6 * np.sin(freq * (xs * np.cos(angle) + ys * np.sin(angle)))[..., None] * rng.uniform(0.3, 1.0, 3)
   img = (img - img.mean()) / (img.std() + 1e-6)
   base = rng.uniform(70, 185, size=3)
+  if colour is not None:
+    base = np.asarray(colour) + rng.uniform(-20, 20, size=3)
   return np.clip(base + contrast * img, 0, 255).astype(np.uint8)
 
 
@@ -277,7 +325,7 @@ def render(spec: VideoSpec) -> np.ndarray:
   textures = []
   for obj in spec.objects:
     tex_half = int(math.ceil(obj.radius * max(obj.growth**(n - 1), 1.0) * 1.05)) + 2
-    textures.append((tex_half, _texture(rng, 2 * tex_half + 1, 2 * tex_half + 1, contrast=50.0)))
+    textures.append((tex_half, _texture(rng, 2 * tex_half + 1, 2 * tex_half + 1, contrast=50.0, colour=spec.colour)))
   frames = np.empty((n, h, w, 3), np.uint8)
   ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
   for t in range(n):
@@ -361,8 +409,9 @@ def split_train_val(labels: Sequence[int], val_fraction: float, seed: int) -> tu
 
 def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int = 128, num_frames: int = 32,
              seed: int = 0, val_fraction: float = 0.25, fps: float = 25.0,
-             max_pan: float = DEFAULT_MAX_PAN, num_objects: int = 1, object_scale: float = 1.0) -> list[VideoSpec]:
-  """Writes `num_videos` videos (classes round robin) and the CSVs; returns their specs in order."""
+             max_pan: float = DEFAULT_MAX_PAN, num_objects: int = 1, object_scale: float = 1.0,
+             task: str = 'motion') -> list[VideoSpec]:
+  """Writes `num_videos` videos (classes of `task` round robin) and the CSVs; returns their specs in order."""
   if num_videos < 1:
     raise ValueError(f'num_videos={num_videos} must be >= 1')
   if width < 32 or height < 32 or width % 2 or height % 2:
@@ -373,20 +422,21 @@ def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int 
   video_dir = os.path.join(output_dir, 'videos')
   os.makedirs(video_dir, exist_ok=True)
   specs, rows = [], []
+  classes = APPEARANCE_CLASSES if task == 'appearance' else CLASSES
   for i in range(num_videos):
-    spec = sample_spec(rng, i % len(CLASSES), width, height, num_frames, max_pan, num_objects=num_objects,
-                       object_scale=object_scale)
-    rel = os.path.join('videos', f'{i:05d}_{spec.class_name}.mp4')
+    spec = sample_spec(rng, i % len(classes), width, height, num_frames, max_pan, num_objects=num_objects,
+                       object_scale=object_scale, task=task)
+    rel = os.path.join('videos', f'{i:05d}_{spec.task_class_name}.mp4')
     write_mp4(os.path.join(output_dir, rel), render(spec), fps)
     specs.append(spec)
-    rows.append((rel, spec.label))
-  train, val = split_train_val([s.label for s in specs], val_fraction, seed)
+    rows.append((rel, spec.task_label))
+  train, val = split_train_val([s.task_label for s in specs], val_fraction, seed)
   for name, idx in (('all.csv', range(num_videos)), ('train.csv', train), ('val.csv', val)):
     with open(os.path.join(output_dir, name), 'w') as f:
       f.write('path,label\n')
       f.writelines(f'{rows[i][0]},{rows[i][1]}\n' for i in idx)
   with open(os.path.join(output_dir, 'label_map.json'), 'w') as f:
-    json.dump({name: i for i, name in enumerate(CLASSES)}, f, indent=1)
+    json.dump({name: i for i, name in enumerate(classes)}, f, indent=1)
   with open(os.path.join(output_dir, 'ground_truth.jsonl'), 'w') as f:
     for (rel, _), spec in zip(rows, specs):
       f.write(json.dumps({'path': rel, **dataclasses.asdict(spec)}) + '\n')
@@ -409,6 +459,8 @@ def define_flags(fv) -> None:
                        flag_values=fv)
   flags.DEFINE_float('object_scale', 1.0, 'Size of the objects relative to the default (several objects share it).',
                      flag_values=fv)
+  flags.DEFINE_enum('task', 'motion', list(TASKS), 'What defines the class: the objects\' motion, or their appearance '
+                    '(shape x colour family, with a random motion).', flag_values=fv)
 
 
 def _main(f, rest) -> None:
@@ -419,9 +471,9 @@ def _main(f, rest) -> None:
   schema.writable_dir(f.output_dir, '--output_dir')
   specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
                    val_fraction=f.val_fraction, max_pan=f.max_pan, num_objects=f.num_objects,
-                   object_scale=f.object_scale)
+                   object_scale=f.object_scale, task=f.task)
   out = os.path.abspath(f.output_dir)
-  cli.summary(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, {len(CLASSES)} classes) to {out}; '
+  cli.summary(f'wrote {len(specs)} videos ({w}x{h}, {f.frames} frames, 8 {f.task} classes) to {out}; '
               f'CSVs: all.csv, train.csv, val.csv; label map: label_map.json',
               [('videos', os.path.join(out, 'videos')),
                ('train / val lists', os.path.join(out, 'train.csv') + ', ' + os.path.join(out, 'val.csv'))],

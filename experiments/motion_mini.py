@@ -1,7 +1,7 @@
 """Runs the CPU-scale Fig. 3 and Table 1 of docs/results.md and writes results.json, results.md and the plots.
 
   pip install -e '.[experiments]'
-  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~2.5 h on 2 CPU cores
+  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~7 h on 2 CPU cores (docs/results.md)
   python experiments/motion_mini.py --workdir=/tmp/motion_mini_smoke --smoke   # every step on a few videos (CI)
   python experiments/motion_mini.py --workdir=/tmp/mm --targets=hog+mbh,trajectory --no_fig3   # some rows only
 
@@ -13,7 +13,9 @@ What it does (configs/motion_mini.py holds every setting):
 3. Table 1: for each real-input encoder and a randomly initialised one (same seeds): the frozen-feature linear probe
    (`m3video_jax.probe`: mean-pooled tokens, softmax regression), the attentive probe (`task=attentive_probe`, the
    frozen encoder with a trained cross-attention pooler, `<workdir>/attentive_probe/`) and a fine-tune
-   (`task=finetune`), all trained on 600 held-out videos of another seed and tested on 200 more -> `table1.png`.
+   (`task=finetune`), all trained on 600 held-out videos of another seed and tested on 200 more -> `table1.png`; and
+   the same on videos whose classes are defined by appearance, with random motion (`--probe_tasks`, data in
+   `<workdir>/data/probe_appearance`, runs in `<workdir>/*_appearance/`) -> `table1_appearance.png`.
 4. `results.json` (every number, per seed), `results.md` (the tables), and a closing summary of what is where.
 """
 from __future__ import annotations
@@ -57,21 +59,28 @@ def pretrain(workdir: str, target: str, static: bool, seed: int, smoke: bool) ->
   return wd
 
 
-def finetune_config(workdir: str, seed: int, smoke: bool, init_from: str, task: str = 'finetune'):
-  """The config of a classification run on the probe videos (`task`: finetune or attentive_probe)."""
-  config = motion_mini.get_config(f'task={task},seed={seed},smoke={smoke}')
+def _suffix(probe_task: str) -> str:
+  """Directory and key suffix of a probe task: '' for the motion task (the layout of earlier versions)."""
+  return '' if probe_task == 'motion' else f'_{probe_task}'
+
+
+def finetune_config(workdir: str, seed: int, smoke: bool, init_from: str, task: str = 'finetune',
+                    probe_task: str = 'motion'):
+  """The config of a classification run on the probe videos of `probe_task` (`task`: finetune or attentive_probe)."""
+  config = motion_mini.get_config(f'task={task},seed={seed},smoke={smoke},probe_task={probe_task}')
   with config.unlocked():
-    config.data.prepare_dir = os.path.join(workdir, 'data', 'probe')
+    config.data.prepare_dir = os.path.join(workdir, 'data', f'probe{_suffix(probe_task)}')
     config.init_from = init_from
   return config
 
 
-def probe_features(workdir: str, encoder_params, smoke: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def probe_features(workdir: str, encoder_params, smoke: bool,
+                   probe_task: str = 'motion') -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Per-video mean-pooled features of the probe-train and probe-test videos (2 temporal views, centre crop)."""
   from m3video_jax import probe
   from m3video_jax import demo as demo_lib
 
-  config = finetune_config(workdir, 0, smoke, '')
+  config = finetune_config(workdir, 0, smoke, '', probe_task=probe_task)
   train_glob, test_glob = demo_lib.prepare_classification(config, workdir)
   return {split: probe.dataset_features(config, pattern, encoder_params)
           for split, pattern in (('train', train_glob), ('test', test_glob))}
@@ -85,37 +94,40 @@ def random_encoder(seed: int):
   return tasks.get_task(config).init_params(jax.random.PRNGKey(seed))['encoder']
 
 
-def classification_run(workdir: str, task: str, name: str, init_from: str, seed: int, smoke: bool) -> dict:
+def classification_run(workdir: str, task: str, name: str, init_from: str, seed: int, smoke: bool,
+                       probe_task: str = 'motion') -> dict:
   """The 2 x 3-view test results of a `task` run (finetune, attentive_probe) from `init_from` ('' = a random
-  encoder), trained unless `<workdir>/<task>/<name>_s<seed>` holds them."""
+  encoder) on the videos of `probe_task`, trained unless `<workdir>/<task>[_<probe_task>]/<name>_s<seed>` holds them."""
   from m3video_jax import train_lib
 
-  run_dir = os.path.join(workdir, 'finetune' if task == 'finetune' else task, f'{name}_s{seed}')
+  run_dir = os.path.join(workdir, ('finetune' if task == 'finetune' else task) + _suffix(probe_task), f'{name}_s{seed}')
   results_path = os.path.join(run_dir, 'eval_results.json')
   if not os.path.exists(results_path):
-    train_lib.train_and_evaluate(finetune_config(workdir, seed, smoke, init_from, task), run_dir)
+    train_lib.train_and_evaluate(finetune_config(workdir, seed, smoke, init_from, task, probe_task), run_dir)
   with open(results_path) as f:
     return json.load(f)
 
 
 def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, seed: int, smoke: bool, *,
-                     finetune: bool = True, attentive: bool = True) -> dict:
-  """Linear probe, attentive probe and fine-tune top-1 of one encoder (`init_from` '' = a random encoder; None for a
-  column that is switched off)."""
+                     finetune: bool = True, attentive: bool = True, probe_task: str = 'motion') -> dict:
+  """Linear probe, attentive probe and fine-tune top-1 of one encoder on the videos of `probe_task` (`init_from` '' =
+  a random encoder; None for a column that is switched off)."""
   from m3video_jax import probe
 
   t0 = time.perf_counter()
-  feats = probe_features(workdir, encoder_params, smoke)
+  feats = probe_features(workdir, encoder_params, smoke, probe_task)
   lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
   out = {'linear_probe': lp, 'attentive_top1': None, 'finetune_top1': None}
   if attentive:
-    out['attentive_top1'] = float(classification_run(workdir, 'attentive_probe', name, init_from, seed, smoke)['top1'])
+    out['attentive_top1'] = float(classification_run(workdir, 'attentive_probe', name, init_from, seed, smoke,
+                                                     probe_task)['top1'])
   if finetune:
-    ft = classification_run(workdir, 'finetune', name, init_from, seed, smoke)
+    ft = classification_run(workdir, 'finetune', name, init_from, seed, smoke, probe_task)
     out.update(finetune_top1=float(ft['top1']), finetune_top5=float(ft['top5']))
   pct = lambda v: 'not run' if v is None else f'{v:.1f}%'  # noqa: E731
-  logging.info('%s seed %d: linear probe %s, attentive probe %s, fine-tune %s (%.0f s)', name, seed, pct(lp['top1']),
-               pct(out['attentive_top1']), pct(out['finetune_top1']), time.perf_counter() - t0)
+  logging.info('%s seed %d, %s task: linear probe %s, attentive probe %s, fine-tune %s (%.0f s)', name, seed,
+               probe_task, pct(lp['top1']), pct(out['attentive_top1']), pct(out['finetune_top1']),
+               time.perf_counter() - t0)
   return out
 
 
@@ -176,7 +188,7 @@ def plot_fig3(fig3: dict, path: str) -> None:
           'loss / loss of predicting zero')
 
 
-def plot_table1(table: dict, path: str) -> None:
+def plot_table1(table: dict, path: str, probe_task: str = 'motion') -> None:
   names = list(table)
   fig, ax = _axes((max(7.2, 0.9 * len(names)), 4.0))
   x = np.arange(len(names))
@@ -189,7 +201,7 @@ def plot_table1(table: dict, path: str) -> None:
     ax.bar(x + (i - 1) * 0.27, means, 0.27, yerr=stds, capsize=3, label=label)
   ax.axhline(100 / 8, color='grey', linewidth=0.8, linestyle=':', label='chance')
   ax.set_xticks(x, [n.replace('trajectory', 'traj.').replace('_', ' ') for n in names], fontsize=8)
-  _finish(fig, ax, path, 'Table 1 in miniature (mean ± std over seeds)', 'pretraining target',
+  _finish(fig, ax, path, f'Table 1 in miniature, {probe_task} classes (mean ± std over seeds)', 'pretraining target',
           'top-1 on held-out videos (%)')
 
 
@@ -213,16 +225,18 @@ def write_markdown(results: dict, path: str) -> None:
   for row in results['fig3_final']:
     lines.append(f'| {row["target"]} | {row["input"]} | ' + ' | '.join(fmt(v) for v in row['per_seed'])
                  + f' | {fmt(row["mean"])} ± {fmt(row["std"])} |')
-  first = next(iter(results['table1_raw'].values()))[0]['linear_probe']
-  lines += ['', f'## Table 1: top-1 (%) on {first["num_test"]} held-out videos of an unseen seed, probe and fine-tune '
-            f'trained on {first["num_train"]} more (chance 12.5 %)', '',
-            '| pretraining target | linear probe per seed | linear probe | attentive probe per seed | attentive probe '
-            '| fine-tune per seed | fine-tune |', '|---|---|---|---|---|---|---|']
   num = lambda v: 'n/a' if v is None else f'{v:.1f}'  # noqa: E731  (a column that was not run)
-  for name, row in results['table1'].items():
-    cells = [f'{", ".join(num(v) for v in row[c]["per_seed"])} | {num(row[c]["mean"])} ± {num(row[c]["std"])}'
-             for c in ('linear_probe', 'attentive_probe', 'finetune')]
-    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  for probe_task in results.get('probe_tasks', ['motion']):
+    key = f'table1{_suffix(probe_task)}'
+    first = next(iter(results[f'{key}_raw'].values()))[0]['linear_probe']
+    lines += ['', f'## Table 1, {probe_task} classes: top-1 (%) on {first["num_test"]} held-out videos of an unseen '
+              f'seed, probe and fine-tune trained on {first["num_train"]} more (chance 12.5 %)', '',
+              '| pretraining target | linear probe per seed | linear probe | attentive probe per seed '
+              '| attentive probe | fine-tune per seed | fine-tune |', '|---|---|---|---|---|---|---|']
+    for name, row in results[key].items():
+      cells = [f'{", ".join(num(v) for v in row[c]["per_seed"])} | {num(row[c]["mean"])} ± {num(row[c]["std"])}'
+               for c in ('linear_probe', 'attentive_probe', 'finetune')]
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   lines += ['', '## Final training diagnostics per run (last logging interval)', '',
             '| run | part: loss / zero (moving tokens, static tokens) |', '|---|---|']
   for name, r in results['final_diagnostics'].items():
@@ -248,6 +262,9 @@ def main(argv=None) -> int:
   p.add_argument('--targets', default=','.join(motion_mini.TARGETS),
                  help='Comma-separated pretraining targets of Table 1; pixel and trajectory_position_only '
                       '(the Fig. 3 targets) always run and are always in the table, unless --no_fig3.')
+  p.add_argument('--probe_tasks', default='motion,appearance',
+                 help='Held-out tasks every encoder is probed and fine-tuned on: motion (classes defined by motion) '
+                      'and/or appearance (by shape and colour, random motion; data_prep.synthetic --task).')
   p.add_argument('--no_fig3', action='store_true',
                  help='Run only the --targets (no Fig. 3 runs on static input, no Fig. 3 targets added).')
   args = p.parse_args(argv)
@@ -260,13 +277,18 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   workdir = os.path.abspath(args.workdir)
   os.makedirs(workdir, exist_ok=True)
+  probe_tasks = [t.strip() for t in args.probe_tasks.split(',') if t.strip()]
+  if not probe_tasks or set(probe_tasks) - set(motion_mini.PROBE_TASKS):
+    p.error(f'--probe_tasks={args.probe_tasks!r}: expected some of {motion_mini.PROBE_TASKS}')
   if args.probe:
     from m3video_jax import checkpointing
     from m3video_jax import probe
     for wd in [d.strip() for d in args.probe.split(',') if d.strip()]:
-      feats = probe_features(workdir, checkpointing.load_params(wd)['encoder'], args.smoke)
-      r = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seeds[0])
-      print(f'{wd}: linear probe top-1 {r["top1"]:.1f} % on {r["num_test"]} videos (L2 {r["l2"]:g})', flush=True)
+      for probe_task in probe_tasks:
+        feats = probe_features(workdir, checkpointing.load_params(wd)['encoder'], args.smoke, probe_task)
+        r = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seeds[0])
+        print(f'{wd}: {probe_task} classes, linear probe top-1 {r["top1"]:.1f} % on {r["num_test"]} videos '
+              f'(L2 {r["l2"]:g})', flush=True)
     return 0
   t0 = time.perf_counter()
   targets = [t.strip() for t in args.targets.split(',') if t.strip()]
@@ -288,38 +310,46 @@ def main(argv=None) -> int:
     fig3_final.append({'target': t, 'input': 'static' if st else 'real', 'per_seed': last, 'mean': m, 'std': sd})
 
   from m3video_jax import checkpointing
-  table: dict[str, dict] = {}
-  raw: dict[str, list] = {}
-  for name in targets + [RANDOM]:
-    raw[name] = []
-    for seed in seeds:
-      if name == RANDOM:
-        enc, init_from = random_encoder(seed), ''
-      else:
-        init_from = os.path.join(workdir, 'runs', run_name(name, False, seed))
-        enc = checkpointing.load_params(init_from)['encoder']
-      raw[name].append(evaluate_encoder(workdir, name, enc, init_from, seed, args.smoke,
-                                        finetune=not args.no_finetune, attentive=not args.no_attentive))
-    table[name] = {}
-    for column, key in (('linear_probe', None), ('attentive_probe', 'attentive_top1'), ('finetune', 'finetune_top1')):
-      # None (not run): JSON null, skipped by _mean_std.
-      values = [r['linear_probe']['top1'] if key is None else r[key] for r in raw[name]]
-      table[name][column] = dict(zip(('mean', 'std'), _mean_std(values)), per_seed=values)
+  tables: dict[str, dict] = {}
+  for probe_task in probe_tasks:
+    table: dict[str, dict] = {}
+    raw: dict[str, list] = {}
+    for name in targets + [RANDOM]:
+      raw[name] = []
+      for seed in seeds:
+        if name == RANDOM:
+          enc, init_from = random_encoder(seed), ''
+        else:
+          init_from = os.path.join(workdir, 'runs', run_name(name, False, seed))
+          enc = checkpointing.load_params(init_from)['encoder']
+        raw[name].append(evaluate_encoder(workdir, name, enc, init_from, seed, args.smoke,
+                                          finetune=not args.no_finetune, attentive=not args.no_attentive,
+                                          probe_task=probe_task))
+      table[name] = {}
+      for column, key in (('linear_probe', None), ('attentive_probe', 'attentive_top1'),
+                          ('finetune', 'finetune_top1')):
+        # None (not run): JSON null, skipped by _mean_std.
+        values = [r['linear_probe']['top1'] if key is None else r[key] for r in raw[name]]
+        table[name][column] = dict(zip(('mean', 'std'), _mean_std(values)), per_seed=values)
+    tables[f'table1{_suffix(probe_task)}'] = table
+    tables[f'table1{_suffix(probe_task)}_raw'] = raw
 
-  results = {'seeds': seeds, 'smoke': args.smoke,
+  results = {'seeds': seeds, 'smoke': args.smoke, 'probe_tasks': probe_tasks,
              'fig3': {f'{t}{"_static" if st else ""}': d for (t, st), d in fig3.items()},
-             'fig3_final': fig3_final, 'table1': table, 'table1_raw': raw,
+             'fig3_final': fig3_final, **tables,
              'final_diagnostics': {run_name(t, st, s): final_ratios(workdir, t, st, s)
                                    for s in seeds for t, st in runs},
              'seconds': time.perf_counter() - t0}
-  paths = {name: os.path.join(workdir, name) for name in ('results.json', 'results.md', 'fig3.png', 'table1.png')
-           if fig3 or name != 'fig3.png'}
+  names = ['results.json', 'results.md'] + (['fig3.png'] if fig3 else []) + [
+      f'table1{_suffix(t)}.png' for t in probe_tasks]
+  paths = {name: os.path.join(workdir, name) for name in names}
   with open(paths['results.json'], 'w') as f:
     json.dump(results, f, indent=1)
   write_markdown(results, paths['results.md'])
   if fig3:
     plot_fig3(fig3, paths['fig3.png'])
-  plot_table1(table, paths['table1.png'])
+  for t in probe_tasks:
+    plot_table1(results[f'table1{_suffix(t)}'], paths[f'table1{_suffix(t)}.png'], t)
   print(open(paths['results.md']).read())
   print(f'motion_mini: {len(runs) * len(seeds)} pretraining runs in {workdir}/runs, fine-tunes in {workdir}/finetune; '
         f'wrote {", ".join(paths.values())} in {results["seconds"] / 60:.1f} min')

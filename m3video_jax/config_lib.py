@@ -95,6 +95,7 @@ def add_demo_data(c: ml_collections.ConfigDict) -> None:
   d.synthetic_max_pan = 1.5  # Camera pan bound of the synthetic videos, px/frame.
   d.synthetic_num_objects = 1  # Moving objects per video (data_prep.synthetic --num_objects).
   d.synthetic_object_scale = 1.0  # Their size (data_prep.synthetic --object_scale).
+  d.synthetic_task = 'motion'  # What defines the classes: motion or appearance (data_prep.synthetic --task).
   d.prep_short_side = 0
   d.prep_flow = 'dis_fast'  # data_prep.extract --flow.
   d.prep_camera_motion = 'compose'  # data_prep.extract --camera_motion.

@@ -30,7 +30,15 @@ def prepare_pretraining(config, workdir: str, *, is_chief: bool = True) -> str:
   if not is_chief:
     return os.path.join(shards_dir, 'train-*.tfrecord')
   return prepare_split(config, videos_dir, shards_dir, 'train', seed=config.data.synthetic_seed,
-                       extract_args=(f'--traj_len={config.target.traj_len}',))
+                       extract_args=(f'--traj_len={stored_steps(config)}',))
+
+
+def stored_steps(config) -> int:
+  """Trajectory steps the records must store for the config's target (`target.traj_len`, times the frame stride for
+  trajectories at the input stride)."""
+  from m3video_jax.data import clip_device
+
+  return clip_device.ClipLayout.from_config(config).traj_len
 
 
 def prepare_classification(config, workdir: str, *, is_chief: bool = True) -> tuple[str, str]:
@@ -52,7 +60,8 @@ def prepare_classification(config, workdir: str, *, is_chief: bool = True) -> tu
     # Classification reads frames and labels only: the shortest trajectories, the fastest flow and no camera-motion
     # removal are cheapest.
     globs.append(prepare_split(config, videos_dir, shards_dir, split, seed=config.data.synthetic_seed,
-                               extract_args=('--traj_len=1', '--camera_motion=none', '--flow=dis_fast')))
+                               extract_args=('--traj_len=1', '--camera_motion=none', '--flow=dis_fast',
+                                             '--motion_maps=')))
   return globs[0], globs[1]
 
 
@@ -84,7 +93,7 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
                     f'--num_videos={d.synthetic_num_videos}', f'--size={d.synthetic_size}',
                     f'--frames={d.synthetic_frames}', f'--seed={seed}', f'--max_pan={d.synthetic_max_pan}',
                     f'--num_objects={d.synthetic_num_objects}', f'--object_scale={d.synthetic_object_scale}',
-                    *_child_flags()],
+                    f'--task={d.get("synthetic_task", "motion")}', *_child_flags()],
                    check=True)
   logging.info('demo: extracting the %s split into %s', split, shards_dir)
   _extract(config, csv, videos_dir, shards_dir, split, *extract_args)
@@ -133,7 +142,7 @@ def held_out_record(config, workdir: str) -> bytes | None:
     one = os.path.join(shards_dir, 'held_out.csv')
     with open(one, 'w') as f:
       f.write('\n'.join(rows) + '\n')
-    _extract(config, one, videos_dir, shards_dir, 'picture', f'--traj_len={config.target.traj_len}',
+    _extract(config, one, videos_dir, shards_dir, 'picture', f'--traj_len={stored_steps(config)}',
              '--progress_interval_s=0', stdout=subprocess.DEVNULL)
   import glob
 

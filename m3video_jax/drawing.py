@@ -250,11 +250,14 @@ def _eval_clip(config, serialized: bytes) -> dict[str, np.ndarray]:
 def write_record_picture(task, params: Any, serialized: bytes, path: str, *, seed: int = 0, scale: int = 4,
                          gain: float = 1.0, step: int | None = None) -> str:
   """Renders the evaluation clip of one serialized record (`prediction_picture`) and writes it to `path`."""
+  from m3video_jax.data import clip_device
+
   meta = schema.decode(serialized, decode_frames=False)
-  need = task.config.target.traj_len
+  need = clip_device.ClipLayout.from_config(task.config).traj_len  # traj_len, x frame stride at the input stride.
   if meta['traj_len'] < need:
     raise ValueError(f'record {meta["video_id"]!r} stores trajectories of L={meta["traj_len"]} steps; the '
-                     f'checkpoint\'s target.traj_len={need} needs shards prepared with --traj_len >= {need}')
+                     f'checkpoint\'s target reads {need} (target.traj_len={task.config.target.traj_len}) and needs '
+                     f'shards prepared with --traj_len >= {need}')
   title = (f'{meta["video_id"]} ({meta["label_name"] or "unlabelled"})' + (f', step {step}' if step is not None else '')
            + f', target {task.config.target.kind}')
   image = prediction_picture(task, params, _eval_clip(task.config, serialized), seed=seed, scale=scale, gain=gain,

@@ -15,7 +15,7 @@ Batch inputs (B clips, T frames, H x W model resolution, tubelet `(pt, ph, pw)` 
               the crop's resize); absent = `schema`'s 1/4 px unscaled. Only `moving_tokens` uses it.
 Grid point `(gy, gx)` lies in token `(gy // 2, gx // 2)` (in its tubelet's time slot) as point
 `k = (gy % 2) * 2 + gx % 2`, i.e. `k = 2 * row + col` of the 2 x 2 points of the patch. Only the first
-`L = cfg.traj_len` steps are used.
+`L = cfg.traj_len` steps are used (the first `L * frame_stride` with `interpolate=False`, see below).
 
 Target layouts (index within a token's target vector; `L = traj_len`, `K = 4`):
 

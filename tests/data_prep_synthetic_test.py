@@ -108,3 +108,28 @@ def test_several_objects_share_the_class_motion_and_later_ones_occlude_earlier_o
   assert with_2 < 2.0 < with_0, (with_2, with_0)
   with pytest.raises(ValueError, match='num_objects'):
     synthetic.sample_spec(rng, 0, num_objects=0)
+
+
+def test_the_appearance_task_labels_by_shape_and_colour_with_random_motion(tmp_path):
+  """`--task=appearance`: the class fixes the objects' shape and colour family and nothing else; their motion is any
+  motion class. The motion task draws exactly the same videos as without the option."""
+  rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+  assert synthetic.sample_spec(rng_a, 3) == synthetic.sample_spec(rng_b, 3, task='motion')
+  specs = synthetic.generate(str(tmp_path), 32, width=64, height=64, num_frames=8, seed=4, task='appearance',
+                             num_objects=2)
+  assert [s.task_label for s in specs] == [i % 8 for i in range(32)]
+  assert len({s.label for s in specs}) >= 5  # Motion classes drawn at random, independent of the class.
+  assert json.load(open(tmp_path / 'label_map.json')) == {n: i for i, n in enumerate(synthetic.APPEARANCE_CLASSES)}
+  assert {r['label'] for r in csv.DictReader(open(tmp_path / 'all.csv'))} == {str(c) for c in range(8)}
+  for spec in specs[:8]:
+    shape, colour = synthetic.APPEARANCE_CLASSES[spec.task_label].split('_')
+    assert {o.shape for o in spec.objects} == {shape}
+    frames = synthetic.render(spec)
+    xs, ys = np.meshgrid(np.arange(64), np.arange(64))
+    inside = synthetic.object_mask(spec, 0, xs, ys, margin=2.0)
+    mean = frames[0][inside].mean(axis=0)
+    # The object's mean colour is nearest its family's base colour.
+    families = {name: np.linalg.norm(mean - np.asarray(c)) for name, c in synthetic.COLOUR_FAMILIES.items()}
+    assert min(families, key=families.get) == colour, (spec.task_class_name, mean)
+  with pytest.raises(ValueError, match='appearance task'):
+    synthetic.sample_spec(np.random.default_rng(0), 8, task='appearance')

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from configs import motion_mini
+from data_prep import synthetic
 from m3video_jax import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,10 @@ def test_targets_are_the_documented_variants():
   finetune = motion_mini.get_config('task=finetune')
   tasks.validate(finetune)
   assert finetune.data.synthetic_seed != motion_mini.get_config().data.synthetic_seed  # Probe videos are unseen.
+  appearance = motion_mini.get_config('task=finetune,probe_task=appearance')
+  assert appearance.data.synthetic_task == 'appearance' and finetune.data.synthetic_task == 'motion'
+  pretrain_seed = motion_mini.get_config().data.synthetic_seed
+  assert appearance.data.synthetic_seed not in (finetune.data.synthetic_seed, pretrain_seed)
   with pytest.raises(ValueError, match='target='):
     motion_mini.get_config('target=flow')
 
@@ -59,6 +64,14 @@ def test_driver_smoke_run_writes_results_tables_and_plots(tmp_path):
   results = json.load(open(tmp_path / 'results.json'))
   assert set(results['table1']) == {'hog+mbh', 'pixel', 'trajectory_position_only', 'random_init'}
   assert 'mbh_vs_zero' in results['final_diagnostics']['hog+mbh_s0']
+  # The same encoders on the appearance-defined classes (their own videos, labels and runs).
+  assert set(results['table1_appearance']) == set(results['table1'])
+  assert results['probe_tasks'] == ['motion', 'appearance']
+  labels = json.load(open(tmp_path / 'data' / 'probe_appearance' / 'videos' / 'label_map.json'))
+  assert sorted(labels) == sorted(synthetic.APPEARANCE_CLASSES)
+  assert os.path.exists(tmp_path / 'finetune_appearance' / 'pixel_s0' / 'eval_results.json')
+  assert 'Table 1, appearance classes' in open(tmp_path / 'results.md').read()
+  assert os.path.getsize(tmp_path / 'table1_appearance.png') > 500
   assert {r['input'] for r in results['fig3_final']} == {'real', 'static'}
   for row in results['table1'].values():
     assert len(row['linear_probe']['per_seed']) == 1 and 0 <= row['finetune']['per_seed'][0] <= 100

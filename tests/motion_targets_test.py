@@ -86,7 +86,8 @@ def _moving_square_video(n=10, h=64, w=96, speed=2.0):
 
 @pytest.fixture(scope='module')
 def square_targets():
-  prep = PrepConfig(short_side=0, traj_len=4, flow='dis_medium', camera_motion='none', motion_maps=('hof', 'mbh', 'flow'))
+  prep = PrepConfig(short_side=0, traj_len=4, flow='dis_medium', camera_motion='none',
+                    motion_maps=('hof', 'mbh', 'flow'))
   return prep, video_targets.extract_from_frames(iter(_moving_square_video()), prep, fps=25.0)
 
 
@@ -122,7 +123,6 @@ def test_version_3_records_still_read():
   """A record written before the motion maps (schema_version 3) decodes and serves the trajectory target."""
   from tensorflow.core.example import example_pb2
 
-  rng = np.random.default_rng(1)
   prep = PrepConfig(short_side=0, traj_len=4)
   vt = video_targets.extract_from_frames(iter(_moving_square_video()), prep)
   raw = video_targets.to_record(vt, schema.VideoMeta('v3', 1, 'x', '/v3.mp4', 25.0), prep)
@@ -135,7 +135,6 @@ def test_version_3_records_still_read():
   clip = pretraining.make_clip_fn(config, spec)(tf.constant(0, tf.int64), tf.constant(0, tf.int64),
                                                 tf.constant(ex.SerializeToString()))
   assert clip['traj_disp'].shape[-2:] == (2, 2)  # traj_len=2 of the 4 stored steps.
-  del rng
 
 
 def _clip_config(target='hof', clip_ops='host', interpolate='paper', **data):
@@ -189,8 +188,8 @@ def test_maps_are_read_at_the_frames_interpolate_says(indexed_record, clip_ops, 
       assert clip[f'map_{name}'].shape == (4, 6, 6, len(offsets), c)
       np.testing.assert_allclose(clip[f'map_{name}'], np.broadcast_to((want + 1)[:, None, None, :, None],
                                                                       clip[f'map_{name}'].shape), rtol=1e-5)
-    np.testing.assert_allclose(clip['map_flow'][..., 0], np.broadcast_to(want[:, None, None] / 4, (4, 6, 6, len(offsets))),
-                               atol=1e-5)
+    np.testing.assert_allclose(clip['map_flow'][..., 0],
+                               np.broadcast_to(want[:, None, None] / 4, (4, 6, 6, len(offsets))), atol=1e-5)
     np.testing.assert_allclose(clip['map_flow'][..., 1], -clip['map_flow'][..., 0], atol=1e-5)
     if interpolate == 'true':  # The dense HOG part reads the stored HOG maps of the same frames.
       np.testing.assert_allclose(clip['map_hog'][..., 0], np.broadcast_to((want + 1)[:, None, None], (4, 6, 6, 4)),
@@ -225,8 +224,9 @@ def test_map_lookup_flips_with_the_frames():
                                                   layout)['map_flow'][..., 0], rtol=1e-5, atol=1e-6)
 
 
-def test_a_target_without_its_maps_in_the_records_is_refused_up_front(tmp_path, square_targets):
-  """Records prepared without --motion_maps cannot serve the HOF target: a DataError naming the flag, before training."""
+def test_a_target_without_its_maps_in_the_records_is_refused_up_front(tmp_path):
+  """Records prepared without --motion_maps cannot serve the HOF target: a DataError naming the flag, before
+  training."""
   from m3video_jax.data import stream
 
   prep = PrepConfig(short_side=0, traj_len=4)

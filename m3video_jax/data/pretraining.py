@@ -16,7 +16,8 @@ Where the arithmetic runs is `data.clip_ops` ('auto', the default: 'device' on a
 
 Finished batch (leading dim = local batch `b`):
   video       uint8   [b, T, res, res, 3]   RGB (normalised on the device: `schema.normalize_video`)
-  traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8
+  traj_disp   float32 [b, T/pt, G, G, L, 2] (Δx, Δy) in model-input pixels, G = res // 8 (L = the steps the target
+                                           reads: target.traj_len, x frame_stride with target.interpolate=False)
   traj_valid  bool    [b, T/pt, G, G]
   traj_hog    float32 [b, T/pt, G, G, L, 9]   only when the target uses it (`ClipSpec.with_hog`)
   traj_quantum float32 [b]                 the storage quantum of traj_disp in model-input pixels (1/4 prep px x the
@@ -45,9 +46,11 @@ ClipSpec = clip_device.ClipLayout
 
 
 def clip_span(spec: ClipSpec) -> int:
-  """Frames from a clip's first frame to its last frame or the last frame its last tubelet's trajectories reach."""
-  return max((spec.num_frames - 1) * spec.frame_stride, (spec.num_frames - spec.tubelet) * spec.frame_stride
-             + spec.traj_len) + 1
+  """Frames from a clip's first frame to its last frame or the last frame its last tubelet's trajectories (or stored
+  maps: a frame pair's second frame) reach."""
+  last_tubelet = (spec.num_frames - spec.tubelet) * spec.frame_stride
+  maps = last_tubelet + max(spec.map_offsets) + 1 if spec.map_offsets else 0
+  return max((spec.num_frames - 1) * spec.frame_stride, last_tubelet + spec.traj_len, maps) + 1
 
 
 def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
