@@ -1,7 +1,7 @@
 """Runs the CPU-scale Fig. 3 and Table 1 of docs/results.md and writes results.json, results.md and the plots.
 
   pip install -e '.[experiments]'
-  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~7 h on 2 CPU cores (docs/results.md)
+  python experiments/motion_mini.py --workdir=/tmp/motion_mini                 # ~4.5 h on 2 CPU cores (docs/results.md)
   python experiments/motion_mini.py --workdir=/tmp/motion_mini_smoke --smoke   # every step on a few videos (CI)
   python experiments/motion_mini.py --workdir=/tmp/mm --targets=hog+mbh,trajectory --no_fig3   # some rows only
 
@@ -200,7 +200,8 @@ def plot_table1(table: dict, path: str, probe_task: str = 'motion') -> None:
       continue
     ax.bar(x + (i - 1) * 0.27, means, 0.27, yerr=stds, capsize=3, label=label)
   ax.axhline(100 / 8, color='grey', linewidth=0.8, linestyle=':', label='chance')
-  ax.set_xticks(x, [n.replace('trajectory', 'traj.').replace('_', ' ') for n in names], fontsize=8)
+  ax.set_xticks(x, [n.replace('trajectory', 'traj.').replace('_', ' ') for n in names], fontsize=8, rotation=20,
+                ha='right')
   _finish(fig, ax, path, f'Table 1 in miniature, {probe_task} classes (mean ± std over seeds)', 'pretraining target',
           'top-1 on held-out videos (%)')
 
