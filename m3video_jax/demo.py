@@ -60,8 +60,7 @@ def prepare_classification(config, workdir: str, *, is_chief: bool = True) -> tu
     # Classification reads frames and labels only: the shortest trajectories, the fastest flow and no camera-motion
     # removal are cheapest.
     globs.append(prepare_split(config, videos_dir, shards_dir, split, seed=config.data.synthetic_seed,
-                               extract_args=('--traj_len=1', '--camera_motion=none', '--flow=dis_fast',
-                                             '--motion_maps=')))
+                               extract_args=('--traj_len=1', '--camera_motion=none', '--flow=dis_fast')))
   return globs[0], globs[1]
 
 

@@ -83,6 +83,7 @@ import ml_collections
 
 from m3video_jax import cli
 from m3video_jax import hog
+from m3video_jax.data import clip_device
 from m3video_jax.data import schema
 from m3video_jax.models import vit
 
@@ -138,25 +139,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def components(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The components of `cfg.kind`, in order: `'hog+mbh'` -> `('hog', 'mbh')`."""
-  return tuple(str(cfg.kind).split('+'))
-
-
-def dense_hog(cfg: ml_collections.ConfigDict) -> bool:
-  """Whether the `hog` part is data prep's HOG maps of every raw frame (`interpolate=True`) rather than the static HOG of
-  one input frame."""
-  return cfg.get('interpolate', None) is True
-
-
-def sparse_trajectories(cfg: ml_collections.ConfigDict) -> bool:
-  """Whether the trajectory parts take L steps at the input stride (`interpolate=False`) rather than L raw steps."""
-  return cfg.get('interpolate', None) is False and 'trajectory' in components(cfg)
+# The target semantics the input pipeline needs too (which parts, which frames), defined once in `clip_device`.
+components = clip_device.target_components
+dense_hog = clip_device.dense_hog
+sparse_trajectories = clip_device.sparse_trajectories
 
 
 def map_frames(cfg: ml_collections.ConfigDict, tubelet: int, frame_stride: int) -> int:
   """Frames per tubelet of a stored-map part: every raw frame of its window, or the `tubelet` input frames."""
-  return tubelet if cfg.get('interpolate', None) is False else tubelet * frame_stride
+  return len(clip_device.map_offsets(cfg, frame_stride, tubelet))
 
 
 def _describe_component(cfg: ml_collections.ConfigDict, comp: str) -> str:

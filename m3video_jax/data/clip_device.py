@@ -47,23 +47,41 @@ def map_raw_keys(name: str) -> tuple[str, ...]:
   return (f'{name}_map_raw',) if name == 'flow' else (f'{name}_map_raw', f'{name}_map_scale')
 
 
-def target_maps(target, frame_stride: int, tubelet: int) -> tuple[tuple[str, ...], tuple[int, ...], int]:
-  """What a target config (`m3video_jax.targets`) needs from the records besides the clip.
+# What a target config (`m3video_jax.targets`, docs/design.md §3.5) reads besides the clip, defined here once for the
+# input pipeline and the targets (which import them).
 
-  Returns:
-    `(maps, offsets, steps)`: the stored maps to send (`STORED_MAPS` order; 'hog' = the dense HOG part), the frame
-    offsets of their frames from each tubelet's first frame (every raw frame of the tubelet's window
-    `tubelet * frame_stride`, or only the frames the model sees with `target.interpolate=False`), and the trajectory
-    steps to read (`traj_len`, times `frame_stride` when the trajectories are sampled at the input stride).
-  """
-  parts = str(target.kind).split('+')
-  interpolate = target.get('interpolate', None)
-  maps = tuple(m for m in STORED_MAPS if m in parts and (m != 'hog' or interpolate is True))
+
+def target_components(target) -> tuple[str, ...]:
+  """The components of `target.kind`, in order: `'hog+mbh'` -> `('hog', 'mbh')`."""
+  return tuple(str(target.kind).split('+'))
+
+
+def dense_hog(target) -> bool:
+  """Whether the `hog` part is data prep's HOG maps of every raw frame (`interpolate=True`) rather than the static
+  HOG of one input frame."""
+  return target.get('interpolate', None) is True
+
+
+def sparse_trajectories(target) -> bool:
+  """Whether the trajectory parts take L steps at the input stride (`interpolate=False`) rather than L raw steps."""
+  return target.get('interpolate', None) is False and 'trajectory' in target_components(target)
+
+
+def map_offsets(target, frame_stride: int, tubelet: int) -> tuple[int, ...]:
+  """Frames of a stored-map part, as offsets from each tubelet's first frame: every raw frame of the tubelet's window
+  `tubelet * frame_stride`, or only the frames the model sees with `target.interpolate=False`."""
   window = tubelet * frame_stride
-  offsets = tuple(range(0, window, frame_stride)) if interpolate is False else tuple(range(window))
-  sparse_trajectories = interpolate is False and 'trajectory' in parts
-  return maps, (offsets if maps else ()), target.traj_len * (frame_stride if sparse_trajectories else 1)
+  return tuple(range(0, window, frame_stride)) if target.get('interpolate', None) is False else tuple(range(window))
 
+
+def target_maps(target, frame_stride: int, tubelet: int) -> tuple[tuple[str, ...], tuple[int, ...], int]:
+  """`(maps, offsets, steps)`: the stored maps to send (`STORED_MAPS` order; 'hog' = the dense HOG part), their
+  `map_offsets` (() without maps), and the trajectory steps to read (`traj_len`, times `frame_stride` for
+  `sparse_trajectories`)."""
+  parts = target_components(target)
+  maps = tuple(m for m in STORED_MAPS if m in parts and (m != 'hog' or dense_hog(target)))
+  offsets = map_offsets(target, frame_stride, tubelet) if maps else ()
+  return maps, offsets, target.traj_len * (frame_stride if sparse_trajectories(target) else 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +106,7 @@ class ClipLayout:
     pt = config.model.patch_size[0]
     maps, offsets, steps = target_maps(t, d.frame_stride, pt)
     return cls(num_frames=d.num_frames, frame_stride=d.frame_stride, tubelet=pt, res=d.res, traj_len=steps,
-               with_hog='trajectory' in str(t.kind).split('+') and t.shape, maps=maps, map_offsets=offsets,
+               with_hog='trajectory' in target_components(t) and t.shape, maps=maps, map_offsets=offsets,
                on_device=finishes_on_device(d.get('clip_ops', 'host')),
                # Demo configs prepare their synthetic videos at native size (prep_short_side 0).
                prep_short_side=d.get('prep_short_side', 256) or d.get('synthetic_size', 0),

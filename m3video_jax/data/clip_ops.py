@@ -314,7 +314,7 @@ def trajectory_window(disp_strings, inside_strings, gh, gw, stored_len, traj_len
 
 def hog_window(hog_strings, gh, gw, origin_y, origin_x, size: int):
   """uint8 `[F, size, size, 9]`: a window of the stored (sqrt-quantised) HOG maps of `F` frames."""
-  return _window(hog_codes(hog_strings, gh, gw), origin_y, origin_x, size, gh, gw, 1)
+  return map_window(hog_strings, gh, gw, origin_y, origin_x, size, schema.HOG_BINS)
 
 
 def map_window(map_strings, gh, gw, origin_y, origin_x, size: int, channels: int, dtype=tf.uint8, zlib: bool = False):

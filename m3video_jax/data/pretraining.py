@@ -95,19 +95,16 @@ def check_stored_records(shards: list[str], spec: ClipSpec) -> dict[str, int]:
        lambda v: f'store trajectory starts every {v} frames, which does not divide the tubelet spacing tubelet x '
                  f'frame_stride = {spacing}; use an even frame_stride or re-run data_prep with --traj_start_stride=1'),
   )
+  needed = schema.motion_maps_mask([m for m in spec.maps if m in schema.MOTION_MAPS])
+  if needed:
+    rules += (('motion_maps', lambda v: needed & ~v,
+               lambda v: f'hold the motion maps {list(schema.motion_maps_from_mask(v)) or "(none)"}, but the target '
+                         f'needs {list(schema.motion_maps_from_mask(needed))}; re-run data_prep with '
+                         f'--motion_maps={",".join(schema.motion_maps_from_mask(needed | v))}'),)
   problem = stream.mismatched_shards(stream.prep_settings(shards), rules, 'config.data.train_files')
   if problem:
     raise stream.DataError(problem)
   short = min(int(rec[schema.HEIGHT]), int(rec[schema.WIDTH]))
-  if spec.maps:
-    needed = schema.motion_maps_mask([m for m in spec.maps if m in schema.MOTION_MAPS])
-    problem = stream.mismatched_shards(stream.prep_settings(shards), (
-        ('motion_maps', lambda v: needed & ~v,
-         lambda v: f'hold the motion maps {list(schema.motion_maps_from_mask(v)) or "(none)"}, but the target needs '
-                   f'{list(schema.motion_maps_from_mask(needed))}; re-run data_prep with '
-                   f'--motion_maps={",".join(schema.motion_maps_from_mask(needed | v))}'),), 'config.data.train_files')
-    if problem:
-      raise stream.DataError(problem)
   if (spec.on_device or spec.maps) and short > spec.prep_short_side:
     raise stream.DataError(
         f'{shard}: frames of {rec[schema.WIDTH]}x{rec[schema.HEIGHT]} px have a short side of {short} px, longer than '
@@ -146,17 +143,13 @@ def draw_clip(config, spec: ClipSpec, rec: dict[str, Any], seed: tf.Tensor, *, t
   return frame_idx, tubelet_first, start_idx, has_traj, crop, flip
 
 
-def stored_maps(rec, spec: ClipSpec, tubelet_first, crop, flip, gh, gw, num_frames) -> dict[str, tf.Tensor]:
-  """The windows of the stored per-frame maps a target reads at the output cells (`spec.maps`, `clip_device.STORED_MAPS`)
-  and the geometry `clip_device.assemble` resamples them with: the `spec.map_offsets` frames of every tubelet (a
-  frame pair's map for the flow-derived ones; past the record's end the last one repeats)."""
+def stored_maps(rec, spec: ClipSpec, tubelet_first, crop, flip, gh, gw, num_frames, origin) -> dict[str, tf.Tensor]:
+  """The windows of the stored per-frame maps a target reads at the output cells (`spec.maps`,
+  `clip_device.STORED_MAPS`) and the geometry `clip_device.assemble` resamples them with: the `spec.map_offsets` frames
+  of every tubelet (a frame pair's map for the flow-derived ones; past the record's end the last one repeats),
+  `spec.traj_window` cells from `origin` (the trajectory window's first cell, `clip_ops.window_origin`)."""
   oy, ox, ch, cw = crop
-  tf.debugging.assert_less_equal(
-      tf.maximum(ch, cw), spec.prep_short_side,
-      message=f'a crop side exceeds config.data.prep_short_side={spec.prep_short_side} (the records were prepared '
-              'with a longer short side: set data.prep_short_side to data prep\'s --short_side)')
-  ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
-  tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step, flip)
+  ty, tx = origin
   frames = tf.reshape(tubelet_first[:, None] + tf.constant(spec.map_offsets, tf.int32)[None, :], [-1])
   out = {'crop': tf.stack([oy, ox, ch, cw]), 'flip': flip, 'grid_size': tf.stack([gh, gw]),
          'map_origin': tf.stack([ty, tx])}
@@ -197,19 +190,20 @@ def make_clip_fn(config, spec: ClipSpec, *, train: bool = True, process_index: i
     frame_idx, tubelet_first, start_idx, has_traj, (oy, ox, ch, cw), flip = draw_clip(config, spec, rec, seed,
                                                                                        train=train)
     ids = {'label': tf.cast(rec[schema.LABEL], tf.int32), '_id': index}
-    if spec.maps:
-      ids.update(stored_maps(rec, spec, tubelet_first, (oy, ox, ch, cw), flip, gh, gw, num_frames))
-    if spec.on_device:
+    if spec.on_device or spec.maps:  # Fixed windows of cells around the crop go to the device.
       tf.debugging.assert_less_equal(
           tf.maximum(ch, cw), spec.prep_short_side,
           message=f'a crop side exceeds config.data.prep_short_side={spec.prep_short_side} (the records were prepared '
                   'with a longer short side: set data.prep_short_side to data prep\'s --short_side)')
+      ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
+      tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step, flip)
+    if spec.maps:
+      ids.update(stored_maps(rec, spec, tubelet_first, (oy, ox, ch, cw), flip, gh, gw, num_frames, (ty, tx)))
+    if spec.on_device:
       # The host half of the clip (`clip_device.RAW_KEYS`): the decoded crop and windows of the stored trajectories
       # and HOG maps; `clip_device.assemble` finishes it in the jitted step.
       video, frame_size = clip_ops.decode_crop_frames_raw(tf.gather(frames, frame_idx), offset_y=oy, offset_x=ox,
                                                           crop_h=ch, crop_w=cw, res=spec.res)
-      ty = clip_ops.window_origin(oy, ch, gh, spec.res, spec.grid_step)
-      tx = clip_ops.window_origin(ox, cw, gw, spec.res, spec.grid_step, flip)
       traj_raw, traj_ok = clip_ops.trajectory_window(tf.gather(disp_strings, start_idx),
                                                      tf.gather(inside_strings, start_idx), gh, gw, stored_len,
                                                      spec.traj_len, ty, tx, spec.traj_window)
