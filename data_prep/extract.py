@@ -15,7 +15,6 @@ and exits non-zero if more than `--max_bad_fraction` of the inputs failed.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -24,11 +23,11 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from data_prep import beam_runner
 from data_prep import input_files
 from data_prep import inputs as inputs_lib
 from data_prep import datasets
@@ -39,109 +38,15 @@ from data_prep import video_io
 from data_prep.options import CAMERA_MOTION_MODES, FLOW_METHODS, PrepConfig
 from data_prep.input_files import VideoInput
 from m3video_jax import cli
+from m3video_jax.data import prep_outputs
 from m3video_jax.data import schema
-
-COUNTER_NAMESPACE = 'data_prep'
-DEFAULT_BEAM_ARGS = ('--runner=FnApiRunner', '--direct_running_mode=multi_processing', '--direct_num_workers=0',
-                     '--default_sdk_harness_log_level=WARNING')
-
 
 class TooManyFailuresError(RuntimeError):
   """More than `max_bad_fraction` of the inputs failed (the shards of the good inputs are still written)."""
 
 
-class RunnerStartError(ValueError):
-  """The Beam runner could not start (a job server jar it cannot fetch); the message names the flag that fixes it."""
-
-
 class DiskFullError(cli.UserError):
   """The device of the output directory is full (or the quota used up); the shards completed so far are kept."""
-
-
-class _DropWriteErrors:
-  """`sys.stderr` that drops what it cannot write instead of raising. Beam's worker prints a failed bundle's traceback
-  to stderr before it reports the failure; with stderr in `_work/beam.log` on a full device that print raised, the
-  report never came and the job waited forever."""
-
-  def __init__(self, stream):
-    self.stream = stream
-
-  def write(self, text):
-    try:
-      return self.stream.write(text)
-    except OSError:
-      return len(text)
-
-  def flush(self):
-    try:
-      self.stream.flush()
-    except OSError:
-      pass
-
-  def __getattr__(self, name):
-    return getattr(self.stream, name)
-
-
-def _drop_stderr_write_errors() -> None:
-  if not isinstance(sys.stderr, _DropWriteErrors):
-    sys.stderr = _DropWriteErrors(sys.stderr)
-
-
-_JOB_SERVER_JAR_FLAGS = {'flinkrunner': '--flink_job_server_jar', 'sparkrunner': '--spark_job_server_jar'}
-DASK_RUNNER = 'apache_beam.runners.dask.dask_runner.DaskRunner'
-RUNNER_NAMES = {'dask': DASK_RUNNER, 'daskrunner': DASK_RUNNER}  # Short names Beam itself does not know.
-
-
-def runner_args(args: Sequence[str], num_tasks: int) -> list[str]:
-  """The Beam arguments with short runner names expanded (`--runner=dask` -> the Dask runner's full name) and, on
-  Dask, one partition per pending shard unless `--dask_npartitions`/`--dask_partition_size` is given (Beam's own
-  guess put every shard on one worker)."""
-  out = []
-  for a in args:
-    if a.startswith('--runner='):
-      name = a.split('=', 1)[1]
-      a = '--runner=' + RUNNER_NAMES.get(name.lower(), name)
-    out.append(a)
-  if _runner(out) == DASK_RUNNER and not any(a.startswith(('--dask_npartitions', '--dask_partition_size'))
-                                             for a in out):
-    out.append(f'--dask_npartitions={max(num_tasks, 1)}')
-  return out
-
-
-def _runner(args: Sequence[str]) -> str:
-  return next((a.split('=', 1)[1] for a in args if a.startswith('--runner=')), '')
-
-
-def _check_runner_installed(args: Sequence[str]) -> None:
-  """Imports the Dask runner when it is asked for (so its options are known), or says how to install it."""
-  if _runner(args) != DASK_RUNNER:
-    return
-  import importlib
-  try:
-    for module in ('dask.distributed', 'apache_beam.runners.dask.dask_runner'):
-      importlib.import_module(module)
-  except ImportError as e:
-    raise RunnerStartError(f'--runner=dask needs Dask ({e}); install it with pip install -e ".[dask]"') from None
-
-
-def _runner_start_error(args: Sequence[str], error: Exception) -> RunnerStartError | None:
-  """A one-line `RunnerStartError` for a runner that could not start (an unreachable Dask scheduler, a job server jar
-  that could not be fetched), or None for any other error."""
-  text = str(error)
-  if _runner(args) == DASK_RUNNER and isinstance(error, OSError):
-    address = next((a.split('=', 1)[1] for a in args if a.startswith('--dask_client_address=')), '')
-    return RunnerStartError(f'--runner=dask cannot reach the Dask scheduler at --dask_client_address={address} '
-                            f'({text.splitlines()[0] if text else type(error).__name__}); start it (dask scheduler) '
-                            'or fix the address, or leave the flag out for a local cluster on this machine')
-  if 'Unable to fetch remote job server jar' not in text:
-    return None
-  runner = _runner(args) or 'the runner'
-  flag = _JOB_SERVER_JAR_FLAGS.get(runner.rsplit('.', 1)[-1].lower(), '--<runner>_job_server_jar')
-  m = re.search(r'jar at (\S+): ', text)
-  url = m.group(1) if m else 'its URL'
-  return RunnerStartError(f'--runner={runner} cannot start: Beam could not download its job server jar ({url}; no '
-                          f'network access?). Download that jar where there is network and pass {flag}=<local jar>, '
-                          'or start the job server yourself and pass --job_endpoint=HOST:PORT')
 
 
 def process_video(video: VideoInput, config: PrepConfig, worker=None) -> shards.VideoOutcome:
@@ -194,17 +99,17 @@ def _make_dofn(config: PrepConfig, output_dir: str, isolation: str, video_timeou
 
     def __init__(self):
       super().__init__()
-      self._ok = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, 'videos_ok')
-      self._failed = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, 'videos_failed')
-      self._frames = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, 'frames')
-      self._shards = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, 'shards_written')
+      self._ok = beam.metrics.Metrics.counter(beam_runner.COUNTER_NAMESPACE, 'videos_ok')
+      self._failed = beam.metrics.Metrics.counter(beam_runner.COUNTER_NAMESPACE, 'videos_failed')
+      self._frames = beam.metrics.Metrics.counter(beam_runner.COUNTER_NAMESPACE, 'frames')
+      self._shards = beam.metrics.Metrics.counter(beam_runner.COUNTER_NAMESPACE, 'shards_written')
       self._worker = None
 
     def setup(self):
       import cv2
       cv2.setNumThreads(opencv_threads)
       if launcher is not None and launcher != (socket.gethostname(), os.getpid()):  # A worker process of its own.
-        _drop_stderr_write_errors()  # Its stderr may be the launcher's _work/beam.log, on a full device.
+        beam_runner.drop_stderr_write_errors()  # Its stderr may be the launcher's _work/beam.log, on a full device.
       from data_prep import isolated_worker
       if isolation == 'subprocess':
         self._worker = isolated_worker.IsolatedWorker(timeout_s=video_timeout_s or None,
@@ -286,7 +191,7 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
       and the dataset's `label_map.json` and TFDS metadata stay in `output_dir`.
     config: per-video settings.
     job: job-level settings.
-    beam_args: Beam pipeline options; None -> the local multi-processing defaults (`DEFAULT_BEAM_ARGS`).
+    beam_args: Beam pipeline options; None -> the local multi-processing defaults (`beam_runner.DEFAULT_BEAM_ARGS`).
     data_root: base of relative paths in list files and of the videos of annotation files.
     label_map_path: JSON class list to use instead of sorted class names (or the SSV2 labels file).
     log: stream for the summary and progress lines (default stderr).
@@ -324,11 +229,14 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
   tasks = shards.plan_shards(listed.videos, job.prefix, job.videos_per_shard, job.min_shards)
   if '://' in output_dir:
     shards.gfile().makedirs(output_dir)
-  schema.writable_dir(output_dir, '--output_dir')
+  cli.writable_dir(output_dir, '--output_dir')
   _report_missing(listed, data_root, log)
+  planned = _PlannedJob(listed=listed, tasks=tuple(tasks), input_spec=input_spec, output_dir=output_dir,
+                        dataset_dir=dataset_dir, config=config, options=job,
+                        beam_args=None if beam_args is None else tuple(beam_args), quiet_libraries=quiet_libraries,
+                        t_start=t_start)
   with shards.output_dir_lock(output_dir):
-    return _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
-                       quiet_libraries, dataset_dir)
+    return _run_locked(planned, log)
 
 
 def _read_dataset_label_map(output_dir: str) -> dict[str, int] | None:
@@ -355,7 +263,7 @@ def _check_same_classes(dataset_dir: str, dataset_map: dict[str, int] | None, li
 
 def _check_labels(listed) -> None:
   """Every label is -1 (unlabelled) or an index of the class list."""
-  n = input_files.num_classes(listed.label_map)
+  n = prep_outputs.num_classes(listed.label_map)
   for v in listed.videos:
     if v.label < -1 or (n and v.label >= n):
       raise ValueError(f'{v.path} has label {v.label}, outside the label map\'s classes 0..{n - 1}'
@@ -410,119 +318,82 @@ def _write_dataset_metadata(dataset_dir: str, listed, manifest: dict[str, Any], 
   return True
 
 
-@contextlib.contextmanager
-def _library_output_to_log(output_dir: str, log, enabled: bool):
-  """With `enabled`: everything written to file descriptor 2 while the pipeline runs (Beam's worker processes, the
-  isolated video workers, TensorFlow and Beam in this process) goes to `<output_dir>/_work/beam.log` (this run's only;
-  a temp file, removed after a success, for a URL output), and the job's own lines go on to `log`. When the pipeline
-  fails, the last lines of that log are shown.
-
-  Yields:
-    The stream for the job's own lines.
-  """
-  if not enabled:
-    yield log
-    return
-  url = '://' in output_dir
-  if url:
-    fd, path = tempfile.mkstemp(prefix='data_prep_beam_', suffix='.log')
-  else:
-    path = os.path.join(output_dir, shards.WORK_DIR, shards.BEAM_LOG)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-  try:
-    ours = os.fdopen(os.dup(log.fileno()), 'w', buffering=1) if log.fileno() == 2 else log
-  except (AttributeError, OSError, ValueError):  # A stream without a descriptor (a StringIO, a test's capture).
-    ours = log
-  sys.stdout.flush()
-  sys.stderr.flush()
-  saved = os.dup(2)
-  os.dup2(fd, 2)
-  os.close(fd)
-  stderr = sys.stderr
-  _drop_stderr_write_errors()  # The in-process runners' workers print to it (see `_DropWriteErrors`).
-  failed = False
-  try:
-    yield ours
-  except (TooManyFailuresError, RunnerStartError):  # Their messages say all there is.
-    raise
-  except BaseException as e:
-    failed = not cli.is_disk_full(e)  # So does `_run_locked`'s line for a full disk (which holds this log too).
-    raise
-  finally:
-    sys.stderr.flush()
-    sys.stderr = stderr
-    os.dup2(saved, 2)
-    os.close(saved)
-    ours.flush()  # Left open: the progress thread may still print its last line to it.
-    if url and not failed:
-      os.remove(path)
-    if failed:
-      try:
-        with open(path, errors='replace') as f:
-          tail = f.read().splitlines()[-25:]
-      except OSError:
-        tail = []
-      print(f'[data_prep] the pipeline failed; what Beam and its workers printed is in {path}, last lines:\n  '
-            + '\n  '.join(tail), file=log, flush=True)
+@dataclasses.dataclass(frozen=True)
+class _PlannedJob:
+  """One extraction job once its inputs are listed and its shards planned: what `_run_locked` and `_run_pipeline`
+  work from."""
+  listed: inputs_lib.InputList
+  tasks: tuple[shards.ShardTask, ...]
+  input_spec: str | Sequence[str]
+  output_dir: str  # The split's directory for a split (its shards, manifest and failure report).
+  dataset_dir: str | None  # The dataset directory of a split (its label map and TFDS metadata), else None.
+  config: PrepConfig
+  options: JobOptions
+  beam_args: tuple[str, ...] | None  # None: the local multi-processing defaults.
+  quiet_libraries: bool
+  t_start: float
 
 
-def _run_locked(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
-                quiet_libraries, dataset_dir) -> dict[str, Any]:
+def _run_locked(job: _PlannedJob, log) -> dict[str, Any]:
   """`run` once the output directory's lock is held.
 
   Raises:
     DiskFullError: when the output's device is full, wherever it was found (a worker writing a shard, the launcher
       writing the manifest); the shards complete by then stay, and the same command resumes.
   """
+  output_dir = job.output_dir
   try:
-    shards.prepare_output_dir(output_dir, tasks, config, overwrite=job.overwrite)
-    if listed.label_map:
-      shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), listed.label_map)
-      if dataset_dir is not None:  # Now, so that a split started while this one runs is held to the same list.
-        shards.write_json_atomic(shards.join(dataset_dir, shards.LABEL_MAP), listed.label_map)
-    _check_runner_installed(runner_args(beam_args or (), 1))
-    _warn_unknown_beam_args(beam_args or (), log)  # After the lock: a refused second job exits without importing Beam.
-    with _library_output_to_log(output_dir, log, quiet_libraries) as ours:
-      return _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, ours, t_start, dataset_dir)
+    shards.prepare_output_dir(output_dir, job.tasks, job.config, overwrite=job.options.overwrite)
+    if job.listed.label_map:
+      shards.write_json_atomic(shards.join(output_dir, shards.LABEL_MAP), job.listed.label_map)
+      if job.dataset_dir is not None:  # Now, so that a split started while this one runs is held to the same list.
+        shards.write_json_atomic(shards.join(job.dataset_dir, shards.LABEL_MAP), job.listed.label_map)
+    beam_runner.check_runner_installed(beam_runner.runner_args(job.beam_args or (), 1))
+    # After the lock: a refused second job exits without importing Beam.
+    beam_runner.warn_unknown_beam_args(job.beam_args or (), log)
+    log_path = None if '://' in output_dir else os.path.join(output_dir, shards.WORK_DIR, shards.BEAM_LOG)
+    with beam_runner.library_output_to_log(log_path, log, job.quiet_libraries,
+                                           plain_errors=(TooManyFailuresError,)) as ours:
+      return _run_pipeline(job, ours)
   except Exception as e:
     if isinstance(e, cli.UserError) or not cli.is_disk_full(e):
       raise
-    done = sum(shards.completed_result(output_dir, t) is not None for t in tasks)
-    raise DiskFullError(f'--output_dir={output_dir}: no space left on its device; {done} of {len(tasks)} shards are '
-                        'complete and kept. Free space and re-run the same command: it resumes with the missing '
+    done = sum(shards.completed_result(output_dir, t) is not None for t in job.tasks)
+    raise DiskFullError(f'--output_dir={output_dir}: no space left on its device; {done} of {len(job.tasks)} shards '
+                        'are complete and kept. Free space and re-run the same command: it resumes with the missing '
                         'shards') from None
 
 
-def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args, log, t_start,
-                  dataset_dir) -> dict[str, Any]:
-  """The pipeline, the manifest, the dataset's metadata (`dataset_dir`: the dataset directory of a split, else None)
-  and the summary."""
+def _run_pipeline(job: _PlannedJob, log) -> dict[str, Any]:
+  """The pipeline, the manifest, the dataset's metadata and the summary."""
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
   from data_prep import progress
 
+  output_dir, tasks = job.output_dir, job.tasks
   pending = [t for t in tasks if shards.completed_result(output_dir, t) is None]
-  print(f'[data_prep] {len(listed.videos)} videos in {len(tasks)} shards; {len(tasks) - len(pending)} shards already '
-        f'complete, {len(pending)} to do -> {output_dir}', file=log, flush=True)
+  print(f'[data_prep] {len(job.listed.videos)} videos in {len(tasks)} shards; {len(tasks) - len(pending)} shards '
+        f'already complete, {len(pending)} to do -> {output_dir}', file=log, flush=True)
 
   counters: dict[str, int] = {}
   if pending:
-    args = runner_args(beam_args if beam_args is not None else [], len(pending))
+    args = beam_runner.runner_args(job.beam_args if job.beam_args is not None else [], len(pending))
     if not any(a.startswith('--runner') for a in args):
-      args = list(DEFAULT_BEAM_ARGS) + args
+      args = list(beam_runner.DEFAULT_BEAM_ARGS) + args
     options = PipelineOptions(args)
-    monitor = progress.ProgressMonitor(output_dir, tasks, job.progress_interval_s, stream=log).start()
+    o = job.options
+    monitor = progress.ProgressMonitor(output_dir, list(tasks), o.progress_interval_s, stream=log).start()
     try:
       pipeline = beam.Pipeline(options=options)
       _ = (pipeline
            | 'ShardTasks' >> beam.Create(pending)
            | 'Distribute' >> beam.Reshuffle()
-           | 'ExtractShard' >> beam.ParDo(_make_dofn(config, output_dir, job.isolation, job.video_timeout_s,
-                                                     job.opencv_threads, launcher=(socket.gethostname(), os.getpid()))))
+           | 'ExtractShard' >> beam.ParDo(_make_dofn(job.config, output_dir, o.isolation, o.video_timeout_s,
+                                                     o.opencv_threads, launcher=(socket.gethostname(), os.getpid()))))
       try:
         result = pipeline.run()
       except (RuntimeError, OSError) as e:  # OSError: distributed's "Timed out trying to connect".
-        start_error = _runner_start_error(args, e)
+        start_error = beam_runner.runner_start_error(args, e)
         if start_error is None:
           raise
         raise start_error from None
@@ -530,31 +401,23 @@ def _run_pipeline(listed, tasks, input_spec, output_dir, config, job, beam_args,
     finally:
       monitor.stop()
     print(f'[data_prep] {monitor.line()}', file=log, flush=True)
-    counters = _counters(result)
+    counters = beam_runner.counters(result)
     if not counters:
-      print(f'[data_prep] Beam counters: not reported by {_runner(args).rsplit(".", 1)[-1]} (the manifest below has '
-            'the same figures)', file=log, flush=True)
+      print(f'[data_prep] Beam counters: not reported by {beam_runner.runner_name(args).rsplit(".", 1)[-1]} (the '
+            'manifest below has the same figures)', file=log, flush=True)
 
-  manifest = write_manifest(output_dir, tasks, config, job, listed, input_spec, time.time() - t_start)
-  tfds_dir = dataset_dir or output_dir
-  if not _write_dataset_metadata(tfds_dir, listed, manifest, split_layout=dataset_dir is not None, log=log):
+  manifest = write_manifest(output_dir, tasks, job.config, job.options, job.listed, job.input_spec,
+                            time.time() - job.t_start)
+  tfds_dir = job.dataset_dir or output_dir
+  if not _write_dataset_metadata(tfds_dir, job.listed, manifest, split_layout=job.dataset_dir is not None, log=log):
     tfds_dir = None
   _print_summary(manifest, counters, log, output_dir, tfds_dir)
   if manifest['status'] != 'ok':
     raise TooManyFailuresError(
         f'{manifest["videos_failed"]} of {manifest["videos"]} inputs failed ({manifest["failed_fraction"]:.1%}), '
-        f'more than --max_bad_fraction={job.max_bad_fraction}; see {shards.join(output_dir, shards.FAILURES)}')
+        f'more than --max_bad_fraction={job.options.max_bad_fraction}; see '
+        f'{shards.join(output_dir, shards.FAILURES)}')
   return manifest
-
-
-def _counters(result) -> dict[str, int]:
-  try:
-    from apache_beam.metrics.metric import MetricsFilter
-    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
-    return {c.key.metric.name: int(c.committed if c.committed is not None else c.attempted)
-            for c in query['counters']}
-  except Exception:  # Some runners do not report metrics; the manifest has the same numbers.
-    return {}
 
 
 def write_manifest(output_dir: str, tasks: Sequence[shards.ShardTask], config: PrepConfig, job: JobOptions,
@@ -584,14 +447,15 @@ def write_manifest(output_dir: str, tasks: Sequence[shards.ShardTask], config: P
   for f in failures:
     reasons[f['reason']] = reasons.get(f['reason'], 0) + 1
   manifest = {
-      'schema_version': schema.SCHEMA_VERSION,
+      prep_outputs.MANIFEST_SCHEMA_VERSION: schema.SCHEMA_VERSION,
       'code_version': _code_version(),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'input': input_spec if isinstance(input_spec, str) else list(input_spec),
-      'config': config.to_json(),
+      prep_outputs.MANIFEST_CONFIG: config.to_json(),
       'job': dataclasses.asdict(job),
       'file_pattern': f'{job.prefix}-*-of-{len(tasks):05d}.tfrecord',
-      'shards': [{'file': r['shard'], 'records': r['records'], 'bytes': r['bytes']} for r in results],
+      prep_outputs.MANIFEST_SHARDS: [{prep_outputs.MANIFEST_FILE: r['shard'], 'records': r['records'],
+                                      'bytes': r['bytes']} for r in results],
       'num_shards': len(results),
       'records': sum(r['records'] for r in results),
       'videos': videos,
@@ -603,7 +467,7 @@ def write_manifest(output_dir: str, tasks: Sequence[shards.ShardTask], config: P
       'non_jpeg_bytes_per_frame': non_jpeg / frames if frames else 0.0,
       'jpeg_bytes_per_frame': jpeg / frames if frames else 0.0,
       'label_map': listed.label_map,
-      'num_classes': input_files.num_classes(listed.label_map),
+      'num_classes': prep_outputs.num_classes(listed.label_map),
       'dataset': listed.dataset,
       'split': listed.split,
       'split_id': listed.split_id,
@@ -720,37 +584,6 @@ def _main(f, beam_args: list[str]) -> int:
     print(f'[data_prep] FAILED: {e}', file=sys.stderr)
     return 1
   return 0
-
-
-def _warn_unknown_beam_args(beam_args: Sequence[str], log=None) -> None:
-  """Says on the terminal which arguments neither this job nor Beam knows (a mistyped flag would otherwise vanish:
-  Beam's own warning goes to `_work/beam.log`). Only a warning: a runner's options are known once it is imported."""
-  if not beam_args:
-    return
-  import logging
-
-  from apache_beam.options.pipeline_options import PipelineOptions
-
-  unknown: list[str] = []
-
-  class Catch(logging.Handler):
-
-    def emit(self, record):
-      if record.msg.startswith('Discarding unparseable args'):
-        unknown.extend(record.args[0] if record.args else [])
-
-  logger = logging.getLogger('apache_beam.options.pipeline_options')
-  catch, propagate = Catch(), logger.propagate
-  logger.addHandler(catch)
-  logger.propagate = False  # Said once, below.
-  try:
-    PipelineOptions(list(beam_args)).get_all_options()
-  finally:
-    logger.removeHandler(catch)
-    logger.propagate = propagate
-  if unknown:
-    print(f'[data_prep] warning: {unknown} are neither data_prep.extract flags nor Beam pipeline options known here; '
-          'Beam ignores them (see python -m data_prep.extract --help)', file=log or sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

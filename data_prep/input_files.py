@@ -118,11 +118,6 @@ def load_label_map(path: str) -> dict[str, int]:
   return label_map_from_json(data, path)
 
 
-def num_classes(label_map: dict[str, int]) -> int:
-  """The class count a label map implies: its largest index + 1 (0 for an empty map)."""
-  return max(label_map.values(), default=-1) + 1
-
-
 def walk(root: str) -> list[str]:
   out = []
   if is_remote(root):

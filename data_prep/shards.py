@@ -1,10 +1,8 @@
 """Deterministic shard plan, atomic shard writing and the resume state of an extraction job.
 
-Layout of `output_dir`:
-  <prefix>-NNNNN-of-MMMMM.tfrecord   the shards (only complete shards are ever visible under this name)
-  manifest.json                      shards, record counts, config, code and schema version, storage figures
-  failures.jsonl                     one JSON line per input that failed: path, reason, message, shard
-  label_map.json                     class name -> index (when the inputs have class names)
+Layout of `output_dir`: the shards (only complete shards are ever visible under their name) and the files beside
+them, `manifest.json`, `failures.jsonl` and `label_map.json` (their names, keys and readers:
+`m3video_jax/data/prep_outputs.py`), and this module's resume state:
   _work/plan.json                    the fingerprint of inputs + config this output belongs to, and its shard prefix
   _work/shards/<shard>.json          per-shard result, written after the shard was renamed into place
   _work/progress/<shard>.json        videos done so far in a running shard (for the progress display)
@@ -34,12 +32,11 @@ from typing import Any
 from data_prep.options import PrepConfig
 from data_prep.input_files import VideoInput
 from m3video_jax import cli
+from m3video_jax.data import prep_outputs
 
 WORK_DIR = '_work'
 BEAM_LOG = 'beam.log'  # In WORK_DIR: what Beam, its workers and TF printed (data_prep.extract; all with --verbose).
-MANIFEST = 'manifest.json'
-FAILURES = 'failures.jsonl'
-LABEL_MAP = 'label_map.json'
+MANIFEST, FAILURES, LABEL_MAP = prep_outputs.MANIFEST, prep_outputs.FAILURES, prep_outputs.LABEL_MAP
 LOCK = 'lock'
 
 
@@ -47,16 +44,8 @@ class OutputDirInUseError(ValueError):
   """Another job holds the lock of the output directory."""
 
 
-def gfile():
-  import tensorflow as tf  # gfile handles local paths and gs:// alike.
-  return tf.io.gfile
-
-
-def join(*parts: str) -> str:
-  """os.path.join that also works for URLs (`gs://bucket/dir`)."""
-  if '://' in parts[0]:
-    return '/'.join([parts[0].rstrip('/')] + [p.strip('/') for p in parts[1:]])
-  return os.path.join(*parts)
+gfile = prep_outputs.gfile  # tf.io.gfile: local paths and gs:// alike.
+join = prep_outputs.join  # os.path.join that also works for URLs (`gs://bucket/dir`).
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:

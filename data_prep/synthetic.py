@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from m3video_jax import cli
+from m3video_jax.data import prep_outputs
 from m3video_jax.data import schema
 
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down', 'rotate_cw', 'rotate_ccw', 'grow',
@@ -435,7 +436,7 @@ def generate(output_dir: str, num_videos: int, *, width: int = 128, height: int 
     with open(os.path.join(output_dir, name), 'w') as f:
       f.write('path,label\n')
       f.writelines(f'{rows[i][0]},{rows[i][1]}\n' for i in idx)
-  with open(os.path.join(output_dir, 'label_map.json'), 'w') as f:
+  with open(os.path.join(output_dir, prep_outputs.LABEL_MAP), 'w') as f:  # The format data prep's --label_map reads.
     json.dump({name: i for i, name in enumerate(classes)}, f, indent=1)
   with open(os.path.join(output_dir, 'ground_truth.jsonl'), 'w') as f:
     for (rel, _), spec in zip(rows, specs):
@@ -465,10 +466,8 @@ def define_flags(fv) -> None:
 
 def _main(f, rest) -> None:
   del rest
-  from m3video_jax.data import schema
-
   w, h = _parse_size(f.size)
-  schema.writable_dir(f.output_dir, '--output_dir')
+  cli.writable_dir(f.output_dir, '--output_dir')
   specs = generate(f.output_dir, f.num_videos, width=w, height=h, num_frames=f.frames, seed=f.seed,
                    val_fraction=f.val_fraction, max_pan=f.max_pan, num_objects=f.num_objects,
                    object_scale=f.object_scale, task=f.task)
@@ -478,7 +477,7 @@ def _main(f, rest) -> None:
               [('videos', os.path.join(out, 'videos')),
                ('train / val lists', os.path.join(out, 'train.csv') + ', ' + os.path.join(out, 'val.csv'))],
               [f'python -m data_prep.extract --input={os.path.join(out, "train.csv")} '
-               f'--label_map={os.path.join(out, "label_map.json")} --output_dir={out}_prep/train'])
+               f'--label_map={os.path.join(out, prep_outputs.LABEL_MAP)} --output_dir={out}_prep/train'])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -242,3 +242,45 @@ def _to_plain_dict(tree: Any) -> Any:
   if isinstance(tree, Mapping):
     return {k: _to_plain_dict(v) for k, v in tree.items()}
   return np.asarray(tree)
+
+
+def load_init_params(path: str, init_params: Any) -> Any:
+  """Params from `config.init_from` (an orbax checkpoint of ours or one written by
+  `m3video_jax.interop.import_weights`).
+
+  Every leaf under `encoder` must be in the checkpoint with the model's shape; other leaves (decoder, classifier head)
+  are taken from the checkpoint when present and shaped alike, else (absent, or e.g. a head for another number of
+  classes) keep their fresh initialisation. Leaves of the
+  checkpoint the model does not have (e.g. a pretraining decoder when finetuning) are ignored.
+
+  Raises:
+    cli.ConfigError: naming `path` when it holds no checkpoint, or listing missing encoder leaves or shape
+      mismatches.
+  """
+  try:
+    loaded = load_params(path)
+  except FileNotFoundError as e:
+    raise cli.ConfigError(f'config.init_from={path!r} holds no checkpoint to initialise from: {e}') from None
+  flat_loaded = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(init_params)}
+  encoder = lambda k: k.startswith("['encoder']")
+  missing = sorted(k for k in flat_model if encoder(k) and k not in flat_loaded)
+  mismatched = sorted(k for k in set(flat_model) & set(flat_loaded) if flat_model[k].shape != flat_loaded[k].shape)
+  reshaped = [k for k in mismatched if not encoder(k)]  # E.g. another number of classes: keep the fresh head.
+  mismatched = [k for k in mismatched if encoder(k)]
+  for k in reshaped:
+    del flat_loaded[k]
+  if reshaped:
+    logging.info('init_from: %s have another shape in %s and keep their initialisation', reshaped, path)
+  if missing or mismatched:
+    # E.g. a classifier (no final encoder norm) as init_from of pretraining.
+    kind = f' (it holds a classifier: {sorted(loaded)})' if 'head' in loaded and 'head' not in init_params else ''
+    raise cli.ConfigError(
+        f'config.init_from={path!r} does not fit the model{kind}: missing encoder params {missing[:10]}, encoder '
+        f'shape mismatches (checkpoint vs model) '
+        f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
+  kept = sorted(k for k in flat_model if k not in flat_loaded)
+  if kept:
+    logging.info('init_from: %d params not in %s keep their initialisation (first: %s)', len(kept), path, kept[:5])
+  return jax.tree_util.tree_map_with_path(
+      lambda k, v: flat_loaded.get(jax.tree_util.keystr(k), v), init_params)

@@ -48,6 +48,43 @@ def check_config(ok: bool, field: str, value, expected: str) -> None:
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+# Output locations given on a command line (data prep shards, features, training workdirs): checked before any
+# work, with one-line errors naming the flag.
+
+
+class UnusableOutputError(UserError, ValueError):
+  """An output directory that is a file, cannot be created or is not writable; the message names the flag."""
+
+
+def writable_dir(path: str, flag: str) -> str:
+  """Creates the local directory `path` if needed and checks it by writing a probe file (`os.access` says yes to root
+  on a read-only mount). URLs (`gs://...`) are returned unchecked.
+
+  Returns:
+    `path`.
+
+  Raises:
+    UnusableOutputError: `'{flag}={path} is a file, not a directory'`, `... cannot be created: <why>` or
+      `... is not writable: <why>`.
+  """
+  if '://' in path:
+    return path
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UnusableOutputError(f'{flag}={path} is a file, not a directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UnusableOutputError(f'{flag}={path} cannot be created: {e.strerror}') from None
+  probe = os.path.join(path, f'.write-test-{os.getpid()}')
+  try:
+    with open(probe, 'wb'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UnusableOutputError(f'{flag}={path} is not writable: {e.strerror}') from None
+  return path
+
+
 def is_disk_full(error: BaseException | None) -> bool:
   """Whether `error`, or an exception it was raised from, says the device or the quota is full: an `OSError` with that
   errno, or only its text (TensorFlow's `ResourceExhaustedError`, Tensorstore's errors, a Beam worker's error re-raised

@@ -162,10 +162,44 @@ def _base(task: str) -> ml_collections.ConfigDict:
   return c
 
 
+def target_defaults() -> ml_collections.ConfigDict:
+  """Every `config.target` field with its default: the paper-faithful trajectory target (docs/design.md §3); the
+  values each field takes and their meaning are `m3video_jax/targets.py`'s, which checks them (`targets.validate`)."""
+  c = ml_collections.ConfigDict()
+  c.kind = 'trajectory'  # Components of targets.KINDS joined with '+'.
+  # trajectory / trajectory_reference
+  c.traj_len = 6  # L: steps per trajectory used (the first L of the stored ones). The reference variant uses 4.
+  c.position = True  # Include the position part (displacements).
+  c.shape = True  # Include the shape part (trajectory-aligned HOG; static tubelet HOG for trajectory_reference).
+  # Per-token normalisation of each part (paper Table 5 "patch norm" = 'joint'); see the module docstring.
+  c.position_norm = 'joint'  # One of targets.POSITION_NORMS ('per_step' or 'none' for trajectory_reference).
+  c.position_eps = 1e-6  # px^2, added to the variance of the position values.
+  c.position_scale = 1.0  # px: position_norm='none' divides the displacements by this.
+  c.shape_norm = 'joint'  # One of targets.SHAPE_NORMS (trajectory kind).
+  c.shape_eps = 1e-6  # Added to the variance of the HOG values.
+  c.noise_floor = 'none'  # One of targets.NOISE_FLOORS: what happens to the position part of tokens that do not move.
+  c.norm_valid_only = True  # trajectory: statistics over the token's valid trajectories only.
+  # The loss weighs every counted element once (paper eq. 1; a part's share = its size) or, True, every part equally.
+  c.balance_parts = False
+  c.norm_eps = 1e-6  # eps of the other normalisations (reference PatchStd, VideoMAE pixel norm, hog_norm).
+  # pixel
+  c.pixel_norm = True  # VideoMAE's per-tubelet, per-colour normalisation of the target pixels.
+  # hog and the shape part of trajectory_reference
+  c.hog_frame = 1  # Frame of the tubelet whose HOG is the target (the reference uses the 2nd, index 1).
+  c.hog_norm = False  # hog: normalise the 108 values per token (paper's HOG baseline: no normalisation).
+  # Paper Table 2: None = each part at the paper's main setting; True / False = every part dense / only at the input
+  # frames (module docstring).
+  c.interpolate = ml_collections.config_dict.placeholder(bool)
+  c.density = 'dense'  # One of targets.DENSITIES (paper Table 4): trajectories per token.
+  # flow / hof / mbh parts: per-token normalisation (one of targets.MAP_NORMS) and its eps, in the part's units squared.
+  for name in schema.MOTION_MAPS:
+    c[f'{name}_norm'] = 'joint'
+    c[f'{name}_eps'] = 1e-6
+  return c
+
+
 def pretrain_base() -> ml_collections.ConfigDict:
   """Paper defaults for M3Video pretraining (Table 13 and §4), ViT-B, 16 frames at 224², before dataset specifics."""
-  from m3video_jax import targets  # Imported here so `configs/*.py` stay cheap to import.
-
   c = _base('pretrain')
   # Multi-scale crop (reference GroupMultiScaleCrop): side scales relative to the short side, max scale-index distance.
   c.data.crop_scales = (1.0, 0.875, 0.75, 0.66)
@@ -194,7 +228,7 @@ def pretrain_base() -> ml_collections.ConfigDict:
   c.mask.kind = 'tube'
   c.mask.ratio = 0.7
 
-  c.target = targets.default_config()
+  c.target = target_defaults()
   return c
 
 
@@ -241,7 +275,7 @@ def epochs_to_steps(epochs: float, num_videos: int, batch_size: int) -> int:
   return max(1, int(round(epochs * num_videos / batch_size)))
 
 
-# Defined with the CLI convention (`cli.py`), so that modules this one imports (`targets`) raise the same type.
+# Defined with the CLI convention (`cli.py`), so that `targets`, which checks the target fields, raises the same type.
 ConfigError = cli.ConfigError
 check = cli.check_config
 

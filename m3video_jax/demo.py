@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from m3video_jax import cli
+from m3video_jax.data import prep_outputs
 
 
 def data_dir(config, workdir: str) -> str:
@@ -83,7 +84,7 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
   os.makedirs(videos_dir, exist_ok=True)
   d = config.data
   pattern = os.path.join(shards_dir, f'{split}-*.tfrecord')
-  if os.path.exists(os.path.join(shards_dir, 'manifest.json')):
+  if prep_outputs.has_manifest(shards_dir):
     return pattern
   csv = os.path.join(videos_dir, f'{split}.csv')
   if not os.path.exists(csv):
@@ -105,7 +106,8 @@ def _extract(config, csv: str, videos_dir: str, shards_dir: str, prefix: str, *e
   d = config.data
   subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={csv}', f'--data_root={videos_dir}',
                   f'--output_dir={shards_dir}', f'--prefix={prefix}',
-                  f'--label_map={os.path.join(videos_dir, "label_map.json")}', f'--short_side={d.prep_short_side}',
+                  f'--label_map={os.path.join(videos_dir, prep_outputs.LABEL_MAP)}',
+                  f'--short_side={d.prep_short_side}',
                   f'--flow={d.prep_flow}', f'--camera_motion={d.prep_camera_motion}',
                   *([f'--motion_maps={d.prep_motion_maps}'] if d.get('prep_motion_maps') else []), *_child_flags(),
                   *extra], check=True,
@@ -131,7 +133,7 @@ def held_out_record(config, workdir: str) -> bytes | None:
   val_csv = os.path.join(videos_dir, 'val.csv')
   if not os.path.exists(val_csv):
     return None
-  if not os.path.exists(os.path.join(shards_dir, 'manifest.json')):
+  if not prep_outputs.has_manifest(shards_dir):
     with open(val_csv) as f:
       header, *videos = f.read().splitlines() or ['']
     if not videos:

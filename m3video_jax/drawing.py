@@ -1,4 +1,4 @@
-"""Drawing trajectories on frames (paper Fig. 4/6): the primitives, the picture of a prepared record's stored
+"""The drawing library (its CLI is `visualize.py`): trajectories on frames (paper Fig. 4/6): the primitives, the picture of a prepared record's stored
 trajectories (`render_stored`) and the picture of what a pretraining model predicts (`prediction_picture`); used by
 the `m3video_jax.visualize` CLI and by pretraining's TensorBoard pictures (`tasks.PretrainTask.pictures`).
 

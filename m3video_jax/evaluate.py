@@ -1,4 +1,5 @@
-"""Tests a finished or interrupted fine-tuning / linear-probing run's checkpoint again (multi-view, paper protocol).
+"""The `m3video_jax.evaluate` CLI (the library is `evaluation.py`): tests a finished or interrupted fine-tuning /
+probing run's checkpoint again (multi-view, paper protocol).
 
   python -m m3video_jax.evaluate --workdir=$WD [--views=2x3] [--eval_files='/data/ssv2_prep/val-*.tfrecord'] \
       [--step=N]

@@ -1,4 +1,5 @@
-"""Classification evaluation: per-view softmax averaged per video, top-1 / top-5 (reference `finetune` test).
+"""The classification evaluation library (its CLI is `evaluate.py`): per-view softmax averaged per video, top-1 /
+top-5 (reference `finetune` test).
 
 Used by the classification tasks (single-view validation during training, the multi-view test at the end of
 training) and by the `m3video_jax.evaluate` CLI, which tests a finished or interrupted run's checkpoint again.

@@ -82,7 +82,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from m3video_jax import cli
+from m3video_jax import config_lib
 from m3video_jax import hog
+from m3video_jax import masking
 from m3video_jax.data import clip_device
 from m3video_jax.data import schema
 from m3video_jax.models import vit
@@ -104,39 +106,8 @@ IMAGENET_MEAN, IMAGENET_STD = schema.IMAGENET_MEAN, schema.IMAGENET_STD
 Batch = dict[str, jax.Array]
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every target field with its default (paper-faithful trajectory target, docs/design.md §3)."""
-  c = ml_collections.ConfigDict()
-  c.kind = 'trajectory'  # One of KINDS.
-  # trajectory / trajectory_reference
-  c.traj_len = 6  # L: steps per trajectory used (the first L of the stored ones). The reference variant uses 4.
-  c.position = True  # Include the position part (displacements).
-  c.shape = True  # Include the shape part (trajectory-aligned HOG; static tubelet HOG for trajectory_reference).
-  # Per-token normalisation of each part (paper Table 5 "patch norm" = 'joint'); see the module docstring.
-  c.position_norm = 'joint'  # One of POSITION_NORMS ('per_step' or 'none' for trajectory_reference).
-  c.position_eps = 1e-6  # px^2, added to the variance of the position values.
-  c.position_scale = 1.0  # px: position_norm='none' divides the displacements by this.
-  c.shape_norm = 'joint'  # One of SHAPE_NORMS (trajectory kind).
-  c.shape_eps = 1e-6  # Added to the variance of the HOG values.
-  c.noise_floor = 'none'  # One of NOISE_FLOORS: what happens to the position part of tokens that do not move.
-  c.norm_valid_only = True  # trajectory: statistics over the token's valid trajectories only.
-  # The loss weighs every counted element once (paper eq. 1; a part's share = its size) or, True, every part equally.
-  c.balance_parts = False
-  c.norm_eps = 1e-6  # eps of the other normalisations (reference PatchStd, VideoMAE pixel norm, hog_norm).
-  # pixel
-  c.pixel_norm = True  # VideoMAE's per-tubelet, per-colour normalisation of the target pixels.
-  # hog and the shape part of trajectory_reference
-  c.hog_frame = 1  # Frame of the tubelet whose HOG is the target (the reference uses the 2nd, index 1).
-  c.hog_norm = False  # hog: normalise the 108 values per token (paper's HOG baseline: no normalisation).
-  # Paper Table 2: None = each part at the paper's main setting; True / False = every part dense / only at the input
-  # frames (module docstring).
-  c.interpolate = ml_collections.config_dict.placeholder(bool)
-  c.density = 'dense'  # One of DENSITIES (paper Table 4): trajectories per token.
-  # flow / hof / mbh parts: per-token normalisation (one of MAP_NORMS) and its eps, in the part's units squared.
-  for name in MAP_PARTS:
-    c[f'{name}_norm'] = 'joint'
-    c[f'{name}_eps'] = 1e-6
-  return c
+# Every target field with its default: a config building block, so it lives with the others in `config_lib`.
+default_config = config_lib.target_defaults
 
 
 # The target semantics the input pipeline needs too (which parts, which frames), defined once in `clip_device`.
@@ -477,6 +448,24 @@ def position_statistics(batch: Batch, cfg: ml_collections.ConfigDict,
   """
   (raw,), valid = _trajectory_values(batch, cfg, patch_size, frame_stride, with_shape=False)
   return _position_stats(raw, valid, cfg)
+
+
+def predicted_positions(pred: jax.Array, hidden: jax.Array, batch: Batch, cfg: ml_collections.ConfigDict,
+                        patch_size: tuple[int, int, int] = (2, 16, 16), *, frame_stride: int = 2) -> jax.Array:
+  """The position part of a prediction, un-normalised to model px with each token's target statistics
+  (`p * scale + mean`, `position_statistics`): float32 `[B, N, K', L, 2]`, zero on the visible tokens.
+
+  Args:
+    pred: `[B, Nm, D]`, the decoder's output on the hidden tokens (in `masking.hidden_indices` order).
+    hidden: bool `[B, N]`, the mask it was predicted under.
+  """
+  _, mean, scale = position_statistics(batch, cfg, patch_size, frame_stride=frame_stride)
+  idx = masking.hidden_indices(hidden, pred.shape[1])
+  start = part_offset(cfg, 'position', patch_size, frame_stride=frame_stride)
+  size = part_dims(cfg, patch_size, frame_stride=frame_stride)['position']
+  pos = pred[..., start:start + size].reshape(pred.shape[:2] + mean.shape[2:])
+  disp = masking.gather_tokens(scale, idx) * pos + masking.gather_tokens(mean, idx)
+  return masking.scatter_tokens(disp, idx, mean.shape[1])
 
 
 def _trajectory(batch: Batch, cfg: ml_collections.ConfigDict, patch_size,

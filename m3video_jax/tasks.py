@@ -1,14 +1,6 @@
 """Tasks on the one training loop; `get_task(config)` is the only place that looks at `config.task`.
 
-Each task owns everything that differs between tasks:
-  validate(num_devices)     its config fields (after the shared ones of `config_lib.validate_shared`)
-  model, init_params        the Flax module and a params initialiser
-  optimizer(), lr_schedule()   AdamW over its trainable params, lr scaled by its videos per step
-  prepare_demo_data(workdir)   demo/experiment configs: its synthetic data, prepared once (`demo.py`)
-  make_train_iterator       its training input (`data/pretraining.py`, `data/classification.py`)
-  loss_fn(params, batch, rng)  the loss inside the jitted step (the uint8 clips are normalised here, on the device)
-  evaluate, evaluate_checkpoint   during and after training; the `m3video_jax.evaluate` CLI
-  pictures, closing_outputs, summary_lines, result_line   what a run shows and writes
+Each task owns everything that differs between tasks: the members of the `Task` protocol below.
 
 `pretrain`: masked motion modeling (M3Video) or the pixel/HOG baselines, selected by `config.target`.
 `finetune`: action classification with the whole network trained (paper Table 14).
@@ -23,18 +15,20 @@ import functools
 import json
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
-from m3video_jax import mixup
 from m3video_jax import config_lib
 from m3video_jax import evaluation
 from m3video_jax import losses
 from m3video_jax import masking
 from m3video_jax import metrics as metrics_lib
+from m3video_jax import mixup
 from m3video_jax import optim
 from m3video_jax import targets
 from m3video_jax.data import clip_device
@@ -44,6 +38,65 @@ from m3video_jax.models import m3video
 from m3video_jax.models import vit
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+Params = Any  # A pytree of arrays: the model's params (`{'encoder': ..., 'decoder' | 'head': ...}`).
+Batch = dict[str, jax.Array]
+
+
+@runtime_checkable
+class Task(Protocol):
+  """What the training loop (`train_lib`), the evaluation CLI and the benchmarks ask of a task."""
+  config: ml_collections.ConfigDict
+
+  def validate(self, num_devices: int | None = None) -> None:
+    """Checks its config fields after the shared ones (`config_lib.validate_shared`); raises `ConfigError`."""
+
+  @property
+  def model(self) -> Any:
+    """The Flax module."""
+
+  def init_params(self, rng: jax.Array) -> Params:
+    """Fresh params of `model`."""
+
+  @property
+  def videos_per_step(self) -> int:
+    """Videos per optimiser step (the lr is scaled by it)."""
+
+  def optimizer(self) -> optax.GradientTransformation:
+    """AdamW over its trainable params."""
+
+  def lr_schedule(self) -> optax.Schedule:
+    """The learning rate per step."""
+
+  def model_flops_per_clip(self) -> float:
+    """Training FLOPs of one clip, matmuls only, forward + backward (what MFU counts)."""
+
+  def prepare_demo_data(self, workdir: str, *, is_chief: bool) -> None:
+    """Demo/experiment configs: its synthetic data, prepared once (`demo.py`)."""
+
+  def make_train_iterator(self, start_step: int) -> Any:
+    """Its training input from `start_step` on (`data/pretraining.py`, `data/classification.py`)."""
+
+  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """The loss and its metrics inside the jitted step (the uint8 clips are normalised here, on the device)."""
+
+  def evaluate(self, params: Params, *, mesh: Any, workdir: str, step: int, final: bool) -> dict[str, float]:
+    """Evaluation during and after training (none for pretraining)."""
+
+  def evaluate_checkpoint(self, workdir: str, *, step: int | None = None,
+                          views: tuple[int, int] | None = None) -> tuple[dict[str, float], str, int]:
+    """The multi-view test of a run's checkpoint (the `m3video_jax.evaluate` CLI)."""
+
+  def pictures(self, params: Params, host_batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+    """TensorBoard images every `config.viz_every_steps`."""
+
+  def summary_lines(self, metrics: dict[str, float]) -> list[str]:
+    """The closing summary's lines about what was learned."""
+
+  def closing_outputs(self, params: Params, workdir: str) -> dict[str, str]:
+    """Files written at the end of a run: `{what: path}`."""
+
+  def result_line(self, workdir: str) -> str | None:
+    """The run's one-line result, if it has one (the test accuracy of a classification run)."""
 
 
 def static_clip(rng: jax.Array, video: jax.Array) -> jax.Array:
@@ -93,19 +146,17 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
 @dataclasses.dataclass(frozen=True)
 class PretrainTask:
   """Masked motion modeling: tube mask, encoder on visible tokens, decoder predicts the targets of hidden tokens."""
-  config: Any
+  config: ml_collections.ConfigDict
 
   def validate(self, num_devices: int | None = None) -> None:
-    """The patch size (first: the other checks divide by it), the shared fields, then the pretraining ones (clip
-    crop, decoder, mask, target)."""
+    """The shared fields, then the pretraining ones (patch size on the trajectory grid, clip crop, decoder, mask,
+    target)."""
     c = self.config
     d, m = c.data, c.model
     check = config_lib.check
-    config_lib.check_tuple_fields(c)
-    pt, ph, pw = m.patch_size
-    check(pt > 0 and ph > 0 and ph % schema.GRID_STEP == 0 and ph == pw, 'model.patch_size', tuple(m.patch_size),
-          f'(t, p, p) with p a multiple of the {schema.GRID_STEP}-px trajectory grid step')
     config_lib.validate_shared(c, num_devices)
+    check(m.patch_size[1] % schema.GRID_STEP == 0, 'model.patch_size', tuple(m.patch_size),
+          f'(t, p, p) with p a multiple of the {schema.GRID_STEP}-px trajectory grid step')
     check(len(d.crop_scales) >= 1 and all(0 < s <= 1 for s in d.crop_scales), 'data.crop_scales',
           tuple(d.crop_scales), 'a non-empty tuple of scales in (0, 1]')
     check(d.crop_max_distort >= 0, 'data.crop_max_distort', d.crop_max_distort, 'an integer >= 0')
@@ -231,13 +282,8 @@ class PretrainTask:
       raw, valid = targets.trajectories_by_token(batch, c.target, patch_size, frame_stride=stride)
       pred_disp = None
       if has_prediction:
-        _, mean, scale = targets.position_statistics(batch, c.target, patch_size, frame_stride=stride)
-        idx = masking.hidden_indices(out['hidden'], out['pred'].shape[1])
-        start = targets.part_offset(c.target, 'position', patch_size, frame_stride=stride)
-        pos = out['pred'][..., start:start + self.part_dims['position']].reshape(out['pred'].shape[:2]
-                                                                                 + raw.shape[2:])
-        pred_disp = masking.gather_tokens(scale, idx) * pos + masking.gather_tokens(mean, idx)
-        pred_disp = masking.scatter_tokens(pred_disp, idx, raw.shape[1])
+        pred_disp = targets.predicted_positions(out['pred'], out['hidden'], batch, c.target, patch_size,
+                                                frame_stride=stride)
       return {'video': out['video'], 'model_video': out['model_video'], 'hidden': out['hidden'],
               'target_disp': raw, 'valid': valid, 'pred_disp': pred_disp}
 
@@ -325,7 +371,7 @@ class FinetuneTask:
   Mixup/cutmix and label smoothing run inside the jitted step (`mixup.mix_batch`), the per-clip augmentations in
   the input pipeline (`data/classification.py`). Every param trains, with layer-wise lr decay (`optim.layer_decay`).
   """
-  config: Any
+  config: ml_collections.ConfigDict
   # The params the optimiser updates (top-level names); None = all. Linear probing sets ('head',): the one place that
   # decides it; the model runs a frozen encoder (eval mode, no gradient) exactly when `encoder` is not trainable.
   trainable: tuple[str, ...] | None = None
@@ -554,7 +600,7 @@ TASKS: dict[str, Callable[[Any], Any]] = {'pretrain': PretrainTask, 'finetune': 
                                           'linear_probe': LinearProbeTask, 'attentive_probe': AttentiveProbeTask}
 
 
-def get_task(config) -> PretrainTask | FinetuneTask:
+def get_task(config: ml_collections.ConfigDict) -> Task:
   """The task object of `config.task`; raises `config_lib.ConfigError` for an unknown task."""
   config_lib.check(config.get('task') in TASKS, 'task', config.get('task'), f'one of {tuple(TASKS)}')
   return TASKS[config.task](config)

@@ -31,36 +31,7 @@ from m3video_jax import optim
 from m3video_jax import sharding
 from m3video_jax import tasks
 from m3video_jax import train_step as train_step_lib
-from m3video_jax.data import schema
 from m3video_jax.train_state import TrainState
-
-
-class WaitTimeoutError(cli.UserError, RuntimeError):
-  """A process waited longer than its limit for process 0 (`wait_for_process_0`): one `error:` line pointing at
-  process 0's log."""
-
-
-def wait_for_process_0(name: str, timeout_s: float, what: str) -> None:
-  """A barrier of all JAX processes at `name`, reached by process 0 once it has done `what`; no-op in one process.
-
-  Raises:
-    WaitTimeoutError: naming this process, `what` and the timeout when process 0 does not arrive within `timeout_s`.
-  """
-  if jax.process_count() == 1:
-    return
-  from jax._src import distributed  # The coordination service's barrier is the one with a timeout.
-
-  if jax.process_index() > 0:
-    logging.warning('process %d: waiting up to %.0f s for process 0 to %s', jax.process_index(), timeout_s, what)
-  try:
-    client = distributed.global_state.client
-    if client is None:
-      raise RuntimeError('jax.distributed is not initialised')
-    client.wait_at_barrier(name, int(timeout_s * 1000))
-  except Exception as e:  # XlaRuntimeError (DEADLINE_EXCEEDED, or a process that died) or no client.
-    raise WaitTimeoutError(f'process {jax.process_index()} of {jax.process_count()} waited for process 0 to {what}, '
-                       f'which did not finish within {timeout_s:.0f} s (config.data.prepare_timeout_s) or failed; '
-                       f'see process 0\'s log ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -114,48 +85,6 @@ def make_trainer(config: ml_collections.ConfigDict, mesh=None) -> Trainer:
                  step_fn=make_step_fn(task, tx, config, state_shd, batch_shd, mesh))
 
 
-def load_init_params(path: str, init_params: Any) -> Any:
-  """Params from `config.init_from` (an orbax checkpoint of ours or one written by
-  `m3video_jax.interop.import_weights`).
-
-  Every leaf under `encoder` must be in the checkpoint with the model's shape; other leaves (decoder, classifier head)
-  are taken from the checkpoint when present and shaped alike, else (absent, or e.g. a head for another number of
-  classes) keep their fresh initialisation. Leaves of the
-  checkpoint the model does not have (e.g. a pretraining decoder when finetuning) are ignored.
-
-  Raises:
-    config_lib.ConfigError: naming `path` when it holds no checkpoint, or listing missing encoder leaves or shape
-      mismatches.
-  """
-  try:
-    loaded = checkpointing.load_params(path)
-  except FileNotFoundError as e:
-    raise config_lib.ConfigError(f'config.init_from={path!r} holds no checkpoint to initialise from: {e}') from None
-  flat_loaded = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
-  flat_model = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(init_params)}
-  encoder = lambda k: k.startswith("['encoder']")
-  missing = sorted(k for k in flat_model if encoder(k) and k not in flat_loaded)
-  mismatched = sorted(k for k in set(flat_model) & set(flat_loaded) if flat_model[k].shape != flat_loaded[k].shape)
-  reshaped = [k for k in mismatched if not encoder(k)]  # E.g. another number of classes: keep the fresh head.
-  mismatched = [k for k in mismatched if encoder(k)]
-  for k in reshaped:
-    del flat_loaded[k]
-  if reshaped:
-    logging.info('init_from: %s have another shape in %s and keep their initialisation', reshaped, path)
-  if missing or mismatched:
-    # E.g. a classifier (no final encoder norm) as init_from of pretraining.
-    kind = f' (it holds a classifier: {sorted(loaded)})' if 'head' in loaded and 'head' not in init_params else ''
-    raise config_lib.ConfigError(
-        f'config.init_from={path!r} does not fit the model{kind}: missing encoder params {missing[:10]}, encoder '
-        f'shape mismatches (checkpoint vs model) '
-        f'{[(k, flat_loaded[k].shape, flat_model[k].shape) for k in mismatched[:10]]}')
-  kept = sorted(k for k in flat_model if k not in flat_loaded)
-  if kept:
-    logging.info('init_from: %d params not in %s keep their initialisation (first: %s)', len(kept), path, kept[:5])
-  return jax.tree_util.tree_map_with_path(
-      lambda k, v: flat_loaded.get(jax.tree_util.keystr(k), v), init_params)
-
-
 def donates_state(mesh) -> bool:
   """Whether the train step donates the state: on accelerators yes (it halves the state's memory); on CPU no.
 
@@ -178,8 +107,8 @@ def make_step_fn(task, tx, config, state_shd, batch_shd, mesh):
 def check_workdir(workdir: str) -> None:
   """Creates `workdir`, or raises `config_lib.ConfigError` saying why it cannot be used (a file, not writable)."""
   try:
-    schema.writable_dir(workdir, '--workdir')
-  except schema.UnusableOutputError as e:
+    cli.writable_dir(workdir, '--workdir')
+  except cli.UnusableOutputError as e:
     raise config_lib.ConfigError(str(e)) from None
 
 
@@ -206,9 +135,7 @@ def workdir_lock(workdir: str):
   """
   key = f'm3video_workdir_lock:{workdir}'
   if jax.process_index() > 0:
-    from jax._src import distributed  # The key-value store of the coordination service, as wait_for_process_0 uses.
-
-    verdict = distributed.global_state.client.blocking_key_value_get(key, 600_000)
+    verdict = sharding.hear_from_process_0(key, timeout_s=600)
     if verdict != 'ok':
       raise WorkdirInUseError(verdict)
     yield
@@ -220,17 +147,10 @@ def workdir_lock(workdir: str):
     try:
       stack.enter_context(cli.exclusive_lock(os.path.join(workdir, LOCK_FILE), busy))
     except WorkdirInUseError as e:
-      _tell_other_processes(key, str(e))
+      sharding.tell_other_processes(key, str(e))
       raise
-    _tell_other_processes(key, 'ok')
+    sharding.tell_other_processes(key, 'ok')
     yield
-
-
-def _tell_other_processes(key: str, value: str) -> None:
-  if jax.process_count() > 1:
-    from jax._src import distributed
-
-    distributed.global_state.client.key_value_set(key, value)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -271,7 +191,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   if config.data.get('prepare_if_missing') and make_batch_iterator is None:
     with config.unlocked():
       tasks.get_task(config).prepare_demo_data(workdir, is_chief=jax.process_index() == 0)
-    wait_for_process_0('m3video_demo_data', float(config.data.get('prepare_timeout_s', 3600)),
+    sharding.wait_for_process_0('m3video_demo_data', float(config.data.get('prepare_timeout_s', 3600)),
                        f'prepare the demo data in {workdir} (the workdir must be on a file system all processes share)')
 
   trainer = make_trainer(config)
@@ -282,7 +202,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   def fresh_state():
     state = trainer.init(rng)
     if config.init_from:
-      params = load_init_params(config.init_from, jax.device_get(state.params))
+      params = checkpointing.load_init_params(config.init_from, jax.device_get(state.params))
       params = jax.device_put(params, state_shd.params)
       state = state.replace(params=params, opt_state=jax.jit(tx.init, out_shardings=state_shd.opt_state)(params))
       logging.info('initialised params from %s', config.init_from)

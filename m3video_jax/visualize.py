@@ -1,4 +1,5 @@
-"""Pictures of prepared data and of what a pretrained model predicts: the one visualisation tool.
+"""The `m3video_jax.visualize` CLI (the drawing library is `drawing.py`): pictures of prepared data and of what a
+pretrained model predicts.
 
 Stored trajectories of one prepared video, drawn on its frames (check a data-prep run by eye):
   python -m m3video_jax.visualize --shards='/data/prep/train-*.tfrecord' --output=/tmp/traj.png

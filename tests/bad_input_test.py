@@ -16,6 +16,7 @@ import pytest
 from m3video_jax import checkpointing
 from m3video_jax import cli
 from m3video_jax import config_lib
+from m3video_jax import sharding
 from m3video_jax import targets
 from m3video_jax import tasks
 from m3video_jax import train_lib
@@ -41,7 +42,7 @@ def _assert_one_error_line(status, stderr, starts):
 
 def test_the_config_errors_of_every_part_are_user_errors():
   assert issubclass(config_lib.ConfigError, cli.UserError) and issubclass(config_lib.ConfigError, ValueError)
-  assert issubclass(train_lib.WaitTimeoutError, cli.UserError)
+  assert issubclass(sharding.WaitTimeoutError, cli.UserError)
   config = tiny_config(**{'target.position_norm': 'bogus'})
   with pytest.raises(cli.UserError, match=r"config.target.position_norm='bogus' is invalid: expected one of"):
     targets.validate(config.target)
@@ -83,7 +84,7 @@ def test_init_from_without_a_checkpoint_or_of_a_classifier_is_a_user_error(tmp_p
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(cli.UserError, match=r"config.init_from='.*empty' holds no checkpoint to initialise from: no "
                                           'orbax checkpoint found'):
-    train_lib.load_init_params(str(tmp_path / 'empty'), fresh)
+    checkpointing.load_init_params(str(tmp_path / 'empty'), fresh)
   # A fine-tuning run's params: the encoder without its final norm, plus fc_norm and head.
   encoder = dict(fresh['encoder'])
   del encoder['norm']
@@ -94,7 +95,7 @@ def test_init_from_without_a_checkpoint_or_of_a_classifier_is_a_user_error(tmp_p
   with pytest.raises(cli.UserError, match=r"config.init_from='.*finetuned' does not fit the model \(it holds a "
                                           r"classifier: \['encoder', 'fc_norm', 'head'\]\): missing encoder params "
                                           r"\[\"\['encoder'\]\['norm'\]"):
-    train_lib.load_init_params(str(tmp_path / 'finetuned'), fresh)
+    checkpointing.load_init_params(str(tmp_path / 'finetuned'), fresh)
 
 
 def test_a_run_that_does_not_restore_leaves_config_json_as_it_was(tmp_path):

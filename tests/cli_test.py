@@ -55,12 +55,12 @@ def test_extract_is_quiet_by_default_and_ends_with_what_it_wrote_and_what_to_run
 
 
 def test_extract_names_arguments_that_neither_it_nor_beam_knows(capsys):
-  from data_prep import extract
+  from data_prep import beam_runner
 
-  extract._warn_unknown_beam_args(['--short_sid=128', '--direct_num_workers=2'])  # pylint: disable=protected-access
+  beam_runner.warn_unknown_beam_args(['--short_sid=128', '--direct_num_workers=2'])
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "['--short_sid=128']" in err[0] and 'direct_num_workers' not in err[0], err
-  extract._warn_unknown_beam_args(['--direct_num_workers=2'])  # pylint: disable=protected-access
+  beam_runner.warn_unknown_beam_args(['--direct_num_workers=2'])
   assert capsys.readouterr().err == ''
 
 

@@ -16,6 +16,7 @@ from configs import finetune_k400
 from configs import finetune_ssv2
 from configs import finetune_ucf101
 from configs import linear_probe_ssv2
+from m3video_jax import checkpointing
 from m3video_jax import mixup
 from m3video_jax import config_lib
 from m3video_jax import evaluation
@@ -161,7 +162,7 @@ def test_classifier_layout_and_init_from_a_pretraining_checkpoint(tmp_path):
   pretrained = jax.device_get(pretrained)
   with ocp.CheckpointManager(str(tmp_path / 'pretrain' / 'checkpoints')) as manager:
     manager.save(7, args=ocp.args.StandardSave({'params': pretrained, 'step': 7}))
-  loaded = train_lib.load_init_params(str(tmp_path / 'pretrain'), params)
+  loaded = checkpointing.load_init_params(str(tmp_path / 'pretrain'), params)
   encoder = dict(pretrained['encoder'])
   del encoder['norm']  # The mean-pooling classifier has no final norm (reference: Identity).
   jax.tree.map(np.testing.assert_array_equal, loaded['encoder'], encoder)

@@ -156,15 +156,15 @@ def test_arbitrary_pickles_are_refused_by_default(tmp_path):
 def test_import_output_works_as_init_from(tmp_path):
   """`config.init_from=<output>` loads the imported encoder into a fresh pretraining model of the same shape."""
   from configs import pretrain_ssv2
+  from m3video_jax import checkpointing
   from m3video_jax import tasks
-  from m3video_jax import train_lib
 
   params = mu_params()
   import_weights.import_weights(save(tmp_path / 'w.pth', {'model': torch_state_dict(params)}), str(tmp_path / 'out'))
   config = pretrain_ssv2.get_config('tiny')
   abstract = jax.eval_shape(tasks.get_task(config).init_params, jax.random.PRNGKey(0))
   fresh = jax.tree.map(lambda x: np.full(x.shape, 0.5, x.dtype), abstract)
-  loaded = train_lib.load_init_params(str(tmp_path / 'out'), fresh)
+  loaded = checkpointing.load_init_params(str(tmp_path / 'out'), fresh)
   assert_same(loaded['encoder'], params['encoder'])
   assert_same(loaded['decoder'], fresh['decoder'])
 

@@ -15,11 +15,11 @@ WAITER = textwrap.dedent('''
     import sys, time
     import jax
     jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-    from m3video_jax import train_lib
+    from m3video_jax import sharding
     if jax.process_index() == 0:
       time.sleep(float(sys.argv[3]))  # "preparing the data"
     try:
-      train_lib.wait_for_process_0('test_barrier', float(sys.argv[4]), 'prepare the test data')
+      sharding.wait_for_process_0('test_barrier', float(sys.argv[4]), 'prepare the test data')
       print('PASSED', flush=True)
     except RuntimeError as e:
       print('ERROR', e, flush=True)

@@ -36,9 +36,10 @@ def test_design_citations_name_existing_sections():
   assert not missing, missing
 
 
-def test_readme_layout_names_every_module_and_doc():
-  readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
-  block = readme[readme.index('## Layout'):]
+def test_module_map_names_every_module_and_doc():
+  """docs/design.md §7's map of the tree names every module and doc, and nothing that does not exist."""
+  design = open(os.path.join(REPO, 'docs', 'design.md'), encoding='utf-8').read()
+  block = design[design.index('## 7. Code layout'):]
   block = block[block.index('```') + 3:]
   block = block[:block.index('```')]
   listed, current = {}, None
@@ -57,10 +58,10 @@ def test_readme_layout_names_every_module_and_doc():
           'configs/', 'bench/', 'experiments/'} <= set(folders), folders
   missing, stale = [], []
   for folder, ext in [(f, '.py') for f in folders] + [('docs/', '.md')]:
-    assert folder in listed, f'README layout has no line for {folder}'
+    assert folder in listed, f'docs/design.md §7 has no line for {folder}'
     names = set(re.findall(r'(?<![\w/])[\w.]+' + re.escape(ext), listed[folder]))  # Not paths into other folders.
     present = {n for n in os.listdir(os.path.join(REPO, folder)) if n.endswith(ext) and n != '__init__.py'}
     missing += [folder + n for n in sorted(present - names)]
     stale += [folder + n for n in sorted(names - present)]
-  assert not stale, f'README layout names files that do not exist: {stale}'
-  assert not missing, f'README layout omits {missing}'
+  assert not stale, f'docs/design.md §7 names files that do not exist: {stale}'
+  assert not missing, f'docs/design.md §7 omits {missing}'

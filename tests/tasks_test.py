@@ -1,6 +1,7 @@
 """Tests for m3video_jax/tasks.py: the pretraining forward pass and the static-input toy experiment (paper §3.1)."""
 import jax
 import numpy as np
+import pytest
 
 from m3video_jax import tasks
 from m3video_jax import targets
@@ -36,3 +37,14 @@ def test_static_input_changes_the_frames_the_model_sees_but_not_the_targets():
     np.testing.assert_array_equal(np.asarray(out_static['target']), np.asarray(want_t))
     np.testing.assert_array_equal(np.asarray(out_static['weight']), np.asarray(want_w))
     assert not np.allclose(np.asarray(out_static['pred']), np.asarray(out_real['pred']))
+
+
+@pytest.mark.parametrize('config_name', ['pretrain_ssv2', 'finetune_ssv2', 'linear_probe_ssv2', 'attentive_probe_ssv2'])
+def test_every_task_has_the_members_of_the_task_protocol(config_name):
+  import importlib
+
+  config = importlib.import_module(f'configs.{config_name}').get_config('tiny')
+  task = tasks.get_task(config)
+  assert isinstance(task, tasks.Task)
+  members = [name for name in dir(tasks.Task) if not name.startswith('_')]
+  assert len(members) >= 16 and not [name for name in members if not hasattr(type(task), name)]

@@ -313,21 +313,21 @@ def test_init_from_loads_params_of_another_run(tmp_path):
     config.init_from = str(tmp_path / 'pretrained')
   task = tasks.get_task(config)
   fresh = jax.device_get(task.init_params(jax.random.PRNGKey(0)))
-  loaded = train_lib.load_init_params(config.init_from, fresh)
+  loaded = checkpointing.load_init_params(config.init_from, fresh)
   jax.tree.map(np.testing.assert_array_equal, loaded, trained)
   # An encoder-only checkpoint (e.g. imported weights) keeps the fresh decoder; a missing encoder leaf is an error.
   partial = {'encoder': trained['encoder']}
   import orbax.checkpoint as ocp
   with ocp.CheckpointManager(str(tmp_path / 'enc' / 'checkpoints')) as m:
     m.save(0, args=ocp.args.StandardSave({'params': partial}))
-  loaded = train_lib.load_init_params(str(tmp_path / 'enc'), fresh)
+  loaded = checkpointing.load_init_params(str(tmp_path / 'enc'), fresh)
   jax.tree.map(np.testing.assert_array_equal, loaded['encoder'], trained['encoder'])
   jax.tree.map(np.testing.assert_array_equal, loaded['decoder'], fresh['decoder'])
   del partial['encoder']['norm']
   with ocp.CheckpointManager(str(tmp_path / 'broken' / 'checkpoints')) as m:
     m.save(0, args=ocp.args.StandardSave({'params': partial}))
   with pytest.raises(ValueError, match=r"missing encoder params \[\"\['encoder'\]\['norm'\]"):
-    train_lib.load_init_params(str(tmp_path / 'broken'), fresh)
+    checkpointing.load_init_params(str(tmp_path / 'broken'), fresh)
 
 
 def _damage_checkpoint(step_dir, how):

@@ -28,7 +28,6 @@ eval stream).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterator
@@ -38,6 +37,7 @@ import tensorflow as tf
 
 from m3video_jax.data import clip_augment
 from m3video_jax.data import clip_ops
+from m3video_jax.data import prep_outputs
 from m3video_jax.data import schema
 from m3video_jax.data import stream
 
@@ -200,12 +200,11 @@ def check_class_count(shards: list[str], num_classes: int, what: str) -> None:
   """
   check_whole_videos(shards, what)
   for folder in sorted({os.path.dirname(s) for s in shards}):
-    path = os.path.join(folder, 'label_map.json')
-    if not tf.io.gfile.exists(path):
+    found = prep_outputs.read_label_map(folder)
+    if found is None:
       continue
-    with tf.io.gfile.GFile(path) as f:
-      label_map = json.load(f)
-    n = max((int(v) for v in label_map.values()), default=-1) + 1
+    path, label_map = found
+    n = prep_outputs.num_classes(label_map)
     if n > num_classes:
       raise stream.LabelError(f'{path} (the class list of {what}) has {n} classes, but config.model.num_classes='
                               f'{num_classes}; set --config.model.num_classes={n} or use the shards of the dataset '

@@ -30,7 +30,6 @@ Finished batch (leading dim = local batch `b`):
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import tensorflow as tf

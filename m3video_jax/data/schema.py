@@ -35,7 +35,6 @@ Encoding of the non-JPEG arrays (kept small, see the storage budget in docs/desi
 from __future__ import annotations
 
 import dataclasses
-import os
 import zlib
 from typing import Any
 
@@ -542,40 +541,3 @@ def tf_feature_spec() -> dict[str, Any]:
   spec.update({k: tf.io.VarLenFeature(tf.string) for k in _MAP_LISTS})  # Empty when a record has no such map.
   spec.update({k: tf.io.VarLenFeature(tf.float32) for k in _MAP_SCALES})
   return spec
-
-
-# Output locations given on a command line (data prep shards, features, training workdirs): checked before any
-# work, with one-line errors naming the flag.
-
-
-class UnusableOutputError(ValueError):
-  """An output directory that is a file, cannot be created or is not writable; the message names the flag."""
-
-
-def writable_dir(path: str, flag: str) -> str:
-  """Creates the local directory `path` if needed and checks it by writing a probe file (`os.access` says yes to root
-  on a read-only mount). URLs (`gs://...`) are returned unchecked.
-
-  Returns:
-    `path`.
-
-  Raises:
-    UnusableOutputError: `'{flag}={path} is a file, not a directory'`, `... cannot be created: <why>` or
-      `... is not writable: <why>`.
-  """
-  if '://' in path:
-    return path
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UnusableOutputError(f'{flag}={path} is a file, not a directory')
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise UnusableOutputError(f'{flag}={path} cannot be created: {e.strerror}') from None
-  probe = os.path.join(path, f'.write-test-{os.getpid()}')
-  try:
-    with open(probe, 'wb'):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UnusableOutputError(f'{flag}={path} is not writable: {e.strerror}') from None
-  return path

@@ -17,7 +17,6 @@ The clip functions and batch layouts of the two inputs: `pretraining.py` (clips 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from m3video_jax import cli
+from m3video_jax.data import prep_outputs
 from m3video_jax.data import schema
 
 
@@ -91,23 +91,20 @@ def process_shards(shards: list[str], process_index: int, process_count: int) ->
 
 def _manifests(shards: list[str]) -> dict[str, tuple[str, Any]]:
   """`{folder: (manifest path, parsed manifest)}` of the data_prep manifests beside `shards` (folders without one left
-  out)."""
+  out).
+
+  Raises:
+    CorruptRecordError: naming a manifest that cannot be read (`prep_outputs.UnreadableManifestError`'s message).
+  """
   out = {}
   for d in sorted({os.path.dirname(s) for s in shards}):
-    path = os.path.join(d, 'manifest.json')
-    if not tf.io.gfile.exists(path):
-      continue
     try:
-      with tf.io.gfile.GFile(path) as f:
-        out[d] = (path, json.load(f))
-    except ValueError as e:
-      raise _unreadable_manifest(path, e) from e
+      found = prep_outputs.read_manifest(d)
+    except prep_outputs.UnreadableManifestError as e:
+      raise CorruptRecordError(str(e)) from e
+    if found is not None:
+      out[d] = found
   return out
-
-
-def _unreadable_manifest(path: str, e: Exception) -> CorruptRecordError:
-  return CorruptRecordError(f'{path} is not a readable data_prep manifest ({type(e).__name__}: {e}); re-run the '
-                            'data_prep command that wrote it (it resumes and rewrites the manifest)')
 
 
 def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
@@ -115,10 +112,9 @@ def _manifest_entries(shards: list[str]) -> dict[str, dict[str, int]]:
   entries: dict[str, dict[str, int]] = {}
   for d, (path, manifest) in _manifests(shards).items():
     try:
-      for entry in manifest.get('shards', []):
-        entries[os.path.join(d, entry['file'])] = {'records': int(entry['records']), 'bytes': int(entry['bytes'])}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-      raise _unreadable_manifest(path, e) from e
+      entries.update(prep_outputs.shard_entries(d, path, manifest))
+    except prep_outputs.UnreadableManifestError as e:
+      raise CorruptRecordError(str(e)) from e
   return entries
 
 
@@ -170,16 +166,16 @@ def prep_settings(shards: list[str]) -> dict[str, dict[str, tuple[int, str]]]:
   described: dict[str, dict[str, tuple[int, str]]] = {}
   for d, (path, manifest) in _manifests(shards).items():
     try:
-      config = manifest.get('config') or {}
+      config = prep_outputs.prep_config(path, manifest)
       values = {k: (int(config[k] or 0), path) for k in PREP_SETTINGS if k in config and k != 'motion_maps'}
       # A manifest lists the maps as 'hof,mbh' and leaves the key out when there are none (and before version 4).
       values['motion_maps'] = (schema.motion_maps_mask(config.get('motion_maps', '')), path)
-      if 'schema_version' in manifest:
-        values['schema_version'] = (int(manifest['schema_version']), path)
-      for entry in manifest.get('shards', []):
-        described[os.path.join(d, entry['file'])] = values
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-      raise _unreadable_manifest(path, e) from e
+      for shard in prep_outputs.shard_entries(d, path, manifest):
+        described[shard] = values
+    except prep_outputs.UnreadableManifestError as e:
+      raise CorruptRecordError(str(e)) from e
+    except (ValueError, TypeError) as e:  # A setting that is not a number.
+      raise CorruptRecordError(str(prep_outputs.unreadable(path, e))) from e
 
   def settings(shard):
     values = described.get(shard, {})

@@ -423,7 +423,7 @@ def define_flags(fv) -> None:
 
 def _main(f, rest) -> int:
   del rest
-  schema.writable_dir(f.output_dir, '--output_dir')
+  cli.writable_dir(f.output_dir, '--output_dir')
   encoder = load_encoder(f.checkpoint, f.step, encoder_only=f.encoder_only)
   data = (encoder.config or {}).get('data', {})
   num_frames = f.num_frames or data.get('num_frames') or DEFAULT_NUM_FRAMES
