@@ -341,7 +341,7 @@ def main(argv=None) -> dict:
     if args.all_cores:
       print(f'      all cores (AUTOTUNE): {measure(config, shards, args.clips, per_core=False)[0]:.1f} clips/s',
             flush=True)
-  # The last setting is the one the README recommends for accelerators (segments, several clips per record).
+  # The last setting is the one docs/accelerators.md recommends (segments, several clips per record).
   best_name = list(results)[-1]
   best = results[best_name]
   summary = {'ours': results, 'clip_ops': clip_ops}

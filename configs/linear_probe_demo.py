@@ -7,7 +7,7 @@ Run:  python -m m3video_jax.main --config=configs/demo.py --workdir=/tmp/m3video
 Same data as `finetune_demo.py` (prepared into the workdir if missing: 600 train / 200 held-out videos of a seed
 pretraining never saw); the encoder is frozen (eval mode) and only the linear head trains, 1,500 steps. The closing
 lines give the 2 x 3-view test top-1 against chance (12.5 %); `<workdir>/eval_results.json` holds it. Compare with
-the same probe of `configs/demo.py:target=pixel` (README, docs/results.md). Args: steps=N.
+the same probe of `configs/demo.py:target=pixel` (docs/results.md, "The demo commands"). Args: steps=N.
 """
 from m3video_jax import config_lib
 

@@ -58,7 +58,7 @@ def test_small_demo_learns_motion_its_features_beat_chance_and_it_fine_tunes(tmp
 
   Pretraining on 180 videos (of 240) for 2,000 steps must pull the position loss clearly under its zero baseline; a
   linear probe of the frozen features on 80 held-out videos of an unseen seed must beat chance (12.5 %) by a margin;
-  the fine-tune demo from it must reach 25 %. The full-size numbers are in the README and docs/results.md.
+  the fine-tune demo from it must reach 25 %. The full-size numbers are in docs/results.md, "The demo commands".
   """
   from m3video_jax import probe
   from m3video_jax import demo as demo_lib
