@@ -65,6 +65,7 @@ def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> di
   """Host-local numpy batch -> global jax.Arrays laid out along the batch axes (multi-process safe)."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
+
 # Processes: what process 0 tells the others, through the coordination service of `jax.distributed` (its barrier is
 # the one with a timeout, its key-value store carries one-line verdicts). The one place that reaches into
 # `jax._src.distributed`, which has no public API for either.
