@@ -352,7 +352,8 @@ def main(argv=None) -> int:
   for t in probe_tasks:
     plot_table1(results[f'table1{_suffix(t)}'], paths[f'table1{_suffix(t)}.png'], t)
   print(open(paths['results.md']).read())
-  print(f'motion_mini: {len(runs) * len(seeds)} pretraining runs in {workdir}/runs, fine-tunes in {workdir}/finetune; '
+  finetunes = ', '.join(f'{workdir}/finetune{_suffix(t)}' for t in probe_tasks)
+  print(f'motion_mini: {len(runs) * len(seeds)} pretraining runs in {workdir}/runs, fine-tunes in {finetunes}; '
         f'wrote {", ".join(paths.values())} in {results["seconds"] / 60:.1f} min')
   return 0
 
