@@ -68,14 +68,19 @@ def runner_args(args: Sequence[str], num_tasks: int) -> list[str]:
       a = '--runner=' + RUNNER_NAMES.get(name.lower(), name)
     out.append(a)
   if runner_name(out) == DASK_RUNNER and not any(a.startswith(('--dask_npartitions', '--dask_partition_size'))
-                                             for a in out):
+                                                 for a in out):
     out.append(f'--dask_npartitions={max(num_tasks, 1)}')
   return out
 
 
+def _flag_value(args: Sequence[str], flag: str) -> str:
+  """The value of `--flag=value` among Beam arguments ('' when it is not given)."""
+  return next((a.split('=', 1)[1] for a in args if a.startswith(f'--{flag}=')), '')
+
+
 def runner_name(args: Sequence[str]) -> str:
   """The `--runner` of Beam arguments ('' when none is given)."""
-  return next((a.split('=', 1)[1] for a in args if a.startswith('--runner=')), '')
+  return _flag_value(args, 'runner')
 
 
 def check_runner_installed(args: Sequence[str]) -> None:
@@ -95,7 +100,7 @@ def runner_start_error(args: Sequence[str], error: Exception) -> RunnerStartErro
   that could not be fetched), or None for any other error."""
   text = str(error)
   if runner_name(args) == DASK_RUNNER and isinstance(error, OSError):
-    address = next((a.split('=', 1)[1] for a in args if a.startswith('--dask_client_address=')), '')
+    address = _flag_value(args, 'dask_client_address')
     return RunnerStartError(f'--runner=dask cannot reach the Dask scheduler at --dask_client_address={address} '
                             f'({text.splitlines()[0] if text else type(error).__name__}); start it (dask scheduler) '
                             'or fix the address, or leave the flag out for a local cluster on this machine')
@@ -125,8 +130,8 @@ def library_output_to_log(log_path: str | None, log, enabled: bool,
   if not enabled:
     yield log
     return
-  url = log_path is None
-  if url:
+  temporary = log_path is None
+  if temporary:
     fd, path = tempfile.mkstemp(prefix='data_prep_beam_', suffix='.log')
   else:
     path = log_path
@@ -154,7 +159,7 @@ def library_output_to_log(log_path: str | None, log, enabled: bool,
     os.dup2(saved, 2)
     os.close(saved)
     ours.flush()  # Left open: the progress thread may still print its last line to it.
-    if url and not failed:
+    if temporary and not failed:
       os.remove(path)
     if failed:
       try:
