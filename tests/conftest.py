@@ -18,8 +18,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # Most tests compile a program and run it a few steps, so compiling is most of their time: XLA's optimisations are
-# off (the suite's compile time -35 %; a step of the demo model runs ~2.5x slower). The tests that train for thousands
-# of steps turn them back on with the `optimized_xla` fixture.
+# off (15 compile-heavy tests take 26 % less time; a step of the demo model runs ~2.5x slower: BENCHMARKS.md, "Test
+# suite wall time"). The tests that train for thousands of steps turn them back on with the `optimized_xla` fixture.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import pytest  # noqa: E402

@@ -118,7 +118,8 @@ def test_a_run_that_learns_nothing_warns_once_in_the_log_metrics_tensorboard_and
 # run, data prep included): position ratio on moving tokens 1.001, 0.996, 0.993, 0.991 at steps 500..1250 for
 # trajectory_paper (alarm at step 1250); 0.991, 0.905, 0.824, 0.778 for trajectory, whose shape part is the closest
 # to the bar (0.998, 0.980, 0.968, 0.965: two intervals at or above it). demo_test's learning run is the trajectory
-# half of the pair (it asserts that no alarm is raised), on the same prepared videos. The full demos (4,000 steps,
+# half of the pair (it asserts that no alarm is raised), on the same prepared videos but 2,000 steps (none on
+# 2026-12-07). The full demos (4,000 steps,
 # 480 videos, the default 8 intervals, 5-6 min each): trajectory_paper raises it at step 2,250 (position 0.998 on
 # moving tokens), trajectory does not (position 1.004, 0.984, then 0.948 at step 1,000 and 0.766 at the end; shape at
 # most 0.990).
