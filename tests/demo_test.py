@@ -17,15 +17,15 @@ from m3video_jax import train_lib
 
 # The learning runs of the demo config, shortened: 160 videos (120 pretrained on), logged every 250 steps (the demo's
 # interval). This file's run (target trajectory, 2,000 steps) and tests/learn_alarm_test.py's (trajectory_paper, 1,250
-# steps) share the prepared videos (`demo_data`, one xdist group). Bars: measured 2026-12-07 (2 CPU
-# cores, 3.8 min with its data prep): position ratio 0.78 (moving tokens 0.75), no alarm, linear probe 32.5 % on 80
-# held-out videos (chance + 20.0), fine-tune 67.5 %; at 1,250 steps the probe gave 28.8 %, too close to the bar. The
-# bars leave room for another platform's numerics: one probe-test video is 1.25 points.
+# steps) share the prepared videos (`demo_data`, one xdist group). Bars: measured 2026-12-07 (2 CPU cores, 3.8 min
+# with its data prep): position ratio 0.78 (moving tokens 0.75), no alarm, linear probe 32.5 % on 80 held-out videos
+# (chance + 20.0), fine-tune 67.5 %; at 1,250 steps the probe gave 28.75 %, too close to the bar. The bars leave room
+# for another platform's numerics: one probe-test video is 1.25 points.
 LEARNING_RUN_ARGS = 'num_videos=160,steps=1250'  # tests/learn_alarm_test.py's run.
 LEARNING_RUN_STEPS = 2000  # This file's run: the same videos, longer.
 POSITION_RATIO_BAR = 0.90
 PROBE_MARGIN_BAR = 15.0
-ALARM_INTERVALS = 4  # Of the 5 logged intervals: tests/learn_alarm_test.py.
+ALARM_INTERVALS = 4  # The learn alarm after 4 logged intervals at or above its bar (the demo's default: 8).
 
 
 def test_demo_prepares_data_trains_summarises_and_resumes(tmp_path, caplog):
