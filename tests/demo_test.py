@@ -28,6 +28,22 @@ PROBE_MARGIN_BAR = 15.0
 ALARM_INTERVALS = 4  # The learn alarm after 4 logged intervals at or above its bar (the demo's default: 8).
 
 
+def learning_run_config(prepare_dir: str, target: str = 'trajectory'):
+  """The demo config of the shortened learning runs (LEARNING_RUN_ARGS) on the videos of `prepare_dir`."""
+  config = demo.get_config(f'target={target},{LEARNING_RUN_ARGS}')
+  with config.unlocked():
+    config.data.prepare_dir = prepare_dir
+    config.learn_alarm_intervals = ALARM_INTERVALS
+  return config
+
+
+def alarmed_parts(workdir: str) -> set[str]:
+  """The target parts the learn alarm flagged in a run's metrics.jsonl."""
+  from m3video_jax import metrics as metrics_lib
+
+  return {part for e in metrics_lib.read_jsonl(workdir) for part in e.get('alarm', {})}
+
+
 def test_demo_prepares_data_trains_summarises_and_resumes(tmp_path, caplog):
   config = demo.get_config('num_videos=16,steps=6')
   with config.unlocked():
@@ -69,18 +85,15 @@ def test_small_demo_learns_motion_raises_no_alarm_its_features_beat_chance_and_i
   a linear probe of the frozen features on 80 held-out videos of an unseen seed must beat chance (12.5 %) by a margin;
   the fine-tune demo from it must reach 25 %. The full-size numbers are in docs/results.md, "The demo commands".
   """
-  from m3video_jax import metrics as metrics_lib
   from m3video_jax import probe
   from m3video_jax import demo as demo_lib
 
-  pretrain = demo.get_config(LEARNING_RUN_ARGS)
+  pretrain = learning_run_config(demo_data)
   with pretrain.unlocked():
     pretrain.total_steps = LEARNING_RUN_STEPS  # The data's size is in LEARNING_RUN_ARGS; the schedule is by steps.
-    pretrain.data.prepare_dir = demo_data
-    pretrain.learn_alarm_intervals = ALARM_INTERVALS
   out = train_lib.train_and_evaluate(pretrain, str(tmp_path / 'pretrain'))
   assert out['train/position_vs_zero'] <= POSITION_RATIO_BAR, out
-  flagged = {part for e in metrics_lib.read_jsonl(str(tmp_path / 'pretrain')) for part in e.get('alarm', {})}
+  flagged = alarmed_parts(str(tmp_path / 'pretrain'))
   assert not flagged, (flagged, out)
 
   finetune = finetune_demo.get_config('steps=600')

@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from configs import demo
 from m3video_jax import metrics as metrics_lib
 from m3video_jax import train_lib
 from tests import demo_test
@@ -119,17 +118,12 @@ def test_a_run_that_learns_nothing_warns_once_in_the_log_metrics_tensorboard_and
 # trajectory_paper (alarm at step 1250); 0.991, 0.905, 0.824, 0.778 for trajectory, whose shape part is the closest
 # to the bar (0.998, 0.980, 0.968, 0.965: two intervals at or above it). demo_test's learning run is the trajectory
 # half of the pair (it asserts that no alarm is raised), on the same prepared videos but 2,000 steps (none on
-# 2026-12-07). The full demos (4,000 steps,
-# 480 videos, the default 8 intervals, 5-6 min each): trajectory_paper raises it at step 2,250 (position 0.998 on
-# moving tokens), trajectory does not (position 1.004, 0.984, then 0.948 at step 1,000 and 0.766 at the end; shape at
-# most 0.990).
+# 2026-12-07). The full demos (4,000 steps, 480 videos, the default 8 intervals, 5-6 min each): trajectory_paper raises
+# it at step 2,250 (position 0.998 on moving tokens), trajectory does not (position 1.004, 0.984, then 0.948 at step
+# 1,000 and 0.766 at the end; shape at most 0.990).
 @pytest.mark.slow
 @pytest.mark.xdist_group('demo_data')
 def test_the_paper_faithful_demo_raises_the_alarm(demo_data, tmp_path, optimized_xla):
-  config = demo.get_config(f'target=trajectory_paper,{demo_test.LEARNING_RUN_ARGS}')
-  with config.unlocked():
-    config.data.prepare_dir = demo_data
-    config.learn_alarm_intervals = demo_test.ALARM_INTERVALS
-  last = train_lib.train_and_evaluate(config, str(tmp_path))
-  flagged = {part for e in metrics_lib.read_jsonl(str(tmp_path)) for part in e.get('alarm', {})}
+  last = train_lib.train_and_evaluate(demo_test.learning_run_config(demo_data, 'trajectory_paper'), str(tmp_path))
+  flagged = demo_test.alarmed_parts(str(tmp_path))
   assert flagged == {'position'}, (flagged, last)
