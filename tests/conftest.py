@@ -1,8 +1,12 @@
 """Test setup shared by every test file. Runs before any test module imports JAX or TensorFlow."""
 import os
 
-# 8 simulated CPU devices for the sharding tests; the rest of the suite is unaffected.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# 8 simulated CPU devices for the sharding tests; the rest of the suite is unaffected. XLA:CPU's older loop emitters
+# instead of its fusion emitters and one LLVM module per program compile the tests' many small programs faster (four
+# compile-heavy test files 68-75 s -> 39-40 s; a step of the demo model runs ~15 % slower: BENCHMARKS.md, "Test suite
+# wall time").
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 --xla_cpu_use_fusion_emitters=false '
+                      '--xla_cpu_parallel_codegen_split_count=1')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
