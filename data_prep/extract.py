@@ -191,7 +191,7 @@ def run(input_spec: str | Sequence[str], output_dir: str, config: PrepConfig, jo
       and the dataset's `label_map.json` and TFDS metadata stay in `output_dir`.
     config: per-video settings.
     job: job-level settings.
-    beam_args: Beam pipeline options; None -> the local multi-processing defaults (`beam_runner.DEFAULT_BEAM_ARGS`).
+    beam_args: Beam pipeline options; None -> the local runner on this machine's cores (`beam_runner.default_args`).
     data_root: base of relative paths in list files and of the videos of annotation files.
     label_map_path: JSON class list to use instead of sorted class names (or the SSV2 labels file).
     log: stream for the summary and progress lines (default stderr).
@@ -329,7 +329,7 @@ class _PlannedJob:
   dataset_dir: str | None  # The dataset directory of a split (its label map and TFDS metadata), else None.
   config: PrepConfig
   options: JobOptions
-  beam_args: tuple[str, ...] | None  # None: the local multi-processing defaults.
+  beam_args: tuple[str, ...] | None  # None: the local runner (beam_runner.default_args).
   quiet_libraries: bool
   t_start: float
 
@@ -379,7 +379,7 @@ def _run_pipeline(job: _PlannedJob, log) -> dict[str, Any]:
   if pending:
     args = beam_runner.runner_args(job.beam_args if job.beam_args is not None else [], len(pending))
     if not any(a.startswith('--runner') for a in args):
-      args = list(beam_runner.DEFAULT_BEAM_ARGS) + args
+      args = beam_runner.default_args(len(pending), args)
     options = PipelineOptions(args)
     o = job.options
     monitor = progress.ProgressMonitor(output_dir, list(tasks), o.progress_interval_s, stream=log).start()

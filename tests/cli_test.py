@@ -43,7 +43,8 @@ def test_extract_is_quiet_by_default_and_ends_with_what_it_wrote_and_what_to_run
   out = tmp_path / 'out'
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, '-m', 'data_prep.extract', f'--input={tmp_path / "a.mp4"}',
-                         f'--output_dir={out}', '--short_side=64', '--progress_interval_s=0'],
+                         f'--output_dir={out}', '--short_side=64', '--progress_interval_s=0',
+                         '--direct_num_workers=2'],  # A pool of Beam workers (one video alone runs in-process).
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stderr.strip().splitlines()

@@ -31,6 +31,24 @@ CONFIG = PrepConfig(short_side=64)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_the_local_runner_starts_one_worker_per_pending_shard_up_to_the_cores_and_none_for_one(monkeypatch):
+  from apache_beam.options.pipeline_options import DirectOptions
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from data_prep import beam_runner
+
+  def parsed(num_tasks, args=()):
+    o = PipelineOptions(beam_runner.default_args(num_tasks, args)).view_as(DirectOptions)
+    return o.direct_running_mode, o.direct_num_workers
+
+  monkeypatch.setattr(os, 'cpu_count', lambda: 4)
+  assert parsed(1) == ('in_memory', 1)  # One video, or the last shard of a resumed job: no pool to start.
+  assert parsed(3) == ('multi_processing', 3) and parsed(100) == ('multi_processing', 4)
+  # Worker flags the user gives keep the pool as they say.
+  assert parsed(1, ['--direct_num_workers=2']) == ('multi_processing', 2)
+  assert parsed(100, ['--direct_running_mode=multi_threading']) == ('multi_threading', 0)
+  assert beam_runner.default_args(2, ['--prefix_x=1'])[-1] == '--prefix_x=1'  # The user's arguments come last.
+
+
 def _read_records(path):
   import tensorflow as tf
   return [r.numpy() for r in tf.data.TFRecordDataset(path)]
