@@ -11,7 +11,7 @@ What it does (configs/motion_mini.py holds every setting):
    in `<workdir>/runs/<target>[_static]_s<seed>` and resumes or is skipped when done.
 2. Fig. 3: `loss / zero_loss` of each run's target part against steps (mean +- std over seeds) -> `fig3.png`.
 3. Table 1: for each real-input encoder and a randomly initialised one (same seeds): the frozen-feature linear probe
-   (`m3video_jax.probe`: mean-pooled tokens, softmax regression), the attentive probe (`task=attentive_probe`, the
+   (`m3video_jax.probe`: mean-pooled tokens, softmax regression; `<workdir>/linear_probe/`), the attentive probe (`task=attentive_probe`, the
    frozen encoder with a trained cross-attention pooler, `<workdir>/attentive_probe/`) and a fine-tune
    (`task=finetune`), all trained on 600 held-out videos of another seed and tested on 200 more -> `table1.png`; and
    the same on videos whose classes are defined by appearance, with random motion (`--probe_tasks`, data in
@@ -115,8 +115,17 @@ def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, se
   from m3video_jax import probe
 
   t0 = time.perf_counter()
-  feats = probe_features(workdir, encoder_params, smoke, probe_task)
-  lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
+  lp_path = os.path.join(workdir, 'linear_probe' + _suffix(probe_task), f'{name}_s{seed}.json')
+  if os.path.exists(lp_path):  # Probed before, like the runs below: delete the file to probe again.
+    with open(lp_path) as f:
+      lp = json.load(f)
+  else:
+    feats = probe_features(workdir, encoder_params, smoke, probe_task)
+    lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
+    os.makedirs(os.path.dirname(lp_path), exist_ok=True)
+    with open(lp_path + '.tmp', 'w') as f:
+      json.dump(lp, f)
+    os.replace(lp_path + '.tmp', lp_path)
   out = {'linear_probe': lp, 'attentive_top1': None, 'finetune_top1': None}
   if attentive:
     out['attentive_top1'] = float(classification_run(workdir, 'attentive_probe', name, init_from, seed, smoke,
