@@ -17,10 +17,10 @@ from m3video_jax import train_lib
 
 # The learning runs of the demo config, shortened: 160 videos (120 pretrained on), logged every 250 steps (the demo's
 # interval). This file's run (target trajectory, 2,000 steps) and tests/learn_alarm_test.py's (trajectory_paper, 1,250
-# steps) share the prepared videos (`demo_data`, one xdist group). Bars: measured 2026-12-07 (2 CPU cores, 3.8 min
-# with its data prep): position ratio 0.78 (moving tokens 0.75), no alarm, linear probe 32.5 % on 80 held-out videos
-# (chance + 20.0), fine-tune 67.5 %; at 1,250 steps the probe gave 28.75 %, too close to the bar. The bars leave room
-# for another platform's numerics: one probe-test video is 1.25 points.
+# steps) share the prepared videos (`demo_data`, one xdist group). Bars: measured 2026-12-07 (2 CPU cores, the XLA
+# flags of tests/conftest.py): position ratio 0.78, no alarm, linear probe 42.5 % on 160 held-out videos (480 probe-
+# train videos; chance + 30), fine-tune 58.75 %. With half the probe videos (240 / 80) the probe gave 32.5 % and,
+# after XLA's numerics changed (other emitters), 26.25 %: one probe-test video was 1.25 points, too coarse for the bar.
 LEARNING_RUN_ARGS = 'num_videos=160,steps=1250'  # tests/learn_alarm_test.py's run.
 LEARNING_RUN_STEPS = 2000  # This file's run: the same videos, longer.
 POSITION_RATIO_BAR = 0.90
@@ -82,7 +82,7 @@ def test_small_demo_learns_motion_raises_no_alarm_its_features_beat_chance_and_i
 
   Pretraining on 120 videos (of 160) for 2,000 steps must pull the position loss clearly under its zero baseline
   without raising the learn alarm (the paper-faithful target raises it on the same videos: tests/learn_alarm_test.py);
-  a linear probe of the frozen features on 80 held-out videos of an unseen seed must beat chance (12.5 %) by a margin;
+  a linear probe of the frozen features on 160 held-out videos of an unseen seed must beat chance (12.5 %) by a margin;
   the fine-tune demo from it must reach 25 %. The full-size numbers are in docs/results.md, "The demo commands".
   """
   from m3video_jax import probe
@@ -98,7 +98,7 @@ def test_small_demo_learns_motion_raises_no_alarm_its_features_beat_chance_and_i
 
   finetune = finetune_demo.get_config('steps=600')
   with finetune.unlocked():
-    finetune.data.synthetic_num_videos = 320
+    finetune.data.synthetic_num_videos = 640  # 480 probe-train and 160 probe-test videos.
     finetune.data.prepare_dir = str(tmp_path / 'probe_data')
     finetune.init_from = str(tmp_path / 'pretrain')
   train_glob, test_glob = demo_lib.prepare_classification(finetune, str(tmp_path / 'finetune'))
