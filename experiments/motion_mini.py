@@ -11,11 +11,12 @@ What it does (configs/motion_mini.py holds every setting):
    in `<workdir>/runs/<target>[_static]_s<seed>` and resumes or is skipped when done.
 2. Fig. 3: `loss / zero_loss` of each run's target part against steps (mean +- std over seeds) -> `fig3.png`.
 3. Table 1: for each real-input encoder and a randomly initialised one (same seeds): the frozen-feature linear probe
-   (`m3video_jax.probe`: mean-pooled tokens, softmax regression; `<workdir>/linear_probe/`), the attentive probe (`task=attentive_probe`, the
-   frozen encoder with a trained cross-attention pooler, `<workdir>/attentive_probe/`) and a fine-tune
-   (`task=finetune`), all trained on 600 held-out videos of another seed and tested on 200 more -> `table1.png`; and
-   the same on videos whose classes are defined by appearance, with random motion (`--probe_tasks`, data in
-   `<workdir>/data/probe_appearance`, runs in `<workdir>/*_appearance/`) -> `table1_appearance.png`.
+   (`m3video_jax.probe`: mean-pooled tokens, softmax regression; results in `<workdir>/linear_probe/`), the attentive
+   probe (`task=attentive_probe`, the frozen encoder with a trained cross-attention pooler,
+   `<workdir>/attentive_probe/`) and a fine-tune (`task=finetune`), all trained on 600 held-out videos of another seed
+   and tested on 200 more -> `table1.png`; and the same on videos whose classes are defined by appearance, with
+   random motion (`--probe_tasks`, data in `<workdir>/data/probe_appearance`, runs in `<workdir>/*_appearance/`) ->
+   `table1_appearance.png`. Results already on disk are read, not recomputed: delete a run's file to redo it.
 4. `results.json` (every number, per seed), `results.md` (the tables), and a closing summary of what is where.
 """
 from __future__ import annotations

@@ -102,7 +102,8 @@ def prepare_split(config, videos_dir: str, shards_dir: str, split: str, *, seed:
 
 # The demo's videos are small (synthetic, ~1,000 frames/s in one process at 96 px): a split of fewer videos than this
 # extracts faster in the job's own process than with a pool of Beam workers, which takes ~6 s to start (2 cores,
-# 2026-12-07: 64 videos 6.9 s vs 11.8 s, 360 videos 16.6 s vs 16.1 s; the break-even is lower on more cores).
+# 2026-12-07, in-process vs a pool: 64 videos 6.9 s vs 11.8 s, 360 videos 16.6 s vs 16.1 s; the break-even is lower
+# on more cores).
 IN_PROCESS_MAX_VIDEOS = 200
 
 
