@@ -14,10 +14,6 @@ from collections.abc import Sequence
 from m3video_jax import cli
 
 COUNTER_NAMESPACE = 'data_prep'
-DEFAULT_BEAM_ARGS = ('--runner=FnApiRunner', '--direct_running_mode=multi_processing', '--direct_num_workers=0',
-                     '--default_sdk_harness_log_level=WARNING')
-IN_PROCESS_BEAM_ARGS = ('--runner=FnApiRunner', '--direct_running_mode=in_memory', '--direct_num_workers=1',
-                        '--default_sdk_harness_log_level=WARNING')
 
 
 def default_args(num_tasks: int, args: Sequence[str] = ()) -> list[str]:
@@ -28,12 +24,12 @@ def default_args(num_tasks: int, args: Sequence[str] = ()) -> list[str]:
   more than extracting a small video (docs/data_prep.md). Worker flags the user gives (`--direct_running_mode`,
   `--direct_num_workers`) keep the pool as they say.
   """
-  if any(a.startswith(('--direct_running_mode', '--direct_num_workers')) for a in args):
-    return list(DEFAULT_BEAM_ARGS) + list(args)
   workers = min(os.cpu_count() or 1, num_tasks)
-  if workers <= 1:
-    return list(IN_PROCESS_BEAM_ARGS) + list(args)
-  return [*DEFAULT_BEAM_ARGS[:2], f'--direct_num_workers={workers}', *DEFAULT_BEAM_ARGS[3:], *args]
+  if any(a.startswith(('--direct_running_mode', '--direct_num_workers')) for a in args):
+    workers = 0  # Beam's "every core", under the user's flags.
+  mode = 'in_memory' if workers == 1 else 'multi_processing'
+  return ['--runner=FnApiRunner', f'--direct_running_mode={mode}', f'--direct_num_workers={workers}',
+          '--default_sdk_harness_log_level=WARNING', *args]
 
 
 class RunnerStartError(ValueError):
