@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+import procs
+
 from m3video_jax.data import schema
 from m3video_jax.interop import export
 from m3video_jax.interop import features
@@ -286,9 +288,7 @@ def test_cli_export_import_features_on_a_trained_checkpoint(tmp_path):
   train_lib.train_and_evaluate(config, str(workdir), make_batch_iterator=batches)  # XLA at -O0: tests/conftest.py.
   trained = checkpointing.load_params(str(workdir))
 
-  # One CPU device (the last of a repeated XLA flag wins): restore from an 8-device run.
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=1')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=procs.xla_flags(1))  # One device: restore an 8-device run.
   _run('m3video_jax.interop.export', f'--checkpoint={workdir}', '--format=mme', f'--output={tmp_path / "m.pth"}',
        env=env)
   _run('m3video_jax.interop.export', f'--checkpoint={workdir / "checkpoints"}', '--step=1', '--format=safetensors',

@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+import procs as test_procs  # Its functions; `procs` names the started processes here.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WAITER = textwrap.dedent('''
@@ -52,15 +54,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _xla_flags(devices):
-  """The session's XLA flags (tests/conftest.py) with `devices` simulated CPU devices (the last of a repeated flag
-  wins)."""
-  return os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}'
-
-
 def _run_pair(prepare_s, timeout_s):
   address = f'127.0.0.1:{_free_port()}'
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=_xla_flags(1))
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=test_procs.xla_flags(1))
   procs = [subprocess.Popen([sys.executable, '-c', WAITER, address, str(i), str(prepare_s), str(timeout_s)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
            for i in range(2)]
@@ -117,7 +113,7 @@ def _train(workdir, steps, processes):
   Returns each process's stderr."""
   address = f'127.0.0.1:{_free_port()}'
   devices = 2 // processes
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=_xla_flags(devices))
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=test_procs.xla_flags(devices))
   procs = [subprocess.Popen([sys.executable, '-c', TRAINER, address, str(processes), str(i), str(workdir), str(steps)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
            for i in range(processes)]
@@ -171,7 +167,7 @@ def test_a_refused_workdir_lock_stops_every_process_with_the_same_line(tmp_path)
   from m3video_jax import train_lib
 
   address = f'127.0.0.1:{_free_port()}'
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=_xla_flags(1))
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', XLA_FLAGS=test_procs.xla_flags(1))
 
   def pair():
     procs = [subprocess.Popen([sys.executable, '-c', LOCKER, address, str(i), str(tmp_path)], stdout=subprocess.PIPE,

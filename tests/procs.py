@@ -1,5 +1,12 @@
-"""Process-tree helpers for the tests that kill jobs (Linux: read from /proc)."""
+"""Helpers for the tests that start processes: process trees for the tests that kill jobs (Linux: read from /proc),
+the XLA flags of a child JAX process."""
 import os
+
+
+def xla_flags(devices: int) -> str:
+  """The session's XLA flags (tests/conftest.py) with `devices` simulated CPU devices (the last of a repeated flag
+  wins), for a child process's `XLA_FLAGS`."""
+  return os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}'
 
 
 def alive(pid: int) -> bool:
