@@ -113,20 +113,17 @@ def evaluate_encoder(workdir: str, name: str, encoder_params, init_from: str, se
                      finetune: bool = True, attentive: bool = True, probe_task: str = 'motion') -> dict:
   """Linear probe, attentive probe and fine-tune top-1 of one encoder on the videos of `probe_task` (`init_from` '' =
   a random encoder; None for a column that is switched off)."""
+  from data_prep import shards
   from m3video_jax import probe
 
   t0 = time.perf_counter()
   lp_path = os.path.join(workdir, 'linear_probe' + _suffix(probe_task), f'{name}_s{seed}.json')
-  if os.path.exists(lp_path):  # Probed before, like the runs below: delete the file to probe again.
-    with open(lp_path) as f:
-      lp = json.load(f)
-  else:
+  lp = shards.read_json(lp_path)  # Probed before, like the runs below: delete the file to probe again.
+  if lp is None:
     feats = probe_features(workdir, encoder_params, smoke, probe_task)
     lp = probe.linear_probe(*feats['train'], *feats['test'], num_classes=8, seed=seed)
     os.makedirs(os.path.dirname(lp_path), exist_ok=True)
-    with open(lp_path + '.tmp', 'w') as f:
-      json.dump(lp, f)
-    os.replace(lp_path + '.tmp', lp_path)
+    shards.write_json_atomic(lp_path, lp)
   out = {'linear_probe': lp, 'attentive_top1': None, 'finetune_top1': None}
   if attentive:
     out['attentive_top1'] = float(classification_run(workdir, 'attentive_probe', name, init_from, seed, smoke,
