@@ -151,6 +151,7 @@ def test_step_benchmark_on_cpu_prints_positive_figures(tmp_path):
   np.testing.assert_allclose(saved['achieved_tflops'], saved['model_flops_per_step'] * saved['steps_per_sec'] / 1e12)
 
 
+@pytest.mark.slow  # Two benchmark processes, one searching 2 batch sizes: ~14 s on 2 cores.
 def test_step_benchmark_accelerator_path_runs_on_the_cpu_backend(tmp_path):
   """The `--platform=gpu` path (batch search, bf16 default, remat FLOPs), run on CPU devices: no out-of-memory there,
   so the search doubles up to `--max_batch`."""

@@ -37,6 +37,7 @@ def test_every_tool_lists_its_flags_and_refuses_bad_ones_in_one_line(module, fla
   assert len(err) == 1 and err[0].startswith(prefix) and 'must have a value' in err[0], err
 
 
+@pytest.mark.slow  # The CLI and its pool of Beam workers: ~13 s on 2 cores.
 def test_extract_is_quiet_by_default_and_ends_with_what_it_wrote_and_what_to_run_next(tmp_path):
   frames = np.random.default_rng(0).integers(0, 256, size=(12, 64, 64, 3), dtype=np.uint8)
   synthetic.write_mp4(str(tmp_path / 'a.mp4'), frames)

@@ -50,6 +50,7 @@ def _workers(out):
   return {json.load(open(p))['worker'] for p in glob.glob(os.path.join(out, '_work', 'shards', '*.json'))}
 
 
+@pytest.mark.slow  # A Dask cluster of 3 processes: ~15 s on 2 cores.
 def test_a_dask_cluster_writes_the_records_of_the_default_runner_spread_over_its_workers(tmp_path):
   videos = _videos(str(tmp_path / 'videos'), 6)
   job = extract.JobOptions(min_shards=6, progress_interval_s=0)
@@ -69,6 +70,7 @@ def test_a_dask_cluster_writes_the_records_of_the_default_runner_spread_over_its
   assert 'Beam counters: not reported by DaskRunner' in log.read_text()
 
 
+@pytest.mark.slow  # A Dask cluster and a restarted worker: ~20-27 s on 2 cores.
 def test_a_killed_dask_worker_does_not_lose_the_job(tmp_path):
   videos = _videos(str(tmp_path / 'videos'), 8)
   out = str(tmp_path / 'out')

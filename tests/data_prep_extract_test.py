@@ -383,6 +383,7 @@ def _finished_shards(out):
       os.path.join(out, '_work', 'shards')) else []
 
 
+@pytest.mark.slow  # The CLI and its pool of Beam workers: ~17 s on 2 cores.
 def test_cli_default_runner_from_another_cwd(tmp_path):
   """`python -m data_prep.extract` outside the repo with the default local runner (multi-processing, all cores)."""
   root = str(tmp_path / 'data')

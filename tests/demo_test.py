@@ -44,6 +44,7 @@ def alarmed_parts(workdir: str) -> set[str]:
   return {part for e in metrics_lib.read_jsonl(workdir) for part in e.get('alarm', {})}
 
 
+@pytest.mark.slow  # End to end (Beam prep of 16 videos, two demo-model runs): ~40 s on 2 cores.
 def test_demo_prepares_data_trains_summarises_and_resumes(tmp_path, caplog):
   config = demo.get_config('num_videos=16,steps=6')
   with config.unlocked():

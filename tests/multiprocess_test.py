@@ -63,6 +63,7 @@ def _run_pair(prepare_s, timeout_s):
   return [p.communicate(timeout=120) for p in procs]
 
 
+@pytest.mark.slow  # Two pairs of JAX processes, one waiting 8 s: ~15 s.
 def test_processes_wait_for_process_0_and_say_so_when_it_takes_too_long():
   (out0, _), (out1, err1) = _run_pair(prepare_s=2, timeout_s=60)
   assert 'PASSED' in out0 and 'PASSED' in out1, (out0, out1, err1[-2000:])
@@ -161,6 +162,7 @@ def test_two_processes_train_like_one_and_their_checkpoints_resume_either_way(tm
                                err_msg=f'1 then 2 processes, step {step}')
 
 
+@pytest.mark.slow  # Two pairs of JAX processes: ~7-10 s on 2 cores.
 def test_a_refused_workdir_lock_stops_every_process_with_the_same_line(tmp_path):
   """Process 0 takes the lock of a multi-process run and tells the others whether it got it: when another run holds
   it, process 1 stops with the same line instead of going on to wait in the first collective."""

@@ -29,8 +29,12 @@ def _bench():
   return module
 
 
-@pytest.mark.parametrize('fsdp', [1, 2])
-@pytest.mark.parametrize('config_name', ['pretrain_ssv2', 'finetune_ssv2'])
+# One libtpu compile is ~8-13 s on 2 cores: `-m "not slow"` compiles the pretraining step sharded over fsdp 2, CI all four.
+@pytest.mark.parametrize('config_name, fsdp', [
+    pytest.param('pretrain_ssv2', 1, marks=pytest.mark.slow),
+    ('pretrain_ssv2', 2),
+    pytest.param('finetune_ssv2', 1, marks=pytest.mark.slow),
+    pytest.param('finetune_ssv2', 2, marks=pytest.mark.slow)])
 def test_tiny_step_compiles_for_a_v5e_slice_and_fits(config_name, fsdp):
   bench = _bench()
   config = importlib.import_module(f'configs.{config_name}').get_config('tiny')
@@ -46,6 +50,7 @@ def test_tiny_step_compiles_for_a_v5e_slice_and_fits(config_name, fsdp):
   json.dumps(f)  # What --json writes.
 
 
+@pytest.mark.slow  # A training CLI run in its own process: ~20 s on 2 cores.
 def test_training_cli_runs_on_cpu_with_libtpu_installed(tmp_path):
   """JAX_PLATFORMS unset, as a user's shell has it: the TPU plugin finds no TPU and the run goes on on the CPU."""
   shards = motion_records.write_motion_shards(tmp_path / 'data', num_videos=8, size=48, frames=12)
