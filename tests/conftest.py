@@ -31,8 +31,8 @@ import pytest  # noqa: E402
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: tests of ~10 s or more on 2 cores (end-to-end runs, CLIs with a pool of '
-                          'workers, clusters and groups of processes, most libtpu compiles, the learning runs); CI runs '
-                          'them, `-m "not slow"` skips them')
+                          'workers, clusters and groups of processes, most libtpu compiles, the learning runs); CI '
+                          'runs them, `-m "not slow"` skips them')
 
 
 def pytest_collection_modifyitems(items):
