@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -22,18 +21,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                 reason="libtpu is not installed (pip install -e '.[tpu]'; CI installs it)")
 
 
-# The compile runs in a child process: with libtpu loaded into a test worker, later tests of that worker stalled for
-# 8-18 s with their process idle (BENCHMARKS.md, "Test suite wall time").
-COMPILE = textwrap.dedent('''
-    import importlib, importlib.util, json, sys
-    spec = importlib.util.spec_from_file_location('bench_tpu_compile', 'bench/tpu_compile.py')
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # Its dataclass resolves annotations through sys.modules.
-    spec.loader.exec_module(bench)
-    config = importlib.import_module(f'configs.{sys.argv[1]}').get_config('tiny')
-    config.mesh.fsdp = int(sys.argv[2])
-    print(json.dumps(bench.run(config, 'v5e:2x2', bench.Options(per_chip_batch=16), log=lambda _: None)))
-''')
+def _bench():
+  spec = importlib.util.spec_from_file_location('bench_tpu_compile', os.path.join(REPO, 'bench', 'tpu_compile.py'))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # Its dataclass resolves annotations through sys.modules.
+  spec.loader.exec_module(module)
+  return module
 
 
 # One libtpu compile is ~8-13 s on 2 cores: `-m "not slow"` compiles the pretraining step over fsdp 2, CI all four.
@@ -43,11 +36,10 @@ COMPILE = textwrap.dedent('''
     pytest.param('finetune_ssv2', 1, marks=pytest.mark.slow),
     pytest.param('finetune_ssv2', 2, marks=pytest.mark.slow)])
 def test_tiny_step_compiles_for_a_v5e_slice_and_fits(config_name, fsdp):
-  proc = subprocess.run([sys.executable, '-c', COMPILE, config_name, str(fsdp)], cwd=REPO,
-                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  f = json.loads(proc.stdout.strip().splitlines()[-1])  # What --json writes.
+  bench = _bench()
   config = importlib.import_module(f'configs.{config_name}').get_config('tiny')
+  config.mesh.fsdp = fsdp
+  f = bench.run(config, 'v5e:2x2', bench.Options(per_chip_batch=16), log=lambda _: None)
   assert f['device_kind'] == 'TPU v5 lite' and f['chips'] == 4 and f['dtype'] == 'bfloat16'
   assert f['mesh'] == {'data': 4 // fsdp, 'fsdp': fsdp} and f['per_chip_batch'] == 16
   assert f['fits'] and 0 < f['hbm_bytes_per_chip'] < f['hbm_capacity_bytes'], f
@@ -55,6 +47,7 @@ def test_tiny_step_compiles_for_a_v5e_slice_and_fits(config_name, fsdp):
                                                      f['clip_assembly_flops_per_clip'])
   if config.task == 'pretrain':  # The step finishes the clips (data.clip_ops='device'), and its count includes that.
     assert f['clip_assembly_flops_per_clip'] > 0 and 0 < f['clip_assembly_share_of_xla_flops'] < 1
+  json.dumps(f)  # What --json writes.
 
 
 @pytest.mark.slow  # A training CLI run in its own process: ~20 s on 2 cores.
