@@ -50,7 +50,7 @@ def _workers(out):
   return {json.load(open(p))['worker'] for p in glob.glob(os.path.join(out, '_work', 'shards', '*.json'))}
 
 
-@pytest.mark.slow  # A Dask cluster of 3 processes: ~15 s on 2 cores.
+@pytest.mark.slow  # A Dask cluster (2 worker processes): ~13-19 s on 2 cores.
 def test_a_dask_cluster_writes_the_records_of_the_default_runner_spread_over_its_workers(tmp_path):
   videos = _videos(str(tmp_path / 'videos'), 6)
   job = extract.JobOptions(min_shards=6, progress_interval_s=0)
